@@ -1,0 +1,59 @@
+"""Graph passes, listed explicitly (no import-time self-registration).
+
+``PASSES`` maps each registry name to its pass class; ``PRESETS`` maps a preset
+name to the passes it stands for, in order.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
+from edgeopt.passes.eliminate_identity import EliminateIdentityPass
+from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
+from edgeopt.passes.fold_constants import FoldConstantsPass
+from edgeopt.passes.infer_shapes import InferShapesPass
+from edgeopt.passes.remove_unused import RemoveUnusedPass
+from edgeopt.passes.topological_sort import TopologicalSortPass
+
+PASSES: dict[str, type[ir.passes.PassBase]] = {
+    "deduplicate-initializers": DeduplicateInitializersPass,
+    "eliminate-identity": EliminateIdentityPass,
+    "fold-batchnorm": FoldBatchNormPass,
+    "fold-constants": FoldConstantsPass,
+    "infer-shapes": InferShapesPass,
+    "remove-unused": RemoveUnusedPass,
+    "topological-sort": TopologicalSortPass,
+}
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "cleanup": (
+        "topological-sort",
+        "infer-shapes",
+        "fold-constants",
+        "eliminate-identity",
+        "fold-batchnorm",
+        "remove-unused",
+        "deduplicate-initializers",
+    ),
+}
+
+
+def cleanup(*, steps: int = 2) -> ir.passes.PassManager:
+    """The ``cleanup`` preset as one onnx-ir pass, repeated until nothing changes."""
+    return ir.passes.PassManager([PASSES[name]() for name in PRESETS["cleanup"]],
+                                 steps=steps, early_stop=True)
+
+
+__all__ = [
+    "PASSES",
+    "PRESETS",
+    "DeduplicateInitializersPass",
+    "EliminateIdentityPass",
+    "FoldBatchNormPass",
+    "FoldConstantsPass",
+    "InferShapesPass",
+    "RemoveUnusedPass",
+    "TopologicalSortPass",
+    "cleanup",
+]

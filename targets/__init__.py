@@ -1,0 +1,1 @@
+"""Per-target backends, listed explicitly."""
