@@ -41,6 +41,8 @@ class StepResult:
     """Outputs vs the previous step's (verify mode, when the model runs in ORT)."""
     error: str | None = None
     """Set when the pass raised and the model was rolled back to its state before it."""
+    skipped: str | None = None
+    """Set when a pass from a preset did not apply to this model (e.g. its opset)."""
 
 
 @dataclass
@@ -58,6 +60,7 @@ class _Step:
     name: str
     pass_: ir.passes.PassBase
     preserves_semantics: bool
+    from_preset: bool = False
 
 
 def build_steps(specs: Sequence[StepSpec]) -> list[_Step]:
@@ -73,7 +76,8 @@ def build_steps(specs: Sequence[StepSpec]) -> list[_Step]:
             raise registry.PassOptionError(f"preset '{name}' takes no options; list its passes instead.")
         for each in names:
             info = registry.get_pass(each)
-            steps.append(_Step(each, info.create(options), info.preserves_semantics))
+            steps.append(_Step(each, info.create(options), info.preserves_semantics,
+                               from_preset=len(names) > 1 or each != name))
     return steps
 
 
@@ -147,6 +151,13 @@ class Pipeline:
         start = time.perf_counter()
         try:
             pass_result = step.pass_(model)
+        except ir.passes.PreconditionError as e:
+            cause = e.__cause__ if isinstance(e.__cause__, EdgeoptError) else e
+            if not step.from_preset:
+                raise cause from None
+            logger.info("%s: skipped (%s)", step.name, _first_line(cause))
+            report = StepResult(step.name, False, 0.0, before, before, skipped=_first_line(cause))
+            return model, report, reference, checker_ok
         except EdgeoptError:
             raise
         except Exception as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from edgeopt.passes.convert_opset import ConvertOpsetPass
 from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass
 from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
@@ -17,13 +18,17 @@ from edgeopt.passes.remove_unused import RemoveUnusedPass
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
 PASSES: dict[str, type[ir.passes.PassBase]] = {
-    "deduplicate-initializers": DeduplicateInitializersPass,
-    "eliminate-identity": EliminateIdentityPass,
-    "fold-batchnorm": FoldBatchNormPass,
-    "fold-constants": FoldConstantsPass,
-    "infer-shapes": InferShapesPass,
-    "remove-unused": RemoveUnusedPass,
-    "topological-sort": TopologicalSortPass,
+    cls.name: cls
+    for cls in (
+        ConvertOpsetPass,
+        DeduplicateInitializersPass,
+        EliminateIdentityPass,
+        FoldBatchNormPass,
+        FoldConstantsPass,
+        InferShapesPass,
+        RemoveUnusedPass,
+        TopologicalSortPass,
+    )
 }
 
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -48,6 +53,7 @@ def cleanup(*, steps: int = 2) -> ir.passes.PassManager:
 __all__ = [
     "PASSES",
     "PRESETS",
+    "ConvertOpsetPass",
     "DeduplicateInitializersPass",
     "EliminateIdentityPass",
     "FoldBatchNormPass",

@@ -7,10 +7,12 @@ import logging
 
 import onnx_ir as ir
 
+from edgeopt.pass_base import EdgeoptPass
+
 logger = logging.getLogger(__name__)
 
 
-class DeduplicateInitializersPass(ir.passes.InPlacePass):
+class DeduplicateInitializersPass(EdgeoptPass):
     """Replace every initializer that is byte-identical to an earlier one by that one.
 
     Two tensors are identical when dtype, shape and raw bytes all match (so
@@ -21,6 +23,8 @@ class DeduplicateInitializersPass(ir.passes.InPlacePass):
     Args:
         min_bytes: Skip tensors smaller than this many bytes.
     """
+
+    name = "deduplicate-initializers"
 
     def __init__(self, *, min_bytes: int = 0) -> None:
         super().__init__()

@@ -6,12 +6,14 @@ import logging
 
 import onnx_ir as ir
 
+from edgeopt.pass_base import EdgeoptPass
+
 from edgeopt.passes._rewire import bypass, const_array, is_default_domain, opset_version
 
 logger = logging.getLogger(__name__)
 
 
-class EliminateIdentityPass(ir.passes.InPlacePass):
+class EliminateIdentityPass(EdgeoptPass):
     """Drop ``Identity`` and inference-mode ``Dropout``, which return their input.
 
     A Dropout goes only when it is provably in inference mode (opset >= 7, and
@@ -21,6 +23,8 @@ class EliminateIdentityPass(ir.passes.InPlacePass):
     (the input is a graph input, an initializer or another output) the node stays.
     Subgraphs are visited; model-local functions are not.
     """
+
+    name = "eliminate-identity"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = opset_version(model) or 0

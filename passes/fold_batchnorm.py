@@ -18,14 +18,16 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.passes._rewire import bypass, const_array, is_default_domain, opset_version
+from edgeopt.pass_base import EdgeoptPass
+
+from edgeopt.passes._rewire import bypass, const_array, is_default_domain
 
 logger = logging.getLogger(__name__)
 
 _FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
 
-class FoldBatchNormPass(ir.passes.InPlacePass):
+class FoldBatchNormPass(EdgeoptPass):
     """Fold ``BatchNormalization`` into a preceding Conv, ConvTranspose or Gemm.
 
     Folds only when the BatchNorm is in inference mode with constant parameters,
@@ -35,10 +37,10 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
     model-local functions are not.
     """
 
+    name = "fold-batchnorm"
+    min_opset = 7
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if (opset_version(model) or 0) < 7:
-            logger.debug("fold-batchnorm: opset below 7 (is_test semantics); skipped")
-            return ir.passes.PassResult(model, modified=False)
         folded = 0
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             if node.op_type == "BatchNormalization" and is_default_domain(node):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 import onnx_ir as ir
+
+from edgeopt.pass_base import EdgeoptPass
 from onnxscript.optimizer import _constant_folding
 
 logger = logging.getLogger(__name__)
 
 
-class FoldConstantsPass(ir.passes.InPlacePass):
+class FoldConstantsPass(EdgeoptPass):
     """Replace constant subexpressions by initializers (onnxscript's constant folder).
 
     Folding is limited by tensor size so that a small expression never turns into
@@ -22,6 +24,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         input_size_limit: Largest input (elements) a folded node may read.
         output_size_limit: Largest output (elements) a folded node may create.
     """
+
+    name = "fold-constants"
 
     def __init__(self, *, input_size_limit: int = 8192, output_size_limit: int = 262144) -> None:
         super().__init__()

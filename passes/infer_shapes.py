@@ -6,12 +6,14 @@ import logging
 
 import onnx
 import onnx_ir as ir
+
+from edgeopt.pass_base import EdgeoptPass
 from onnx_ir.passes.common import _c_api_utils
 
 logger = logging.getLogger(__name__)
 
 
-class InferShapesPass(ir.passes.InPlacePass):
+class InferShapesPass(EdgeoptPass):
     """Add types and shapes that ONNX shape inference can prove, and nothing else.
 
     Conservative by design: a value's type is set only when it had none, and a
@@ -20,6 +22,8 @@ class InferShapesPass(ir.passes.InPlacePass):
     is used, so a model that inference rejects is left unchanged. Subgraphs are
     visited (ONNX inference walks them); model-local functions are not.
     """
+
+    name = "infer-shapes"
 
     def __init__(self, *, data_prop: bool = True) -> None:
         super().__init__()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 import onnx_ir as ir
+
+from edgeopt.pass_base import EdgeoptPass
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass
 
 logger = logging.getLogger(__name__)
 
 
-class RemoveUnusedPass(ir.passes.InPlacePass):
+class RemoveUnusedPass(EdgeoptPass):
     """Remove nodes whose outputs nobody uses, unused initializers and functions.
 
     Graph inputs and outputs are kept (an initializer that is also a graph input,
@@ -18,6 +20,8 @@ class RemoveUnusedPass(ir.passes.InPlacePass):
     visited (their unused nodes and initializers go too); inside model-local
     functions unused nodes are removed, and unused functions are dropped.
     """
+
+    name = "remove-unused"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         nodes = _remove_dead_nodes(model.graph)

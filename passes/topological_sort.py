@@ -6,15 +6,19 @@ import logging
 
 import onnx_ir as ir
 
+from edgeopt.pass_base import EdgeoptPass
+
 logger = logging.getLogger(__name__)
 
 
-class TopologicalSortPass(ir.passes.InPlacePass):
+class TopologicalSortPass(EdgeoptPass):
     """Reorder the nodes of every graph (subgraphs and functions included) topologically.
 
     The sort is stable: an already sorted graph keeps its order and reports
     ``modified=False``.
     """
+
+    name = "topological-sort"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graphs: list[ir.Graph | ir.Function] = [*model.graphs(), *model.functions.values()]

@@ -1,0 +1,86 @@
+"""What a target backend is: the interface every entry of ``edgeopt.targets`` implements."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import onnx_ir as ir
+
+from edgeopt.errors import PassOptionError, UnsupportedOpError
+from edgeopt.runtime import Feeds
+
+CalibrationReader = Iterable[Feeds]
+"""Any re-iterable of feeds (a list works); each iteration starts over."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One thing in a model that a target cannot run."""
+
+    node: str
+    op: str
+    message: str
+    hint: str
+
+    def __str__(self) -> str:
+        return f"node '{self.node}' ({self.op}): {self.message}. {self.hint}"
+
+
+class Target(Protocol):
+    """A runtime + device pair that edgeopt emits and validates artifacts for."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def check(self, model: ir.Model) -> list[Issue]:
+        """Every unsupported op / dtype in ``model``, all at once; never raises."""
+        ...
+
+    def prepare(self) -> ir.passes.PassBase:
+        """The passes that make a model ready for this target."""
+        ...
+
+    def export(
+        self, model: ir.Model, out_dir: Path, *, calibration: CalibrationReader | None = None
+    ) -> Path:
+        """Write the artifact into ``out_dir`` and return its path."""
+        ...
+
+    def run(self, artifact: Path, feeds: Feeds) -> Feeds:
+        """Run the artifact in the runtime that will execute it."""
+        ...
+
+
+def get_target(name: str) -> Target:
+    """Look up a target by name (``edgeopt.targets.TARGETS``)."""
+    import difflib
+
+    from edgeopt import targets  # the one place the core imports targets
+
+    if name not in targets.TARGETS:
+        close = difflib.get_close_matches(name, list(targets.TARGETS), n=2)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        raise PassOptionError(
+            f"unknown target '{name}'{hint}. Known targets: {', '.join(sorted(targets.TARGETS))}."
+        )
+    return targets.TARGETS[name]()
+
+
+def list_targets() -> list[str]:
+    from edgeopt import targets
+
+    return sorted(targets.TARGETS)
+
+
+def raise_for_issues(target: str, issues: list[Issue]) -> None:
+    """Raise one :class:`UnsupportedOpError` that lists every issue."""
+    if issues:
+        listed = "; ".join(str(i) for i in issues[:10])
+        more = f"; and {len(issues) - 10} more" if len(issues) > 10 else ""
+        raise UnsupportedOpError(
+            f"target '{target}' cannot run {len(issues)} node(s): {listed}{more}"
+        )
+

@@ -1,0 +1,106 @@
+"""ONNX Runtime on CPU: the reference target, and the one every other is compared with."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import ClassVar
+
+import onnx
+import onnx_ir as ir
+
+from edgeopt.model_io import save_model
+from edgeopt.runtime import Feeds, create_session, run_session
+from edgeopt.target import CalibrationReader, Issue, raise_for_issues
+
+logger = logging.getLogger(__name__)
+
+_ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                "ai.onnx.preview.training", "com.ms.internal.nhwc"}
+
+
+class OrtCpuTarget:
+    """ONNX Runtime, CPU execution provider, fp32 (int8 artifacts come with quantization)."""
+
+    name: ClassVar[str] = "ort-cpu"
+    description: ClassVar[str] = "ONNX Runtime on CPU (fp32 ONNX model)"
+    artifact_name: ClassVar[str] = "model.onnx"
+
+    def check(self, model: ir.Model) -> list[Issue]:
+        """Nodes with no ORT CPU kernel (or function body) at the model's opset."""
+        kernels = _cpu_kernels()
+        issues = []
+        for index, node in enumerate(ir.traversal.RecursiveGraphIterator(model.graph)):
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            if (node.domain, node.op_type, node.overload) in model.functions:
+                continue
+            version = model.opset_imports.get(node.domain, model.opset_imports.get(domain))
+            problem = _kernel_problem(kernels, domain, node.op_type, version)
+            if problem:
+                issues.append(Issue(node.name or f"#{index}", _qualified(domain, node.op_type),
+                                    *problem))
+        return issues
+
+    def prepare(self) -> ir.passes.PassBase:
+        from edgeopt.passes import cleanup
+
+        return cleanup()
+
+    def export(
+        self, model: ir.Model, out_dir: Path, *, calibration: CalibrationReader | None = None
+    ) -> Path:
+        """Check, then write ``out_dir/model.onnx`` (``calibration`` is unused for fp32)."""
+        del calibration
+        raise_for_issues(self.name, self.check(model))
+        return save_model(model, Path(out_dir) / self.artifact_name)
+
+    def run(self, artifact: Path, feeds: Feeds) -> Feeds:
+        """Run with ORT's default graph optimizations, as it would be deployed."""
+        return run_session(create_session(artifact, optimize=True), feeds)
+
+
+@functools.cache
+def _cpu_kernels() -> dict[tuple[str, str], list[tuple[int, int]]]:
+    from onnxruntime.capi import _pybind_state
+
+    kernels: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for kernel in _pybind_state.get_all_opkernel_def():
+        if kernel.provider == "CPUExecutionProvider":
+            domain = "" if kernel.domain == "ai.onnx" else kernel.domain
+            kernels.setdefault((domain, kernel.op_name), []).append(tuple(kernel.version_range))
+    return kernels
+
+
+def _kernel_problem(
+    kernels: dict[tuple[str, str], list[tuple[int, int]]], domain: str, op: str, version: int | None
+) -> tuple[str, str] | None:
+    if domain not in _ORT_DOMAINS:
+        return (f"domain '{domain}' is not known to ONNX Runtime",
+                "Register a custom-op library with ORT, or replace the op with standard ONNX ops.")
+    if version is None:
+        return (f"the model imports no opset for domain '{domain or 'ai.onnx'}'",
+                "Add the opset import.")
+    ranges = kernels.get((domain, op))
+    if ranges and any(lo <= version <= hi for lo, hi in ranges):
+        return None
+    if _has_function_body(domain, op, version):
+        return None  # ORT expands ops defined as ONNX functions
+    if not ranges:
+        return (f"ONNX Runtime has no CPU kernel for {_qualified(domain, op)}",
+                "Replace the op, or keep this part of the model on another runtime.")
+    supported = ", ".join(f"{lo}-{hi}" for lo, hi in sorted(ranges))
+    return (f"no CPU kernel at opset {version} (kernels cover opsets {supported})",
+            "Convert the opset: edgeopt convert-opset MODEL -o OUT --to 17")
+
+
+def _has_function_body(domain: str, op: str, version: int) -> bool:
+    try:
+        schema = onnx.defs.get_schema(op, version, domain)
+    except onnx.defs.SchemaError:
+        return False
+    return bool(schema.has_function or schema.has_context_dependent_function)
+
+
+def _qualified(domain: str, op: str) -> str:
+    return f"{domain}::{op}" if domain else op
