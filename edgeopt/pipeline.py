@@ -122,11 +122,11 @@ class Pipeline:
     ) -> PipelineResult:
         """Run every step on ``model`` (changed in place unless a step is rolled back)."""
         result = PipelineResult(model)
-        reference = self._reference(model) if self.verify else None
+        feeds, reference = self._reference(model) if self.verify else (None, None)
         checker_ok = self.verify and _checker_error(model) is None
         for step in self.steps:
             model, report, reference, checker_ok = self._run_step(
-                step, model, reference, checker_ok
+                step, model, feeds, reference, checker_ok
             )
             result.model = model
             result.steps.append(report)
@@ -134,20 +134,26 @@ class Pipeline:
                 on_step(report)
         return result
 
-    def _reference(self, model: ir.Model) -> Feeds | None:
+    def _reference(self, model: ir.Model) -> tuple[Feeds | None, Feeds | None]:
+        """This run's feeds (given, else random for this model) and the model's outputs."""
         try:
-            self.feeds = self.feeds if self.feeds is not None else random_feeds(model)
-            return run_model(model, self.feeds)
+            feeds = self.feeds if self.feeds is not None else random_feeds(model)
+            return feeds, run_model(model, feeds)
         except Exception as e:  # noqa: BLE001 - any ORT failure means "cannot verify"
             logger.warning("verify: the input model does not run in ONNX Runtime (%s); "
                            "only the checker will be run after each pass", _first_line(e))
-            return None
+            return None, None
 
     def _run_step(
-        self, step: _Step, model: ir.Model, reference: Feeds | None, checker_ok: bool
+        self,
+        step: _Step,
+        model: ir.Model,
+        feeds: Feeds | None,
+        reference: Feeds | None,
+        checker_ok: bool,
     ) -> tuple[ir.Model, StepResult, Feeds | None, bool]:
         before = _count_nodes(model)
-        snapshot = model.clone() if self.on_error == "rollback" else None
+        snapshot = _snapshot(model) if self.on_error == "rollback" else None
         start = time.perf_counter()
         try:
             pass_result = step.pass_(model)
@@ -173,8 +179,14 @@ class Pipeline:
         if self.verify:
             if checker_ok and (err := _checker_error(model)) is not None:
                 raise VerificationError(f"pass '{step.name}' produced an invalid model: {err}")
-            if reference is not None and self.feeds is not None:
-                outputs = run_model(model, self.feeds)
+            if reference is not None and feeds is not None:
+                try:
+                    outputs = run_model(model, feeds)
+                except Exception as e:  # noqa: BLE001 - the input ran, so the pass broke it
+                    raise VerificationError(
+                        f"pass '{step.name}' produced a model ONNX Runtime cannot run: "
+                        f"{_first_line(e)}"
+                    ) from e
                 deviation = compare_outputs(reference, outputs, rtol=self.rtol, atol=self.atol)
                 if step.preserves_semantics and not deviation.ok:
                     raise VerificationError(
@@ -195,6 +207,13 @@ def run_passes(
 ) -> PipelineResult:
     """Shorthand for ``Pipeline(steps, verify=verify, feeds=feeds).run(model)``."""
     return Pipeline(steps, verify=verify, feeds=feeds).run(model)
+
+
+def _snapshot(model: ir.Model) -> ir.Model:
+    """A copy to roll back to; ``clone()`` drops ``meta``, which holds the source path."""
+    copy = model.clone()
+    copy.meta.update(model.meta)
+    return copy
 
 
 def _count_nodes(model: ir.Model) -> int:

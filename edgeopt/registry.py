@@ -42,8 +42,8 @@ class PassInfo:
 
     @property
     def summary(self) -> str:
-        doc = inspect.getdoc(self.cls) or ""
-        return doc.splitlines()[0] if doc else ""
+        doc = inspect.cleandoc(self.cls.__doc__ or "")  # not the base class's docstring
+        return doc.splitlines()[0].replace("``", "") if doc else ""
 
     @property
     def preserves_semantics(self) -> bool:
@@ -128,7 +128,9 @@ def _suggest(word: str, candidates: Sequence[str] | Mapping[str, Any]) -> str:
 def _type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    if typing.get_origin(annotation) is None and hasattr(annotation, "__name__"):
+        return str(annotation.__name__)
+    return str(annotation).replace("typing.", "")  # generics: tuple[str, ...], int | None
 
 
 def _check_value(pass_name: str, option: OptionInfo, value: Any) -> Any:
@@ -146,7 +148,8 @@ def _matches(annotation: Any, value: Any) -> tuple[bool, Any]:
     if annotation is Any:
         return True, value
     if origin is typing.Literal:
-        return value in args, value
+        # Compare types too: True == 1 and 1.0 == 1, but neither is the choice 1.
+        return any(value == a and type(value) is type(a) for a in args), value
     if origin in (typing.Union, types.UnionType):
         for arg in args:
             ok, coerced = _matches(arg, value)

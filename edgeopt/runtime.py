@@ -50,12 +50,21 @@ def create_session(
     if isinstance(model, str | os.PathLike):
         return ort.InferenceSession(os.fspath(model), options, providers=providers)
     if isinstance(model, ir.Model):
-        if tensor_bytes(model) > PROTOBUF_LIMIT_BYTES // 2:
+        # Tensors still in an external file can't be resolved from serialized bytes.
+        if _has_external_tensors(model) or tensor_bytes(model) > PROTOBUF_LIMIT_BYTES // 2:
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_model(model.clone(), Path(tmp) / "model.onnx", external_data=True)
                 return ort.InferenceSession(os.fspath(path), options, providers=providers)
         model = ir.serde.serialize_model(model)
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+
+
+def _has_external_tensors(model: ir.Model) -> bool:
+    return any(
+        isinstance(value.const_value, ir.ExternalTensor)
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+    )
 
 
 def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> Feeds:
@@ -176,8 +185,13 @@ def _elementwise_error(
     r, g = ref.astype(np.float64), got.astype(np.float64)
     both_nan = np.isnan(r) & np.isnan(g)
     same_inf = np.isinf(r) & (r == g)
-    diff = np.where(both_nan | same_inf, 0.0, np.abs(r - g))
+    with np.errstate(invalid="ignore"):  # inf - inf is masked right here
+        diff = np.where(both_nan | same_inf, 0.0, np.abs(r - g))
     diff = np.where(np.isnan(diff), np.inf, diff)
-    close = bool(np.all(diff <= atol + rtol * np.abs(np.where(same_inf, 0.0, r))))
-    rel = diff / (np.abs(np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)) + atol)
+    scale = np.abs(np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0))  # NaN/inf: no slack
+    close = bool(np.all(diff <= atol + rtol * scale))
+    denominator = scale + atol
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(denominator > 0, diff / np.where(denominator > 0, denominator, 1.0),
+                       np.where(diff > 0, np.inf, 0.0))
     return float(diff.max()), float(rel.max()), close

@@ -14,6 +14,7 @@ from edgeopt.passes.eliminate_identity import EliminateIdentityPass
 from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
 from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
+from edgeopt.passes.lift_constants import LiftConstantsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
@@ -26,6 +27,7 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         FoldBatchNormPass,
         FoldConstantsPass,
         InferShapesPass,
+        LiftConstantsPass,
         RemoveUnusedPass,
         TopologicalSortPass,
     )
@@ -36,6 +38,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "topological-sort",
         "infer-shapes",
         "fold-constants",
+        "lift-constants",
         "eliminate-identity",
         "fold-batchnorm",
         "remove-unused",
@@ -59,6 +62,7 @@ __all__ = [
     "FoldBatchNormPass",
     "FoldConstantsPass",
     "InferShapesPass",
+    "LiftConstantsPass",
     "RemoveUnusedPass",
     "TopologicalSortPass",
     "cleanup",

@@ -70,7 +70,8 @@ class BackendCase:
             files = sorted(data_dir.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
             if len(files) > len(inputs):
                 raise ValueError(f"{data_dir}: {len(files)} input files for {len(inputs)} inputs")
-            yield {value.name: _read_input(file, value) for file, value in zip(files, inputs)}
+            pairs = zip(files, inputs, strict=False)  # trailing optional inputs may be omitted
+            yield {value.name: _read_input(file, value) for file, value in pairs}
 
 
 def collect_cases(cache_dir: Path | None = None) -> list[BackendCase]:
@@ -126,9 +127,15 @@ def _suite_cases(suite: str, folder: Path) -> list[BackendCase]:
         return [BackendCase(f"light/{p.stem}", p) for p in sorted(folder.glob("light_*.onnx"))]
     cases = []
     for case_dir in sorted(p for p in folder.iterdir() if (p / "model.onnx").is_file()):
-        data_dirs = sorted(case_dir.glob("test_data_set_*"), key=lambda p: int(p.name.split("_")[-1]))
-        cases.append(BackendCase(f"{suite}/{case_dir.name}", case_dir / "model.onnx", tuple(data_dirs)))
+        data_dirs = sorted(case_dir.glob("test_data_set_*"), key=_data_set_index)
+        cases.append(
+            BackendCase(f"{suite}/{case_dir.name}", case_dir / "model.onnx", tuple(data_dirs))
+        )
     return cases
+
+
+def _data_set_index(path: Path) -> int:
+    return int(path.name.rsplit("_", 1)[-1])
 
 
 def _feedable_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
@@ -139,7 +146,8 @@ def _feedable_inputs(graph: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
 
 def _dummy_input(value: onnx.ValueInfoProto) -> np.ndarray:
     """What onnx's runner feeds ``light`` models: ``arange(n) / n`` in float32."""
-    shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim)
+    dims = value.type.tensor_type.shape.dim
+    shape = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in dims)
     n = int(np.prod(shape))
     return (np.arange(n).reshape(shape) / n).astype(np.float32)
 

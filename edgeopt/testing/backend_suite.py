@@ -32,6 +32,7 @@ __all__ = [
     "check_case",
     "cleanup_transform",
     "collect_cases",
+    "compare_structured",
     "node_cases_dir",
 ]
 
@@ -95,7 +96,7 @@ def _check(case: BackendCase, transform: Transform, rtol: float, atol: float) ->
         session = create_session(proto)
     except Exception as e:  # noqa: BLE001
         return "broken", f"ORT load: {_error(e)}"
-    for index, (feeds, reference) in enumerate(zip(feed_sets, references)):
+    for index, (feeds, reference) in enumerate(zip(feed_sets, references, strict=True)):
         try:
             actual = _run(session, feeds)
         except Exception as e:  # noqa: BLE001
@@ -134,7 +135,9 @@ def _flatten(name: str, value: Any, leaves: dict[str, np.ndarray]) -> str:
         inner = [_flatten(f"{name}[{i}]", item, leaves) for i, item in enumerate(value)]
         return f"seq[{', '.join(inner)}]"
     if isinstance(value, dict):
-        inner = [f"{key!r}: {_flatten(f'{name}[{key!r}]', value[key], leaves)}" for key in sorted(value)]
+        inner = [
+            f"{key!r}: {_flatten(f'{name}[{key!r}]', value[key], leaves)}" for key in sorted(value)
+        ]
         return f"map{{{', '.join(inner)}}}"
     leaves[name] = np.asarray(value)
     return "tensor"

@@ -1,0 +1,215 @@
+"""The ``edgeopt`` command line. It owns the terminal: tables, progress bars, ``--json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from edgeopt import registry
+from edgeopt.cli_render import (
+    demo_table,
+    inspect_table,
+    issues_table,
+    passes_table,
+    steps_progress,
+    steps_table,
+    summary_table,
+)
+from edgeopt.errors import EdgeoptError, PassOptionError
+
+app = typer.Typer(
+    name="edgeopt",
+    help="ONNX graph optimizer and edge export toolchain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what each pass does.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _state["debug"] = debug
+
+
+def _emit_json(payload: Any) -> None:
+    out.print_json(json.dumps(payload, default=str))
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")], as_json: JsonFlag = False
+) -> None:
+    """Opsets, signature, op histogram, parameters, weight bytes and MACs of a model."""
+    from edgeopt.inspect_model import summarize
+    from edgeopt.model_io import load_model
+
+    summary = summarize(load_model(model))
+    if as_json:
+        _emit_json(summary.as_dict())
+    else:
+        out.print(inspect_table(summary))
+
+
+def _parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot:
+            raise PassOptionError(f"--option '{spec}': expected PASS.OPTION=VALUE, "
+                                  "e.g. fold-constants.input_size_limit=4096.")
+        options.setdefault(name, {})[option] = yaml.safe_load(raw)
+    return options
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="Input ONNX model (never overwritten).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
+    passes: Annotated[str, typer.Option("--passes", "-p", help="Comma-separated passes/presets.")] = "cleanup",
+    option: Annotated[list[str], typer.Option("--option", "-O", help="PASS.OPTION=VALUE")] = [],  # noqa: B006
+    verify: Annotated[bool, typer.Option(help="Check outputs in ONNX Runtime after every pass.")] = False,
+    target: Annotated[list[str], typer.Option("--target", "-t", help="Also emit this target's artifact.")] = [],  # noqa: B006
+    in_place: Annotated[bool, typer.Option("--in-place", help="Allow OUTPUT to be MODEL.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run passes on MODEL and write OUTPUT (and target artifacts beside it)."""
+    from edgeopt.workflow import optimize_file
+
+    names = [n.strip() for n in passes.split(",") if n.strip()]
+    options = _parse_options(option)
+    for name in options:
+        if name not in names:
+            raise PassOptionError(f"--option for '{name}', which is not in --passes {passes}.")
+    steps = [(n, options.get(n, {})) for n in names]
+    with steps_progress(err, len(registry.expand(names)), disable=as_json) as advance:
+        result = optimize_file(model, output, steps, verify=verify, targets=target,
+                               in_place=in_place, on_step=advance)
+    if as_json:
+        _emit_json({"output": str(result.output), "before": result.before.as_dict(),
+                    "after": result.after.as_dict(), "steps": [asdict(s) for s in result.pipeline.steps],
+                    "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
+        return
+    out.print(steps_table(result.pipeline.steps))
+    out.print(summary_table(result.before, result.after))
+    out.print(f"wrote {result.output}")
+    for name, path in result.artifacts.items():
+        out.print(f"wrote {name} artifact {path}")
+
+
+@app.command("convert-opset")
+def convert_opset(
+    model: Annotated[Path, typer.Argument(help="Input ONNX model.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
+    to: Annotated[int, typer.Option("--to", help="Target default-domain opset.")] = 17,
+) -> None:
+    """Convert MODEL's default-domain opset."""
+    from edgeopt.workflow import optimize_file
+
+    result = optimize_file(model, output, [("convert-opset", {"target_version": to})])
+    out.print(f"wrote {result.output} (opset {result.after.opsets.get('ai.onnx')})")
+
+
+@app.command("list-passes")
+def list_passes(as_json: JsonFlag = False) -> None:
+    """Every registered pass with its options, and the presets."""
+    infos = registry.list_passes()
+    if as_json:
+        _emit_json({
+            "passes": [{"name": i.name, "summary": i.summary,
+                        "options": {o.name: {"type": o.type_name, "default": o.default}
+                                    for o in i.options().values()}} for i in infos],
+            "presets": {k: list(v) for k, v in registry.list_presets().items()},
+        })
+        return
+    out.print(passes_table(infos, registry.list_presets()))
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name.")] = "ort-cpu",
+    as_json: JsonFlag = False,
+) -> None:
+    """List everything in MODEL that TARGET cannot run (exit 1 if anything)."""
+    from edgeopt.model_io import load_model
+    from edgeopt.target import get_target
+
+    issues = get_target(target).check(load_model(model))
+    if as_json:
+        _emit_json([asdict(i) for i in issues])
+    elif issues:
+        out.print(issues_table(target, issues))
+    else:
+        out.print(f"{model}: every node runs on {target}")
+    if issues:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")], as_json: JsonFlag = False
+) -> None:
+    """Execute a recipe (model, passes with options, verify, targets)."""
+    from edgeopt.recipe import load_recipe
+    from edgeopt.workflow import run_recipe
+
+    parsed = load_recipe(recipe)
+    total = len(registry.expand([name for name, _ in parsed.passes]))
+    with steps_progress(err, total, disable=as_json) as advance:
+        result = run_recipe(parsed, on_step=advance)
+    if as_json:
+        _emit_json({"output": str(result.output), "steps": [asdict(s) for s in result.pipeline.steps],
+                    "before": result.before.as_dict(), "after": result.after.as_dict(),
+                    "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
+        return
+    out.print(steps_table(result.pipeline.steps))
+    out.print(summary_table(result.before, result.after))
+    for name, path in result.artifacts.items():
+        out.print(f"wrote {name} artifact {path}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for artifacts.")] = Path("edgeopt-demo"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Export, clean up, emit and measure the shipped digits CNN (no download)."""
+    from edgeopt.demo import run_demo
+
+    with err.status("starting", spinner="dots") as status:
+        result = run_demo(out_dir, on_stage=lambda s: status.update(s) if not as_json else None)
+    if as_json:
+        _emit_json(result.as_dict())
+        return
+    out.print(demo_table(result))
+    out.print(f"artifacts and summary.json in {result.out_dir}")
+
+
+def main() -> None:
+    """Entry point: one-line errors (exit 1) unless --debug; usage errors exit 2."""
+    try:
+        app()
+    except EdgeoptError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,157 @@
+"""``edgeopt demo``: the whole road on the shipped digits CNN, measured, not stored.
+
+export (checked against torch) -> cleanup (verified after every pass) -> ORT CPU
+artifact -> accuracy, agreement with the PyTorch model, size, ops and latency of
+each stage on the held-out digits; artifacts and ``summary.json`` go to ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeopt import demo_model
+from edgeopt.export import ExportReport, export
+from edgeopt.inspect_model import file_size, summarize
+from edgeopt.measure import Fidelity, fidelity, median_latency_ms
+from edgeopt.model_io import load_model, save_model
+from edgeopt.pipeline import Pipeline, StepResult
+from edgeopt.runtime import create_session
+from edgeopt.target import get_target
+from edgeopt.workflow import export_target
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("ort-cpu",)
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One line of the demo's table."""
+
+    stage: str
+    runtime: str
+    path: str | None
+    size_bytes: int | None
+    nodes: int | None
+    accuracy: float
+    top1_agreement: float
+    max_abs_diff: float
+    sqnr_db: float
+    latency_ms: float
+    """Median latency of one image (batch 1)."""
+
+
+@dataclass
+class DemoResult:
+    out_dir: Path
+    export: ExportReport
+    passes: list[StepResult]
+    rows: list[StageRow] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "export": asdict(self.export),
+            "passes": [asdict(s) for s in self.passes],
+            "stages": [asdict(r) for r in self.rows],
+        }
+
+
+def run_demo(
+    out_dir: str | os.PathLike[str], *, on_stage: Callable[[str], None] | None = None
+) -> DemoResult:
+    """Run the demo, writing artifacts and ``summary.json`` into ``out_dir``."""
+    say = on_stage or (lambda _: None)
+    out = Path(out_dir).resolve()
+    data = demo_model.load_data()
+    module = demo_model.load_model()
+
+    say("export to ONNX and check against PyTorch")
+    exported = export(
+        module, (torch.from_numpy(data.x_val[:1]),), out / "digits_cnn.onnx",
+        input_names=[demo_model.INPUT_NAME], output_names=[demo_model.OUTPUT_NAME],
+        dynamic_axes={demo_model.INPUT_NAME: {0: "batch"}, demo_model.OUTPUT_NAME: {0: "batch"}},
+        optimize=False,  # the raw graph, so that edgeopt's own clean-up does the work
+    )
+    say("clean up (verified after every pass)")
+    model = load_model(out / "digits_cnn.onnx")
+    feeds = {demo_model.INPUT_NAME: data.x_train[:64]}
+    cleaned = Pipeline(["cleanup"], verify=True, feeds=feeds).run(model)
+    optimized = save_model(cleaned.model, out / "digits_cnn.optimized.onnx")
+
+    artifacts: dict[str, Path] = {}
+    for name in TARGETS:
+        say(f"emit the {name} artifact")
+        artifacts[name] = export_target(load_model(optimized), name, out / name)
+
+    say("measure every stage on the held-out digits")
+    result = DemoResult(out, exported.report, cleaned.steps)
+    result.rows = _measure(module, data, out / "digits_cnn.onnx", optimized, artifacts)
+    _write_json(out / "summary.json", result.as_dict())
+    return result
+
+
+def _measure(
+    module: torch.nn.Module, data: demo_model.DigitsData, exported: Path, optimized: Path,
+    artifacts: dict[str, Path],
+) -> list[StageRow]:
+    def torch_run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+
+    one = data.x_val[:1]
+    rows = [_row("pytorch (source)", "torch", None, torch_run, torch_run, data,
+                 lambda: torch_run(one))]
+    stages = [("exported", "onnxruntime", exported), ("cleaned up", "onnxruntime", optimized)]
+    for stage, _, path in stages:
+        session = create_session(path, optimize=True)
+        run = _session_fn(session)
+        rows.append(_row(stage, "onnxruntime", path, run, torch_run, data, lambda r=run: r(one)))
+    for name, path in artifacts.items():
+        target = get_target(name)
+
+        def run_target(x: np.ndarray, t=target, p=path) -> np.ndarray:
+            return t.run(p, {demo_model.INPUT_NAME: x})[demo_model.OUTPUT_NAME]
+
+        session_run = _session_fn(create_session(path, optimize=True))
+        rows.append(_row(f"{name} artifact", target.description, path, run_target, torch_run,
+                         data, lambda r=session_run: r(one)))
+    return rows
+
+
+def _session_fn(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+    def run(x: np.ndarray) -> np.ndarray:
+        return session.run([demo_model.OUTPUT_NAME], {demo_model.INPUT_NAME: x})[0]
+
+    return run
+
+
+def _row(
+    stage: str, runtime: str, path: Path | None, run: Callable[[np.ndarray], np.ndarray],
+    reference: Callable[[np.ndarray], np.ndarray], data: demo_model.DigitsData,
+    single: Callable[[], object],
+) -> StageRow:
+    fid: Fidelity = fidelity(run, reference, data.x_val, data.y_val)
+    nodes = summarize(load_model(path)).nodes if path else None
+    return StageRow(
+        stage=stage, runtime=runtime, path=str(path) if path else None,
+        size_bytes=file_size(path) if path else None, nodes=nodes,
+        accuracy=fid.accuracy, top1_agreement=fid.top1_agreement,
+        max_abs_diff=fid.max_abs_diff, sqnr_db=fid.sqnr_db,
+        latency_ms=median_latency_ms(single),
+    )
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,138 @@
+"""Recipes: a YAML file naming the model, the passes with options, and the targets.
+
+```yaml
+model: model.onnx              # relative paths are relative to the recipe file
+output: out/model.optimized.onnx
+passes:
+  - cleanup                    # a pass or preset name
+  - fold-constants:            # a pass with options
+      input_size_limit: 4096
+verify: true                   # optional: check outputs after every pass
+tolerance: {rtol: 1.0e-4, atol: 1.0e-5}   # optional
+targets: [ort-cpu]             # optional: artifacts go to <output folder>/<target>/
+```
+
+Every key is validated; an error names the file and the exact key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeopt import registry
+from edgeopt.errors import PassOptionError, RecipeError
+from edgeopt.target import list_targets
+
+_KEYS = {"model", "output", "passes", "verify", "tolerance", "targets"}
+_REQUIRED = ("model", "output", "passes")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    model: Path
+    output: Path
+    passes: list[tuple[str, dict[str, Any]]]
+    verify: bool = False
+    rtol: float = 1e-4
+    atol: float = 1e-5
+    targets: list[str] = field(default_factory=list)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file.
+
+    Raises:
+        RecipeError: missing file, bad YAML, unknown or ill-typed key, unknown pass
+            or target; the message names the key path (e.g. ``passes[1].fold-constants``).
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file does not exist. Check the path.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix the syntax.") from e
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"{path}: a recipe is a mapping with keys {', '.join(sorted(_KEYS))}.")
+    return _parse(path, raw)
+
+
+def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
+    def fail(key: str, message: str) -> RecipeError:
+        return RecipeError(f"{path}: {key}: {message}")
+
+    for key in raw:
+        if key not in _KEYS:
+            close = difflib.get_close_matches(str(key), sorted(_KEYS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise fail(str(key), f"unknown key{hint}. Known keys: {', '.join(sorted(_KEYS))}.")
+    for key in _REQUIRED:
+        if key not in raw:
+            raise fail(key, "missing; it is required.")
+    for key in ("model", "output"):
+        if not isinstance(raw[key], str) or not raw[key]:
+            raise fail(key, f"expects a file path, got {raw[key]!r}.")
+    if not isinstance(raw["passes"], list) or not raw["passes"]:
+        raise fail("passes", "expects a non-empty list of pass names.")
+    passes = [_parse_pass(fail, i, entry) for i, entry in enumerate(raw["passes"])]
+    verify = raw.get("verify", False)
+    if not isinstance(verify, bool):
+        raise fail("verify", f"expects true or false, got {verify!r}.")
+    rtol, atol = _parse_tolerance(fail, raw.get("tolerance", {}))
+    targets = raw.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise fail("targets", f"expects a list of target names, got {targets!r}.")
+    for i, name in enumerate(targets):
+        if name not in list_targets():
+            raise fail(f"targets[{i}]", f"unknown target '{name}'. Known: {', '.join(list_targets())}.")
+    base = path.parent
+    return Recipe(path, base / raw["model"], base / raw["output"], passes, verify, rtol, atol,
+                  list(targets))
+
+
+def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]:
+    where = f"passes[{index}]"
+    if isinstance(entry, str):
+        name, options = entry, {}
+    elif isinstance(entry, Mapping) and len(entry) == 1:
+        name, options = next(iter(entry.items()))
+        options = {} if options is None else options
+        if not isinstance(options, Mapping):
+            raise fail(f"{where}.{name}", f"options must be a mapping, got {options!r}.")
+    else:
+        raise fail(where, f"expects a pass name or {{name: {{option: value}}}}, got {entry!r}.")
+    try:
+        names = registry.expand([name])
+        if options and len(names) != 1:
+            raise PassOptionError(f"preset '{name}' takes no options; list its passes instead.")
+        if options:
+            registry.get_pass(name).create(dict(options))
+    except PassOptionError as e:
+        raise fail(f"{where}.{name}" if options else where, str(e)) from e
+    return str(name), dict(options)
+
+
+def _parse_tolerance(fail: Any, raw: Any) -> tuple[float, float]:
+    if not isinstance(raw, Mapping):
+        raise fail("tolerance", f"expects {{rtol: float, atol: float}}, got {raw!r}.")
+    values = {"rtol": 1e-4, "atol": 1e-5}
+    for key, value in raw.items():
+        if key not in values:
+            raise fail(f"tolerance.{key}", "unknown key. Known keys: atol, rtol.")
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise fail(f"tolerance.{key}", f"expects a non-negative number, got {value!r}.")
+        values[key] = float(value)
+    return values["rtol"], values["atol"]
+
