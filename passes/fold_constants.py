@@ -1,13 +1,23 @@
-"""Evaluate nodes whose inputs are all constants, with onnxscript's folder."""
+"""Evaluate nodes whose inputs are all constants, with onnxscript's folder, guarded.
+
+onnxscript's folder also rewrites some ops into simpler ones (``ConcatFromSequence``
+into ``Unsqueeze``, ``SplitToSequence`` into ``Split``), always in their newest
+form: on an opset-12 model that yields an ``Unsqueeze`` with an ``axes`` input,
+which opset 12 does not have. This wrapper keeps a replacement only when every
+new node is valid at the model's opset (input count and attributes per the
+ONNX schema), and treats a folder error on one node as "leave that node alone"
+instead of failing the whole pass.
+"""
 
 from __future__ import annotations
 
 import logging
 
+import onnx
 import onnx_ir as ir
+from onnxscript.optimizer import _constant_folding
 
 from edgeopt.pass_base import EdgeoptPass
-from onnxscript.optimizer import _constant_folding
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +28,8 @@ class FoldConstantsPass(EdgeoptPass):
     Folding is limited by tensor size so that a small expression never turns into
     a large stored tensor. The folder skips control flow, random ops and nodes
     fed by graph inputs (IR < 4 initializers listed as inputs stay overridable),
-    and keeps graph output names. Subgraphs and model functions are visited.
+    and keeps graph output names. Rewrites invalid at the model's opset are
+    refused. Subgraphs and model functions are visited.
 
     Args:
         input_size_limit: Largest input (elements) a folded node may read.
@@ -33,7 +44,7 @@ class FoldConstantsPass(EdgeoptPass):
         self.output_size_limit = output_size_limit
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folder = _constant_folding.FoldConstantsPass(
+        folder = _GuardedFolder(
             shape_inference=False,
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
@@ -41,3 +52,41 @@ class FoldConstantsPass(EdgeoptPass):
         result = folder(model)
         logger.info("fold-constants: %s", "folded" if result.modified else "nothing to fold")
         return ir.passes.PassResult(model, modified=result.modified)
+
+
+class _GuardedFolder(_constant_folding.FoldConstantsPass):
+    def process_node(
+        self, node: ir.Node, is_function: bool
+    ) -> _constant_folding.Replacement | None:
+        try:
+            replacement = super().process_node(node, is_function)
+        except RuntimeError as e:  # the folder wraps an evaluator's failure on this node
+            logger.debug("fold-constants: left %s (%s) alone: %s", node.name, node.op_type, e)
+            return None
+        if replacement is None:
+            return None
+        for new in replacement.new_nodes:
+            problem = _invalid_at_opset(new, self._opset_imports)
+            if problem:
+                logger.debug("fold-constants: refused rewriting %s (%s): %s",
+                             node.name, node.op_type, problem)
+                return None
+        return replacement
+
+
+def _invalid_at_opset(node: ir.Node, opsets: dict[str, int]) -> str | None:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    version = opsets.get(domain)
+    if version is None:
+        return f"the model imports no opset for domain '{domain}'"
+    try:
+        schema = onnx.defs.get_schema(node.op_type, version, domain)
+    except onnx.defs.SchemaError:
+        return f"{node.op_type} does not exist at opset {version}"
+    inputs = len(node.inputs)
+    if not schema.min_input <= inputs <= schema.max_input:
+        return f"{node.op_type}-{schema.since_version} takes {schema.min_input}-{schema.max_input} inputs, not {inputs}"
+    unknown = set(node.attributes) - set(schema.attributes)
+    if unknown:
+        return f"{node.op_type}-{schema.since_version} has no attribute {sorted(unknown)}"
+    return None
