@@ -7,6 +7,7 @@ each stage on the held-out digits; artifacts and ``summary.json`` go to ``out_di
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from edgeopt.measure import Fidelity, fidelity, median_latency_ms
 from edgeopt.model_io import load_model, save_model
 from edgeopt.pipeline import Pipeline, StepResult
 from edgeopt.runtime import create_session
-from edgeopt.target import get_target
+from edgeopt.target import Target, get_target
 from edgeopt.workflow import export_target
 
 logger = logging.getLogger(__name__)
@@ -110,21 +111,21 @@ def _measure(
 
     one = data.x_val[:1]
     rows = [_row("pytorch (source)", "torch", None, torch_run, torch_run, data,
-                 lambda: torch_run(one))]
+                 functools.partial(torch_run, one))]
     stages = [("exported", "onnxruntime", exported), ("cleaned up", "onnxruntime", optimized)]
     for stage, _, path in stages:
         session = create_session(path, optimize=True)
         run = _session_fn(session)
-        rows.append(_row(stage, "onnxruntime", path, run, torch_run, data, lambda r=run: r(one)))
+        rows.append(_row(stage, "onnxruntime", path, run, torch_run, data, functools.partial(run, one)))
     for name, path in artifacts.items():
         target = get_target(name)
 
-        def run_target(x: np.ndarray, t=target, p=path) -> np.ndarray:
+        def run_target(x: np.ndarray, t: Target = target, p: Path = path) -> np.ndarray:
             return t.run(p, {demo_model.INPUT_NAME: x})[demo_model.OUTPUT_NAME]
 
         session_run = _session_fn(create_session(path, optimize=True))
         rows.append(_row(f"{name} artifact", target.description, path, run_target, torch_run,
-                         data, lambda r=session_run: r(one)))
+                         data, functools.partial(session_run, one)))
     return rows
 
 

@@ -99,6 +99,7 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
 
 def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]:
     where = f"passes[{index}]"
+    options: Any
     if isinstance(entry, str):
         name, options = entry, {}
     elif isinstance(entry, Mapping) and len(entry) == 1:

@@ -121,7 +121,7 @@ def random_feeds(
                 f"input '{value.name}' has dtype {value.dtype}; no random data for it. "
                 "Provide sample data instead."
             )
-        feeds[value.name] = array
+        feeds[value.name or ""] = array
     return feeds
 
 

@@ -58,7 +58,7 @@ def get_target(name: str) -> Target:
     """Look up a target by name (``edgeopt.targets.TARGETS``)."""
     import difflib
 
-    from edgeopt import targets  # the one place the core imports targets
+    from edgeopt import targets  # type: ignore[attr-defined]  # the one place the core imports targets
 
     if name not in targets.TARGETS:
         close = difflib.get_close_matches(name, list(targets.TARGETS), n=2)
@@ -70,7 +70,7 @@ def get_target(name: str) -> Target:
 
 
 def list_targets() -> list[str]:
-    from edgeopt import targets
+    from edgeopt import targets  # type: ignore[attr-defined]
 
     return sorted(targets.TARGETS)
 

@@ -17,10 +17,9 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
+from edgeopt.passes.rewire import bypass, const_array, is_default_domain
 
 from edgeopt.pass_base import EdgeoptPass
-
-from edgeopt.passes._rewire import bypass, const_array, is_default_domain
 
 logger = logging.getLogger(__name__)
 

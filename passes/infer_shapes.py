@@ -6,9 +6,9 @@ import logging
 
 import onnx
 import onnx_ir as ir
+from onnx_ir.passes.common import _c_api_utils
 
 from edgeopt.pass_base import EdgeoptPass
-from onnx_ir.passes.common import _c_api_utils
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedFunctionsPass
 
 from edgeopt.pass_base import EdgeoptPass
-from onnx_ir.passes.common import RemoveUnusedFunctionsPass
 
 logger = logging.getLogger(__name__)
 

@@ -101,7 +101,8 @@ def _has_function_body(domain: str, op: str, version: int) -> bool:
         schema = onnx.defs.get_schema(op, version, domain)
     except onnx.defs.SchemaError:
         return False
-    return bool(schema.has_function or schema.has_context_dependent_function)
+    return bool(getattr(schema, "has_function", False)
+                or getattr(schema, "has_context_dependent_function", False))
 
 
 def _qualified(domain: str, op: str) -> str:
