@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     of = len(outcomes) if len(outcomes) == total else f"{len(outcomes)} (a subset of {total})"
     print(f"backend suite (cleanup): {runnable} runnable of {of}, {counts['ok']} ok, "
           f"{counts['broken']} broken, {counts['crashed']} crashed")
+    ok = [o for o in outcomes if o.status == "ok"]
+    simplified = [o for o in ok if o.nodes_after < o.nodes_before]
+    removed = sum(o.nodes_before - o.nodes_after for o in ok)
+    print(f"  of the ok cases, cleanup removed nodes from {len(simplified)} "
+          f"({removed} nodes of {sum(o.nodes_before for o in ok)} in all)")
     for outcome in outcomes:
         if outcome.status in ("broken", "crashed"):
             print(f"  {outcome.status:8} {outcome.name}: {outcome.detail}")

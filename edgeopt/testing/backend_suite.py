@@ -51,6 +51,9 @@ class CaseOutcome:
     detail: str = ""
     """One line: why the case is not ok (empty when it is)."""
     seconds: float = 0.0
+    nodes_before: int = 0
+    nodes_after: int = 0
+    """Nodes (subgraphs included) before and after the transform, for ok cases."""
 
 
 def cleanup_transform(model: ir.Model) -> ir.Model:
@@ -65,11 +68,16 @@ def check_case(
 ) -> CaseOutcome:
     """Run ``transform`` on ``case``'s model and judge the result (see the module doc)."""
     start = time.perf_counter()
-    status, detail = _check(case, transform, rtol, atol)
-    return CaseOutcome(case.name, status, _one_line(detail), time.perf_counter() - start)
+    counts: list[int] = []
+    status, detail = _check(case, transform, rtol, atol, counts)
+    before, after = counts if len(counts) == 2 else (0, 0)
+    return CaseOutcome(case.name, status, _one_line(detail), time.perf_counter() - start,
+                       before, after)
 
 
-def _check(case: BackendCase, transform: Transform, rtol: float, atol: float) -> tuple[Status, str]:
+def _check(
+    case: BackendCase, transform: Transform, rtol: float, atol: float, counts: list[int]
+) -> tuple[Status, str]:
     try:
         feed_sets = list(case.input_sets())
         session = create_session(case.model_path)
@@ -81,10 +89,12 @@ def _check(case: BackendCase, transform: Transform, rtol: float, atol: float) ->
         model = load_model(case.model_path)
     except Exception as e:  # noqa: BLE001
         return "crashed", f"load_model: {_error(e)}"
+    before = _count_nodes(model)
     try:
         result = transform(model)
     except Exception as e:  # noqa: BLE001 - counting these is the point
         return "crashed", f"transform: {_error(e)}"
+    counts[:] = [before, _count_nodes(result)]
     try:
         proto = ir.serde.serialize_model(result)
         proto.SerializeToString()
@@ -105,6 +115,10 @@ def _check(case: BackendCase, transform: Transform, rtol: float, atol: float) ->
         if mismatches:
             return "broken", f"data set {index}: {'; '.join(mismatches)}"
     return "ok", ""
+
+
+def _count_nodes(model: ir.Model) -> int:
+    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def compare_structured(
