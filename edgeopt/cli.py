@@ -89,6 +89,11 @@ def optimize(
     verify: Annotated[bool, typer.Option(help="Check outputs in ONNX Runtime after every pass.")] = False,
     target: Annotated[list[str], typer.Option("--target", "-t", help="Also emit this target's artifact.")] = [],  # noqa: B006
     in_place: Annotated[bool, typer.Option("--in-place", help="Allow OUTPUT to be MODEL.")] = False,
+    external_data: Annotated[
+        bool | None,
+        typer.Option("--external-data/--no-external-data",
+                     help="Store tensors in OUTPUT.data (default: only above 2 GB)."),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Run passes on MODEL and write OUTPUT (and target artifacts beside it)."""
@@ -102,7 +107,7 @@ def optimize(
     steps = [(n, options.get(n, {})) for n in names]
     with steps_progress(err, len(registry.expand(names)), disable=as_json) as advance:
         result = optimize_file(model, output, steps, verify=verify, targets=target,
-                               in_place=in_place, on_step=advance)
+                               in_place=in_place, external_data=external_data, on_step=advance)
     if as_json:
         _emit_json({"output": str(result.output), "before": result.before.as_dict(),
                     "after": result.after.as_dict(), "steps": [asdict(s) for s in result.pipeline.steps],

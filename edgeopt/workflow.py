@@ -41,18 +41,20 @@ def optimize_file(
     atol: float = 1e-5,
     targets: Sequence[str] = (),
     in_place: bool = False,
+    external_data: bool | None = None,
     on_step: Callable[[StepResult], None] | None = None,
 ) -> OptimizeResult:
     """Load ``model_path``, run ``steps``, save to ``output`` and emit target artifacts.
 
     Target artifacts go to ``<output folder>/<target name>/``. The input file is
-    never overwritten unless ``in_place`` is set.
+    never overwritten unless ``in_place`` is set. ``external_data`` as in
+    :func:`edgeopt.model_io.save_model` (``None``: only above 2 GB).
     """
     pipeline = Pipeline(steps, verify=verify, feeds=feeds, rtol=rtol, atol=atol)
     model = load_model(model_path)
     before = summarize(model)
     result = pipeline.run(model, on_step=on_step)
-    out = save_model(result.model, output, overwrite_input=in_place)
+    out = save_model(result.model, output, overwrite_input=in_place, external_data=external_data)
     optimized = load_model(out)
     artifacts = {
         name: export_target(optimized, name, out.parent / name) for name in targets
