@@ -80,6 +80,26 @@ def _parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _steps_with_options(
+    names: list[str], options: dict[str, dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Attach each ``-O PASS.OPTION=VALUE`` to PASS, or to the preset that contains it."""
+    steps: list[tuple[str, dict[str, Any]]] = [(n, {}) for n in names]
+    for pass_name, values in options.items():
+        for step_name, step_options in steps:
+            if step_name == pass_name:
+                step_options.update(values)
+                break
+            if pass_name in registry.expand([step_name]) and step_name != pass_name:
+                step_options.setdefault(pass_name, {}).update(values)
+                break
+        else:
+            raise PassOptionError(
+                f"--option for '{pass_name}', which is not in --passes {','.join(names)}."
+            )
+    return steps
+
+
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Argument(help="Input ONNX model (never overwritten).")],
@@ -100,11 +120,7 @@ def optimize(
     from edgeopt.workflow import optimize_file
 
     names = [n.strip() for n in passes.split(",") if n.strip()]
-    options = _parse_options(option)
-    for name in options:
-        if name not in names:
-            raise PassOptionError(f"--option for '{name}', which is not in --passes {passes}.")
-    steps = [(n, options.get(n, {})) for n in names]
+    steps = _steps_with_options(names, _parse_options(option))
     with steps_progress(err, len(registry.expand(names)), disable=as_json) as advance:
         result = optimize_file(model, output, steps, verify=verify, targets=target,
                                in_place=in_place, external_data=external_data, on_step=advance)

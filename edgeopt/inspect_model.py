@@ -57,7 +57,7 @@ def summarize(model: ir.Model) -> ModelSummary:
     macs, unknown = _macs(model)
     return ModelSummary(
         path=path,
-        file_bytes=_file_bytes(Path(path)) if path else None,
+        file_bytes=_file_bytes(model, Path(path)) if path else None,
         ir_version=model.ir_version,
         producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
         opsets={domain or "ai.onnx": v for domain, v in sorted(model.opset_imports.items())},
@@ -72,11 +72,15 @@ def summarize(model: ir.Model) -> ModelSummary:
     )
 
 
-def _file_bytes(path: Path) -> int:
-    """The model file plus the external-data files beside it that it refers to."""
-    total = path.stat().st_size
-    data = path.with_name(path.name + ".data")
-    return total + (data.stat().st_size if data.is_file() else 0)
+def _file_bytes(model: ir.Model, path: Path) -> int:
+    """The model file plus every external-data file its tensors refer to (each once)."""
+    data_files = {
+        Path(tensor.base_dir, tensor.location).resolve()
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if isinstance(tensor := value.const_value, ir.ExternalTensor)
+    }
+    return path.stat().st_size + sum(f.stat().st_size for f in data_files if f.is_file())
 
 
 def _info(value: ir.Value) -> TensorInfo:
@@ -144,4 +148,7 @@ def _node_macs(node: ir.Node) -> int | None:
 
 
 def file_size(path: str | os.PathLike[str]) -> int:
-    return _file_bytes(Path(path))
+    """Bytes of an ONNX file plus the external data it refers to."""
+    from edgeopt.model_io import load_model
+
+    return _file_bytes(load_model(path), Path(path))

@@ -71,14 +71,36 @@ def build_steps(specs: Sequence[StepSpec]) -> list[_Step]:
             steps.append(_Step(type(spec).__name__, spec, keep))
             continue
         name, options = (spec, {}) if isinstance(spec, str) else spec
-        names = registry.expand([name])
-        if len(names) > 1 and options:
-            raise registry.PassOptionError(f"preset '{name}' takes no options; list its passes instead.")
-        for each in names:
+        for each, each_options, from_preset in resolve(name, options):
             info = registry.get_pass(each)
-            steps.append(_Step(each, info.create(options), info.preserves_semantics,
-                               from_preset=len(names) > 1 or each != name))
+            steps.append(_Step(each, info.create(each_options), info.preserves_semantics,
+                               from_preset=from_preset))
     return steps
+
+
+def resolve(
+    name: str, options: Mapping[str, Any]
+) -> list[tuple[str, Mapping[str, Any], bool]]:
+    """``(pass, options, from_preset)`` for a pass or preset name.
+
+    A preset's options are keyed by the passes inside it:
+    ``("cleanup", {"fold-constants": {"input_size_limit": 4096}})``.
+    """
+    names = registry.expand([name])
+    if names == [name]:
+        return [(name, options, False)]
+    unknown = [key for key in options if key not in names]
+    if unknown:
+        raise registry.PassOptionError(
+            f"preset '{name}' has no pass '{unknown[0]}'; its options are keyed by its passes: "
+            f"{', '.join(names)}."
+        )
+    for key, value in options.items():
+        if not isinstance(value, Mapping):
+            raise registry.PassOptionError(
+                f"preset '{name}': options of '{key}' must be a mapping, got {value!r}."
+            )
+    return [(each, options.get(each, {}), True) for each in names]
 
 
 class Pipeline:

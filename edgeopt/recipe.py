@@ -18,6 +18,7 @@ Every key is validated; an error names the file and the exact key path.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ import yaml
 
 from edgeopt import registry
 from edgeopt.errors import PassOptionError, RecipeError
+from edgeopt.pipeline import resolve
 from edgeopt.target import list_targets
 
 _KEYS = {"model", "output", "passes", "verify", "tolerance", "targets"}
@@ -58,7 +60,13 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({str(e).splitlines()[0]}). Fix the syntax.") from e
+        where = ""
+        mark = getattr(e, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}: {getattr(e, 'problem', '')}"
+        raise RecipeError(
+            f"{path}: not valid YAML ({str(e).splitlines()[0]}{where}). Fix the syntax."
+        ) from e
     if not isinstance(raw, Mapping):
         raise RecipeError(f"{path}: a recipe is a mapping with keys {', '.join(sorted(_KEYS))}.")
     return _parse(path, raw)
@@ -109,12 +117,11 @@ def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]
             raise fail(f"{where}.{name}", f"options must be a mapping, got {options!r}.")
     else:
         raise fail(where, f"expects a pass name or {{name: {{option: value}}}}, got {entry!r}.")
+    if not isinstance(name, str):
+        raise fail(where, f"a pass name must be a string, got {name!r}.")
     try:
-        names = registry.expand([name])
-        if options and len(names) != 1:
-            raise PassOptionError(f"preset '{name}' takes no options; list its passes instead.")
-        if options:
-            registry.get_pass(name).create(dict(options))
+        for each, each_options, _ in resolve(name, options):
+            registry.get_pass(each).create(dict(each_options))
     except PassOptionError as e:
         raise fail(f"{where}.{name}" if options else where, str(e)) from e
     return str(name), dict(options)
@@ -132,8 +139,9 @@ def _parse_tolerance(fail: Any, raw: Any) -> tuple[float, float]:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise fail(f"tolerance.{key}", f"expects a non-negative number, got {value!r}.")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0 \
+                or math.isinf(value):
+            raise fail(f"tolerance.{key}", f"expects a finite non-negative number, got {value!r}.")
         values[key] = float(value)
     return values["rtol"], values["atol"]
 

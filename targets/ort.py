@@ -91,7 +91,7 @@ def _kernel_problem(
     if not ranges:
         return (f"ONNX Runtime has no CPU kernel for {_qualified(domain, op)}",
                 "Replace the op, or keep this part of the model on another runtime.")
-    supported = ", ".join(f"{lo}-{hi}" for lo, hi in sorted(ranges))
+    supported = ", ".join(f"{lo}-{hi}" for lo, hi in sorted(set(ranges)))
     return (f"no CPU kernel at opset {version} (kernels cover opsets {supported})",
             "Convert the opset: edgeopt convert-opset MODEL -o OUT --to 17")
 

@@ -230,7 +230,7 @@ def test_bad_step_specs_are_rejected() -> None:
         Pipeline(["remove-identty"])
     with pytest.raises(PassOptionError, match="option 'decimals' expects int, got '1'"):
         Pipeline([("round-bias", {"decimals": "1"})])
-    with pytest.raises(PassOptionError, match="preset 'test-preset' takes no options"):
+    with pytest.raises(PassOptionError, match="preset 'test-preset' has no pass 'decimals'"):
         Pipeline([("test-preset", {"decimals": 1})])
     with pytest.raises(ValueError, match="on_error must be 'rollback' or 'raise'"):
         Pipeline(["remove-identity"], on_error="ignore")  # type: ignore[arg-type]
@@ -428,3 +428,11 @@ def test_preset_skips_passes_whose_precondition_fails(register_passes) -> None:
     assert not opset.modified and opset.error is None
     assert removed.skipped is None and removed.modified
     assert _op_types(result.model) == ["Relu", "Add"]
+
+
+def test_preset_options_are_keyed_by_the_passes_inside(register_passes) -> None:
+    register_passes({}, presets={"test-two": ("remove-identity", "round-bias")})
+    pipeline = Pipeline([("test-two", {"round-bias": {"decimals": 2}})])
+    assert pipeline.names == ["remove-identity", "round-bias"]
+    assert pipeline.steps[1].pass_.decimals == 2
+    assert pipeline.steps[0].from_preset and pipeline.steps[1].from_preset

@@ -1,0 +1,100 @@
+"""End-to-end test of ``edgeopt demo`` (export, clean-up, ORT artifact, measurements).
+
+The demo takes several seconds, so it runs once per module: through the CLI
+(``edgeopt demo --out DIR --json``, which calls ``edgeopt.demo.run_demo``), and
+every test reads what that one run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from edgeopt import cli, demo_model
+from edgeopt.inspect_model import summarize
+from edgeopt.model_io import load_model
+
+ONNX_STAGES = ("exported", "cleaned up", "ort-cpu artifact")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out_dir = tmp_path_factory.mktemp("demo") / "edgeopt-demo"
+    result = CliRunner().invoke(cli.app, ["demo", "--out", str(out_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    return out_dir, json.loads(result.stdout)
+
+
+def _rows(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["stage"]: row for row in payload["stages"]}
+
+
+def test_demo_cli_json_matches_summary_json(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    out_dir, payload = demo_run
+
+    summary = json.loads((out_dir / "summary.json").read_text())
+
+    assert payload == summary
+    assert payload["out_dir"] == str(out_dir.resolve())
+    assert payload["export"]["max_abs"] < 1e-4  # the export check against torch
+    assert [s["name"] for s in payload["passes"]][:2] == ["topological-sort", "infer-shapes"]
+
+
+def test_demo_rows_and_accuracy(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    _, payload = demo_run
+    rows = _rows(payload)
+
+    assert set(rows) == {"pytorch (source)", *ONNX_STAGES}
+    reference = rows["pytorch (source)"]
+    assert reference["accuracy"] >= 0.95
+    assert reference["top1_agreement"] == 1.0 and math.isinf(reference["sqnr_db"])
+    for stage in ONNX_STAGES:
+        row = rows[stage]
+        assert abs(row["accuracy"] - reference["accuracy"]) <= 0.01, row
+        assert row["accuracy"] >= 0.95, row
+        assert row["top1_agreement"] >= 0.99, row
+        assert row["max_abs_diff"] < 1e-3, row
+        assert row["latency_ms"] > 0, row
+        assert Path(row["path"]).is_file(), row
+        assert row["size_bytes"] >= Path(row["path"]).stat().st_size > 0, row
+
+
+def test_demo_cleanup_removes_nodes(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    out_dir, payload = demo_run
+    rows = _rows(payload)
+
+    exported = summarize(load_model(out_dir / "digits_cnn.onnx"))
+    cleaned = summarize(load_model(out_dir / "digits_cnn.optimized.onnx"))
+
+    assert Path(rows["cleaned up"]["path"]) == out_dir / "digits_cnn.optimized.onnx"
+    assert cleaned.nodes < exported.nodes
+    assert (rows["exported"]["nodes"], rows["cleaned up"]["nodes"]) == (exported.nodes,
+                                                                        cleaned.nodes)
+    assert "BatchNormalization" in exported.ops  # so that the next line means something
+    for op in ("BatchNormalization", "Identity", "Dropout"):
+        assert op not in cleaned.ops
+    assert cleaned.ops.get("Conv") == exported.ops.get("Conv") == 2
+
+
+def test_demo_artifact_runs_like_cleaned_model(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    out_dir, payload = demo_run
+    artifact = out_dir / "ort-cpu" / "model.onnx"
+
+    assert artifact.is_file()
+    assert Path(_rows(payload)["ort-cpu artifact"]["path"]) == artifact
+    x = demo_model.load_data().x_val[:32]
+    outputs = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+        for p in (artifact, out_dir / "digits_cnn.optimized.onnx", out_dir / "digits_cnn.onnx")
+    ]
+    assert outputs[0].shape == (32, 10)
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    # Folding BatchNorm into Conv reorders float arithmetic: logits move by ~1e-5.
+    np.testing.assert_allclose(outputs[0], outputs[2], rtol=1e-4, atol=1e-4)
