@@ -7,6 +7,7 @@ name to the passes it stands for, in order.
 from __future__ import annotations
 
 import onnx_ir as ir
+
 from edgeopt.passes.convert_opset import ConvertOpsetPass
 from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass

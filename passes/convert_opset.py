@@ -36,10 +36,15 @@ class ConvertOpsetPass(EdgeoptPass):
         try:
             onnxscript.version_converter.convert_version(model, self.target_version, fallback=True)
         except Exception as e:
-            raise UnsupportedOpsetError(
-                f"converting opset {current} to {self.target_version} failed: "
-                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. "
-                "Try another --to version, or re-export the model at the opset you need."
-            ) from e
+            raise _failed(current, self.target_version, str(e) or type(e).__name__) from e
+        if model.opset_imports.get("") != self.target_version:  # the fallback only logs
+            raise _failed(current, self.target_version, "no converter could rewrite every node")
         logger.info("convert-opset: %s -> %d", current, self.target_version)
         return ir.passes.PassResult(model, modified=model.opset_imports.get("") != current)
+
+
+def _failed(current: int | None, target: int, why: str) -> UnsupportedOpsetError:
+    return UnsupportedOpsetError(
+        f"converting opset {current} to {target} failed: {why.splitlines()[0]}. "
+        "Try another --to version, or re-export the model at the opset you need."
+    )

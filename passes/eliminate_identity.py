@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import onnx_ir as ir
-from edgeopt.passes.rewire import bypass, const_array, is_default_domain, opset_version
 
 from edgeopt.pass_base import EdgeoptPass
+from edgeopt.passes.rewire import bypass, const_array, is_default_domain, opset_version
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,13 @@ For Gemm ``y = alpha * A @ B + beta_c * C``, the columns of ``B`` (rows when
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from edgeopt.passes.rewire import bypass, const_array, is_default_domain
 
 from edgeopt.pass_base import EdgeoptPass
+from edgeopt.passes.rewire import bypass, const_array, is_default_domain
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +42,15 @@ class FoldBatchNormPass(EdgeoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
+        taken = _value_names(model)
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             if node.op_type == "BatchNormalization" and is_default_domain(node):
-                folded += _try_fold(node)
+                folded += _try_fold(node, taken)
         logger.info("fold-batchnorm: folded %d BatchNormalization node(s)", folded)
         return ir.passes.PassResult(model, modified=folded > 0)
 
 
-def _try_fold(bn: ir.Node) -> bool:
+def _try_fold(bn: ir.Node, taken: set[str]) -> bool:
     reason = _unfoldable_reason(bn)
     if reason:
         logger.debug("fold-batchnorm: kept %s: %s", bn.name, reason)
@@ -60,7 +62,7 @@ def _try_fold(bn: ir.Node) -> bool:
     scale, beta, mean, var = (const_array(v).astype(np.float64) for v in bn.inputs[1:5])  # type: ignore[union-attr]
     epsilon = bn.attributes.get_float("epsilon", 1e-5)
     s = scale / np.sqrt(var + epsilon)
-    folded = _FOLDERS[layer.op_type](layer, s, beta - s * mean, bn.graph)
+    folded = _FOLDERS[layer.op_type](layer, s, beta - s * mean, _Initializers(bn.graph, taken))
     if not folded:
         logger.debug("fold-batchnorm: kept %s: %s weights have an unsupported layout",
                      bn.name, layer.op_type)
@@ -95,7 +97,7 @@ def _unfoldable_reason(bn: ir.Node) -> str | None:
     return None
 
 
-def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, graph: ir.Graph) -> bool:
+def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Initializers) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     if weight.ndim < 3 or weight.shape[0] != s.size:
@@ -104,11 +106,11 @@ def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, graph: ir.Graph
     if bias is None:
         return False
     factor = s.reshape((-1,) + (1,) * (weight.ndim - 1))
-    _set_layer_params(layer, weight * factor, bias, s, shift, graph)
+    _set_layer_params(layer, weight * factor, bias, s, shift, new)
     return True
 
 
-def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, graph: ir.Graph) -> bool:
+def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Initializers) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     group = layer.attributes.get_int("group", 1)
@@ -121,11 +123,11 @@ def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, graph
     bias = _bias(layer, 2, s.size)
     if bias is None:
         return False
-    _set_layer_params(layer, new_weight, bias, s, shift, graph)
+    _set_layer_params(layer, new_weight, bias, s, shift, new)
     return True
 
 
-def _fold_gemm(layer: ir.Node, s: np.ndarray, shift: np.ndarray, graph: ir.Graph) -> bool:
+def _fold_gemm(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Initializers) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     trans_b = layer.attributes.get_int("transB", 0)
@@ -136,7 +138,7 @@ def _fold_gemm(layer: ir.Node, s: np.ndarray, shift: np.ndarray, graph: ir.Graph
         return False
     beta_c = layer.attributes.get_float("beta", 1.0)
     new_weight = weight * (s[:, None] if trans_b else s[None, :])
-    _set_layer_params(layer, new_weight, beta_c * bias, s, shift, graph)
+    _set_layer_params(layer, new_weight, beta_c * bias, s, shift, new)
     if "beta" in layer.attributes:
         layer.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     return True
@@ -157,28 +159,45 @@ def _bias(layer: ir.Node, index: int, channels: int) -> np.ndarray | None:
 
 def _set_layer_params(
     layer: ir.Node, weight: np.ndarray, bias: np.ndarray, s: np.ndarray,
-    shift: np.ndarray, graph: ir.Graph,
+    shift: np.ndarray, new: _Initializers,
 ) -> None:
     old_weight = layer.inputs[1]
     assert old_weight is not None
     dtype = const_array(old_weight).dtype  # type: ignore[union-attr]
     new_bias = (s * bias + shift).astype(dtype)
-    layer.replace_input_with(1, _initializer(graph, f"{old_weight.name}_bnfold", weight.astype(dtype)))
+    layer.replace_input_with(1, new.add(f"{old_weight.name}_bnfold", weight.astype(dtype)))
     if len(layer.inputs) < 3:
         layer.resize_inputs(3)
-    layer.replace_input_with(2, _initializer(graph, f"{layer.name or 'layer'}_bnfold_bias", new_bias))
+    layer.replace_input_with(2, new.add(f"{layer.name or 'layer'}_bnfold_bias", new_bias))
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    unique, n = name, 0
-    while unique in graph.initializers:
-        n += 1
-        unique = f"{name}_{n}"
-    value = ir.Value(name=unique, const_value=ir.tensor(array, name=unique))
-    value.shape = ir.Shape(array.shape)
-    value.dtype = ir.DataType.from_numpy(array.dtype)
-    graph.register_initializer(value)
-    return value
+@dataclass
+class _Initializers:
+    """Adds initializers to ``graph`` under names no value of the model uses yet."""
+
+    graph: ir.Graph
+    taken: set[str]
+
+    def add(self, name: str, array: np.ndarray) -> ir.Value:
+        unique, n = name, 0
+        while unique in self.taken:
+            n += 1
+            unique = f"{name}_{n}"
+        self.taken.add(unique)
+        value = ir.Value(name=unique, const_value=ir.tensor(array, name=unique))
+        value.shape = ir.Shape(array.shape)
+        value.dtype = ir.DataType.from_numpy(array.dtype)
+        self.graph.register_initializer(value)
+        return value
+
+
+def _value_names(model: ir.Model) -> set[str]:
+    names: set[str] = set()
+    for graph in model.graphs():
+        names.update(v.name for v in graph.inputs if v.name)
+        names.update(graph.initializers)
+        names.update(v.name for node in graph for v in node.outputs if v.name)
+    return names
 
 
 _FOLDERS = {"Conv": _fold_conv, "ConvTranspose": _fold_conv_transpose, "Gemm": _fold_gemm}

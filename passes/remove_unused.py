@@ -13,12 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 class RemoveUnusedPass(EdgeoptPass):
-    """Remove nodes whose outputs nobody uses, unused initializers and functions.
+    """Remove nodes whose outputs nobody uses, unused initializers, functions and opset imports.
 
     Graph inputs and outputs are kept (an initializer that is also a graph input,
     as in IR < 4 models, stays). Nodes without outputs are kept. Subgraphs are
-    visited (their unused nodes and initializers go too); inside model-local
-    functions unused nodes are removed, and unused functions are dropped.
+    visited (their unused nodes and initializers go too, and so does whatever
+    only a removed node's subgraph used); inside model-local functions unused
+    nodes are removed, and unused functions are dropped. The model's imports of
+    domains that no node or function uses are dropped; the default domain stays.
     """
 
     name = "remove-unused"
@@ -29,9 +31,12 @@ class RemoveUnusedPass(EdgeoptPass):
             nodes += _remove_dead_nodes(function)
         initializers = sum(_remove_dead_initializers(g) for g in model.graphs())
         functions = RemoveUnusedFunctionsPass()(model).modified
-        logger.info("remove-unused: %d node(s), %d initializer(s)%s removed", nodes,
-                    initializers, ", functions" if functions else "")
-        return ir.passes.PassResult(model, modified=bool(nodes or initializers or functions))
+        opsets = _remove_unused_opsets(model)
+        logger.info("remove-unused: %d node(s), %d initializer(s), %d opset import(s)%s removed",
+                    nodes, initializers, opsets, ", functions" if functions else "")
+        return ir.passes.PassResult(
+            model, modified=bool(nodes or initializers or functions or opsets)
+        )
 
 
 def _remove_dead_nodes(graph: ir.Graph | ir.Function) -> int:
@@ -40,6 +45,7 @@ def _remove_dead_nodes(graph: ir.Graph | ir.Function) -> int:
     outputs = set(graph.outputs)
     for node in reversed(list(graph)):
         if node.outputs and all(not v.uses() and v not in outputs for v in node.outputs):
+            _detach_subgraphs(node)
             graph.remove(node, safe=True)
             removed += 1
             continue
@@ -49,6 +55,30 @@ def _remove_dead_nodes(graph: ir.Graph | ir.Function) -> int:
             elif attr.type == ir.AttributeType.GRAPHS:
                 removed += sum(_remove_dead_nodes(g) for g in attr.as_graphs())
     return removed
+
+
+def _detach_subgraphs(node: ir.Node) -> None:
+    """Drop the inputs of every node in ``node``'s subgraphs, so that outer values
+    used only there become unused when ``node`` goes."""
+    for attr in node.attributes.values():
+        graphs = ([attr.as_graph()] if attr.type == ir.AttributeType.GRAPH
+                  else attr.as_graphs() if attr.type == ir.AttributeType.GRAPHS else [])
+        for graph in graphs:
+            for inner in graph:
+                _detach_subgraphs(inner)
+                inner.resize_inputs(0)
+
+
+def _remove_unused_opsets(model: ir.Model) -> int:
+    used = {"", "ai.onnx"}
+    used.update(node.domain for node in ir.traversal.RecursiveGraphIterator(model.graph))
+    for function in model.functions.values():
+        used.add(function.domain)
+        used.update(node.domain for node in ir.traversal.RecursiveGraphIterator(function))
+    unused = [domain for domain in model.opset_imports if domain not in used]
+    for domain in unused:
+        del model.opset_imports[domain]
+    return len(unused)
 
 
 def _remove_dead_initializers(graph: ir.Graph) -> int:

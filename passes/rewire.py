@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -55,11 +56,13 @@ def bypass(old: ir.Value, new: ir.Value) -> bool:
     return True
 
 
-def const_array(value: ir.Value | None):  # -> np.ndarray | None
-    """The constant array behind ``value`` (an initializer that is not a graph input)."""
-    if value is None or value.const_value is None or value.is_graph_input():
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The constant array behind ``value``: an initializer that is not a graph input,
+    or the output of a ``Constant`` node."""
+    if value is None or value.is_graph_input():
         return None
     try:
-        return value.const_value.numpy()
-    except Exception:  # noqa: BLE001 - unreadable tensors (e.g. missing external data)
+        tensor = ir.convenience.get_const_tensor(value)
+        return None if tensor is None else tensor.numpy()
+    except Exception:  # noqa: BLE001 - malformed Constant, unreadable external data
         return None
