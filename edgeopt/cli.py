@@ -46,6 +46,9 @@ def _main(
 ) -> None:
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not (verbose or debug):  # their internal fallbacks are not the user's concern
+        for noisy in ("onnxscript", "torch.onnx", "onnx_ir"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     _state["debug"] = debug
 
 

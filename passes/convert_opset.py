@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import onnx
+import onnx.helper
 import onnx_ir as ir
 import onnxscript.version_converter
 
@@ -17,7 +19,9 @@ class ConvertOpsetPass(EdgeoptPass):
     """Rewrite the model to another default-domain opset (e.g. up to 17).
 
     Uses onnxscript's version converter, which falls back to ONNX's converter for
-    adapters it lacks. Fails with a clear error when neither can convert a node.
+    adapters it lacks (and inlines model-local functions on the way). Fails with a
+    clear error when neither can convert the model. The IR version is raised to
+    the minimum the new opset requires.
 
     Args:
         target_version: The default-domain opset to convert to.
@@ -39,6 +43,7 @@ class ConvertOpsetPass(EdgeoptPass):
             raise _failed(current, self.target_version, str(e) or type(e).__name__) from e
         if model.opset_imports.get("") != self.target_version:  # the fallback only logs
             raise _failed(current, self.target_version, "no converter could rewrite every node")
+        model.ir_version = max(model.ir_version, _min_ir_version(self.target_version))
         logger.info("convert-opset: %s -> %d", current, self.target_version)
         return ir.passes.PassResult(model, modified=model.opset_imports.get("") != current)
 
@@ -48,3 +53,12 @@ def _failed(current: int | None, target: int, why: str) -> UnsupportedOpsetError
         f"converting opset {current} to {target} failed: {why.splitlines()[0]}. "
         "Try another --to version, or re-export the model at the opset you need."
     )
+
+
+
+def _min_ir_version(opset: int) -> int:
+    """The lowest IR version that ONNX pairs with ``opset`` of the default domain."""
+    try:
+        return int(onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)]))
+    except (ValueError, KeyError):  # an opset newer than this onnx knows: leave it alone
+        return 3

@@ -26,10 +26,12 @@ class FoldConstantsPass(EdgeoptPass):
     """Replace constant subexpressions by initializers (onnxscript's constant folder).
 
     Folding is limited by tensor size so that a small expression never turns into
-    a large stored tensor. The folder skips control flow, random ops and nodes
-    fed by graph inputs (IR < 4 initializers listed as inputs stay overridable),
-    and keeps graph output names. Rewrites invalid at the model's opset are
-    refused. Subgraphs and model functions are visited.
+    a large stored tensor. The folder skips random ops and nodes fed by graph
+    inputs (IR < 4 initializers listed as inputs stay overridable), and keeps
+    graph output names. Besides folding it simplifies: an ``If`` whose condition
+    is constant is replaced by its branch, and inference-mode Dropout becomes
+    Identity. Rewrites invalid at the model's opset are refused. Subgraphs and
+    model functions are visited.
 
     Args:
         input_size_limit: Largest input (elements) a folded node may read.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -153,3 +154,15 @@ def test_failed_conversion_raises(opset, target):
 
     with pytest.raises(UnsupportedOpsetError, match=f"converting opset {opset} to {target}"):
         ConvertOpsetPass(target_version=target)(model)
+
+
+def test_ir_version_is_raised_to_what_the_new_opset_needs():
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 6, opset_import: ["" : 11]>
+        g (float[2, 3] x) => (float[2, 3] y) { y = Relu(x) }
+        """
+    )
+    assert ConvertOpsetPass(target_version=17)(model).modified
+    assert model.ir_version == 8  # onnx.helper.VERSION_TABLE: opset 17 came with IR 8
+    onnx.checker.check_model(ir.serde.serialize_model(model), full_check=True)
