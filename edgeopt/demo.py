@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from edgeopt import demo_model
-from edgeopt.export import ExportReport, export
 from edgeopt.inspect_model import file_size, summarize
 from edgeopt.measure import Fidelity, fidelity, median_latency_ms
 from edgeopt.model_io import load_model, save_model
 from edgeopt.pipeline import Pipeline, StepResult
 from edgeopt.runtime import create_session
 from edgeopt.target import Target, get_target
+from edgeopt.torch_export import ExportReport, export
 from edgeopt.workflow import export_target
 
 logger = logging.getLogger(__name__)

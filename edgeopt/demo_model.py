@@ -99,7 +99,7 @@ def write_assets(out: Path = ASSETS) -> dict[str, float]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from edgeopt.export import export
+    from edgeopt.torch_export import export
 
     digits = load_digits()
     x_train, x_val, y_train, y_val = train_test_split(

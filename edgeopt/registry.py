@@ -8,6 +8,7 @@ keyword-only ``__init__`` signature, and expands presets such as ``cleanup``.
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import types
 import typing
@@ -74,15 +75,12 @@ class PassInfo:
 
 
 def _passes() -> dict[str, type[ir.passes.PassBase]]:
-    from edgeopt import passes  # the registry is the one place the core imports passes
-
-    return passes.PASSES
+    # The registry is the one place the core imports the passes package.
+    return dict(importlib.import_module("edgeopt.passes").PASSES)
 
 
 def _presets() -> dict[str, tuple[str, ...]]:
-    from edgeopt import passes
-
-    return passes.PRESETS
+    return dict(importlib.import_module("edgeopt.passes").PRESETS)
 
 
 def list_passes() -> list[PassInfo]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,23 +58,23 @@ class Target(Protocol):
 
 def get_target(name: str) -> Target:
     """Look up a target by name (``edgeopt.targets.TARGETS``)."""
-    import difflib
-
-    from edgeopt import targets  # type: ignore[attr-defined]  # the one place the core imports targets
-
-    if name not in targets.TARGETS:
-        close = difflib.get_close_matches(name, list(targets.TARGETS), n=2)
+    known = _targets()
+    if name not in known:
+        close = difflib.get_close_matches(name, list(known), n=2)
         hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
         raise PassOptionError(
-            f"unknown target '{name}'{hint}. Known targets: {', '.join(sorted(targets.TARGETS))}."
+            f"unknown target '{name}'{hint}. Known targets: {', '.join(sorted(known))}."
         )
-    return targets.TARGETS[name]()
+    return known[name]()
 
 
 def list_targets() -> list[str]:
-    from edgeopt import targets  # type: ignore[attr-defined]
+    return sorted(_targets())
 
-    return sorted(targets.TARGETS)
+
+def _targets() -> dict[str, type[Target]]:
+    # The one place the core imports the targets package.
+    return dict(importlib.import_module("edgeopt.targets").TARGETS)
 
 
 def raise_for_issues(target: str, issues: list[Issue]) -> None:

@@ -1,4 +1,4 @@
-"""Tests of edgeopt.export: real exports with both torch exporters, checked in ONNX Runtime."""
+"""Tests of edgeopt.export (torch_export.py): real exports with both exporters, checked in ORT."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edgeopt.errors import ExportError
-from edgeopt.export import ExportResult, export
 from edgeopt.model_io import load_model, to_proto
 from edgeopt.runtime import run_model
+from edgeopt.torch_export import ExportResult, export
 
 
 class ConvNet(torch.nn.Module):
@@ -163,7 +163,7 @@ def test_module_failing_on_grown_axes_names_them() -> None:
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_auto_falls_back_to_torchscript(caplog: pytest.LogCaptureFixture) -> None:
     module = AlwaysTrueBranch()
-    with caplog.at_level(logging.WARNING, logger="edgeopt.export"):
+    with caplog.at_level(logging.WARNING, logger="edgeopt.torch_export"):
         result = export(module, torch.randn(2, 3))
     assert result.report.exporter == "torchscript"
     assert result.report.fallback_reason
