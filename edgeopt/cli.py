@@ -217,6 +217,7 @@ def demo(
     as_json: JsonFlag = False,
 ) -> None:
     """Export, clean up, emit and measure the shipped digits CNN (no download)."""
+    _quiet_torch()
     from edgeopt.demo import run_demo
 
     with err.status("starting", spinner="dots") as status:
@@ -226,6 +227,18 @@ def demo(
         return
     out.print(demo_table(result))
     out.print(f"artifacts and summary.json in {result.out_dir}")
+
+
+def _quiet_torch() -> None:
+    """Hide torch's import-time notices (no torchvision, deprecations) unless -v/--debug."""
+    if logging.getLogger().level <= logging.INFO:
+        return
+    import warnings
+
+    import torch  # noqa: F401 - torch configures its loggers on import; adjust them after
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg)")
 
 
 def main() -> None:
