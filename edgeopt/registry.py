@@ -171,4 +171,6 @@ def _matches(annotation: Any, value: Any) -> tuple[bool, Any]:
         item = args[0] if args else Any
         results = [_matches(item, v) for v in value]
         return all(ok for ok, _ in results), tuple(v for _, v in results)
+    if origin is not None:  # other generics (Iterable[...], Callable[...], Mapping[...])
+        return isinstance(value, origin), value
     return isinstance(value, annotation), value

@@ -15,6 +15,9 @@ from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
 from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.lift_constants import LiftConstantsPass
+from edgeopt.passes.quantize_dynamic import QuantizeDynamicPass
+from edgeopt.passes.quantize_static import QuantizeStaticPass
+from edgeopt.passes.quantize_weights import QuantizeWeightsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
@@ -28,6 +31,9 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         FoldConstantsPass,
         InferShapesPass,
         LiftConstantsPass,
+        QuantizeDynamicPass,
+        QuantizeStaticPass,
+        QuantizeWeightsPass,
         RemoveUnusedPass,
         TopologicalSortPass,
     )
@@ -63,6 +69,9 @@ __all__ = [
     "FoldConstantsPass",
     "InferShapesPass",
     "LiftConstantsPass",
+    "QuantizeDynamicPass",
+    "QuantizeStaticPass",
+    "QuantizeWeightsPass",
     "RemoveUnusedPass",
     "TopologicalSortPass",
     "cleanup",

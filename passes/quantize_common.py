@@ -1,0 +1,106 @@
+"""What the quantization passes share: pre-processing, ORT type names, data readers."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import onnx_ir as ir
+
+from edgeopt.passes.convert_opset import ConvertOpsetPass
+from edgeopt.passes.eliminate_identity import EliminateIdentityPass
+from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
+from edgeopt.passes.fold_constants import FoldConstantsPass
+from edgeopt.passes.infer_shapes import InferShapesPass
+from edgeopt.passes.lift_constants import LiftConstantsPass
+from edgeopt.passes.remove_unused import RemoveUnusedPass
+from edgeopt.passes.topological_sort import TopologicalSortPass
+from edgeopt.runtime import Feeds
+
+logger = logging.getLogger(__name__)
+
+QuantDType = Literal["int8", "uint8", "int16", "uint16", "int4", "uint4"]
+
+def ort_type(name: str) -> Any:
+    """ORT's ``QuantType`` for ``int8``, ``uint8``, ``int16``, ``uint16``, ``int4``, ``uint4``."""
+    quant_type = import_quietly("onnxruntime.quantization.quant_utils").QuantType
+    return {"int8": quant_type.QInt8, "uint8": quant_type.QUInt8, "int16": quant_type.QInt16,
+            "uint16": quant_type.QUInt16, "int4": quant_type.QInt4, "uint4": quant_type.QUInt4}[name]
+
+QUANTIZABLE_MIN_OPSET = 13
+"""Per-channel DequantizeLinear (its ``axis``) needs opset 13."""
+
+
+def prepare_for_quantization(model: ir.Model, *, min_opset: int = QUANTIZABLE_MIN_OPSET) -> None:
+    """ORT-style pre-processing with our own passes, in place.
+
+    Real models keep weights in Constant nodes, sit at old opsets and carry
+    BatchNorm and Identity nodes; a quantizer must take them as they come:
+    topological sort, weights lifted to initializers, constants folded,
+    BatchNorm folded, dead code removed, the opset raised to ``min_opset``
+    when below it, and shapes inferred (ORT's quantizer needs value types).
+    """
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    if opset < min_opset:
+        logger.info("quantize: converting opset %d to %d first", opset, min_opset)
+        ConvertOpsetPass(target_version=min_opset)(model)
+    passes: list[ir.passes.PassBase] = [
+        TopologicalSortPass(),
+        LiftConstantsPass(min_elements=1),
+        FoldConstantsPass(),
+        EliminateIdentityPass(),
+        FoldBatchNormPass(),
+        RemoveUnusedPass(),
+        InferShapesPass(),
+    ]
+    ir.passes.PassManager(passes, steps=1)(model)
+
+
+def import_quietly(module: str) -> Any:
+    """Import an ORT quantization module without letting it configure logging.
+
+    Some of them call ``logging.basicConfig(level=INFO)`` at import, which would
+    make every library log print; with a handler already on the root logger,
+    ``basicConfig`` does nothing.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return importlib.import_module(module)
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        return importlib.import_module(module)
+    finally:
+        root.removeHandler(guard)
+
+
+class OrtReader:
+    """Adapts a re-iterable of feeds to ORT's ``CalibrationDataReader`` (``get_next``)."""
+
+    def __init__(self, batches: Iterable[Feeds]) -> None:
+        self._batches = batches
+        self._it: Iterator[Feeds] | None = None
+
+    def get_next(self) -> Feeds | None:
+        if self._it is None:
+            self._it = iter(self._batches)
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = None
+
+    def __iter__(self) -> Iterator[Feeds]:
+        return iter(self._batches)
+
+
+def shape_nodes(model: ir.Model) -> list[str]:
+    """Main-graph nodes whose first input is not a float tensor (shape arithmetic,
+    index math): nothing to quantize there, so they are excluded up front."""
+    names = []
+    for node in model.graph:
+        first = node.inputs[0] if node.inputs else None
+        if node.name and (first is None or first.dtype is None or not first.dtype.is_floating_point()):
+            names.append(node.name)
+    return names

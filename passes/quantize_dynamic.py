@@ -1,0 +1,69 @@
+"""Dynamic int8 quantization: int8 weights, activations quantized at run time.
+
+For MatMul/Gemm-heavy models (transformers), where activation ranges vary per
+input. The graph comes from ONNX Runtime's own quantizer (IntegerOps mode:
+MatMulInteger / DynamicQuantizeLinear), after our pre-processing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import onnx_ir as ir
+
+from edgeopt.pass_base import EdgeoptPass
+from edgeopt.passes.quantize_common import ort_type, prepare_for_quantization
+from edgeopt.passes.rewire import adopt
+
+logger = logging.getLogger(__name__)
+
+
+class QuantizeDynamicPass(EdgeoptPass):
+    """Quantize MatMul/Gemm (and the other IntegerOps ORT supports) weights to int8.
+
+    No calibration data is needed. Graph input/output names and dtypes are kept.
+
+    Args:
+        per_channel: Per-output-channel weight scales (more accurate, same size).
+        weight_type: ``int8`` (symmetric) or ``uint8``.
+        op_types: Only these op types (default: ``MatMul``, ``Gemm``, ``Attention``, ...).
+        exclude: Node names that stay float.
+    """
+
+    name = "quantize-dynamic"
+    preserves_semantics = False
+
+    def __init__(
+        self,
+        *,
+        per_channel: bool = True,
+        weight_type: Literal["int8", "uint8"] = "int8",
+        op_types: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.per_channel = per_channel
+        self.weight_type = weight_type
+        self.op_types = op_types
+        self.exclude = exclude
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+        from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType, update_opset_version
+        from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+        prepare_for_quantization(model)
+        weight = ort_type(self.weight_type)
+        proto = update_opset_version(ir.serde.serialize_model(model), weight)
+        extra: dict[str, Any] = {"MatMulConstBOnly": True, "WeightSymmetric": self.weight_type == "int8"}
+        quantizer = ONNXQuantizer(
+            proto, self.per_channel, False, QuantizationMode.IntegerOps, False, weight,
+            QuantType.QUInt8, None, [], list(self.exclude),
+            list(self.op_types) or list(IntegerOpsRegistry), extra,
+        )
+        quantizer.quantize_model()
+        adopt(model, ir.serde.deserialize_model(quantizer.model.model))
+        logger.info("quantize-dynamic: %s weights%s", self.weight_type,
+                    ", per channel" if self.per_channel else "")
+        return ir.passes.PassResult(model, modified=True)

@@ -1,0 +1,183 @@
+"""Static int8 (or 16-bit) quantization with our streaming calibration and ORT's emitters.
+
+Calibration is ours (``edgeopt.calibrate``): statistics are collected batch by
+batch from one ONNX Runtime session, so memory does not grow with the number
+of samples, and percentile / entropy / MSE ranges come from fixed-size
+histograms. The QDQ and QOperator graphs are emitted by ONNX Runtime's own
+quantizers (``QDQQuantizer``, ``ONNXQuantizer``) from those ranges, so the result
+is what ORT's kernels and execution providers expect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeopt.errors import CalibrationDataError
+from edgeopt.pass_base import EdgeoptPass
+from edgeopt.passes.quantize_common import ort_type, prepare_for_quantization, shape_nodes
+from edgeopt.passes.rewire import adopt
+from edgeopt.runtime import Feeds
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["minmax", "moving-average", "percentile", "entropy", "mse"]
+
+
+class QuantizeStaticPass(EdgeoptPass):
+    """Quantize weights and activations with ranges calibrated on sample data.
+
+    The model is first pre-processed by our own passes (weights lifted from
+    Constant nodes, BatchNorm folded, opset raised to 13 when lower, shapes
+    inferred). Graph input and output names and dtypes are kept (float I/O).
+
+    Args:
+        calibration: Sample data: a re-iterable of feeds, or a path/spec for
+            :func:`edgeopt.calib_data.open_reader` (folder of .npy/.npz or images,
+            ``random:N``). Not needed when ``ranges`` is given.
+        ranges: Precomputed ``tensor name -> (low, high)``, e.g. from ``edgeopt.calibrate``.
+        method: How ranges are computed from the data.
+        percentile: For ``method="percentile"``.
+        format: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs) or ``"qoperator"``
+            (QLinearConv, QLinearMatMul, ...).
+        per_channel: Per-output-channel weight scales.
+        activation_type: ``uint8`` (default), ``int8``, or 16-bit for NPUs (A16W8).
+        weight_type: ``int8`` (symmetric) or ``uint8``.
+        symmetric_activations: Zero point 0 for activations.
+        op_types: Only quantize these op types (default: every type ORT can).
+        nodes: Only quantize these node names.
+        exclude: Never quantize these node names (they stay float).
+        samples: Use at most this many calibration samples.
+        batch_size: Re-batch the calibration data to this size.
+        on_batch: Called with the number of samples seen so far (progress bars).
+    """
+
+    name = "quantize-static"
+    preserves_semantics = False
+
+    def __init__(
+        self,
+        *,
+        calibration: str | Iterable[Feeds] | None = None,
+        ranges: Mapping[str, tuple[float, float]] | None = None,
+        method: Method = "minmax",
+        percentile: float = 99.999,
+        format: Literal["qdq", "qoperator"] = "qdq",
+        per_channel: bool = True,
+        activation_type: Literal["uint8", "int8", "uint16", "int16"] = "uint8",
+        weight_type: Literal["int8", "uint8"] = "int8",
+        symmetric_activations: bool = False,
+        op_types: tuple[str, ...] = (),
+        nodes: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+        samples: int | None = None,
+        batch_size: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__()
+        if calibration is None and ranges is None:
+            raise CalibrationDataError(
+                "quantize-static needs calibration data (--calib DATA) or precomputed ranges."
+            )
+        self.calibration = calibration
+        self.ranges = ranges
+        self.method = method
+        self.percentile = percentile
+        self.format = format
+        self.per_channel = per_channel
+        self.activation_type = activation_type
+        self.weight_type = weight_type
+        self.symmetric_activations = symmetric_activations
+        self.op_types = op_types
+        self.nodes = nodes
+        self.exclude = exclude
+        self.samples = samples
+        self.batch_size = batch_size
+        self.on_batch = on_batch
+        self.calibration_seconds: float | None = None
+        """Set after a run that calibrated: wall time of the calibration."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        prepare_for_quantization(model)
+        ranges = dict(self.ranges) if self.ranges is not None else self._calibrate(model)
+        adopt(model, quantize_with_ranges(
+            model, ranges, format=self.format, per_channel=self.per_channel,
+            activation_type=self.activation_type, weight_type=self.weight_type,
+            symmetric_activations=self.symmetric_activations, op_types=self.op_types,
+            nodes=self.nodes, exclude=self.exclude,
+        ))
+        logger.info("quantize-static: %s, %s activations, %d calibrated tensors",
+                    self.format, self.activation_type, len(ranges))
+        return ir.passes.PassResult(model, modified=True)
+
+    def _calibrate(self, model: ir.Model) -> dict[str, tuple[float, float]]:
+        from edgeopt.calib_data import batches, open_reader
+        from edgeopt.calibrate import calibrate
+        from edgeopt.observers import make_observer_factory
+
+        assert self.calibration is not None
+        reader = (open_reader(self.calibration, model) if isinstance(self.calibration, str)
+                  else self.calibration)
+        options: dict[str, Any] = {"percentile": self.percentile} if self.method == "percentile" else {}
+        if self.method in ("entropy", "mse", "percentile") and self.activation_type.endswith("16"):
+            options["quant_bits"] = 16
+        result = calibrate(
+            model, batches(reader, model, batch_size=self.batch_size, limit=self.samples),
+            observer=make_observer_factory(self.method, **options), on_batch=self.on_batch,
+        )
+        self.calibration_seconds = result.seconds
+        logger.info("quantize-static: calibrated %d tensors on %d samples in %.1fs (%s)",
+                    len(result.ranges), result.samples, result.seconds, self.method)
+        return result.ranges
+
+
+def quantize_with_ranges(
+    model: ir.Model,
+    ranges: Mapping[str, tuple[float, float]],
+    *,
+    format: Literal["qdq", "qoperator"] = "qdq",
+    per_channel: bool = True,
+    activation_type: str = "uint8",
+    weight_type: str = "int8",
+    symmetric_activations: bool = False,
+    op_types: Iterable[str] = (),
+    nodes: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+) -> ir.Model:
+    """A new model quantized by ORT's emitter from ``ranges`` (``model`` is untouched).
+
+    ``model`` should be pre-processed (:func:`prepare_for_quantization`).
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import QuantizationMode, update_opset_version
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    proto = ir.serde.serialize_model(model)
+    act, weight = ort_type(activation_type), ort_type(weight_type)
+    proto = update_opset_version(proto, weight, act)
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": symmetric_activations,
+        "WeightSymmetric": weight_type == "int8",
+        "ForceQuantizeNoInputCheck": True,
+    }
+    if activation_type.endswith("16") and proto.opset_import[0].version < 21:
+        extra["UseQDQContribOps"] = True  # 16-bit Q/DQ before opset 21 live in com.microsoft
+    data = {name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
+            for name, (low, high) in ranges.items()}
+    tensors = TensorsData(CalibrationMethod.MinMax, data)
+    types = list(op_types) or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+    exclude = [*exclude, *shape_nodes(model)]
+    if format == "qoperator":
+        quantizer: Any = ONNXQuantizer(proto, per_channel, False, QuantizationMode.QLinearOps, True,
+                                       weight, act, tensors, list(nodes), list(exclude), types, extra)
+    else:
+        quantizer = QDQQuantizer(proto, per_channel, False, weight, act, tensors, list(nodes),
+                                 list(exclude), types, extra)
+    quantizer.quantize_model()
+    return ir.serde.deserialize_model(quantizer.model.model)
