@@ -19,6 +19,9 @@ from edgeopt.cli_render import (
     inspect_table,
     issues_table,
     passes_table,
+    quantize_json,
+    quantize_tables,
+    samples_progress,
     steps_progress,
     steps_table,
     summary_table,
@@ -137,6 +140,89 @@ def optimize(
     out.print(f"wrote {result.output}")
     for name, path in result.artifacts.items():
         out.print(f"wrote {name} artifact {path}")
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="Float ONNX model (never overwritten).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the quantized model.")],
+    mode: Annotated[str, typer.Option(help="static | dynamic | weight-only")] = "static",
+    calib: Annotated[str | None, typer.Option(help="Sample data: folder of .npy/.npz or images, or random:N.")] = None,
+    method: Annotated[str, typer.Option(help="minmax | moving-average | percentile | entropy | mse")] = "minmax",
+    percentile: Annotated[float, typer.Option(help="For --method percentile.")] = 99.999,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.")] = True,
+    fmt: Annotated[str, typer.Option("--format", help="qdq | qoperator")] = "qdq",
+    activation_type: Annotated[str, typer.Option(help="uint8 | int8 | uint16 | int16")] = "uint8",
+    bits: Annotated[int, typer.Option(help="Weight-only: 4 or 8.")] = 4,
+    block_size: Annotated[int, typer.Option(help="Weight-only: weights per scale.")] = 32,
+    weight_method: Annotated[str, typer.Option(help="Weight-only: rtn | hqq | gptq")] = "rtn",
+    exclude: Annotated[list[str], typer.Option(help="Node name to keep in float (repeatable).")] = [],  # noqa: B006
+    op_types: Annotated[str, typer.Option(help="Comma-separated op types to quantize.")] = "",
+    samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Re-batch calibration data.")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="Keep sensitive nodes float until agreement "
+                                                   "with fp32 drops at most this much.")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Show the per-node sensitivity table.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Quantize MODEL (static int8 with calibration, dynamic, or weight-only int4/int8)."""
+    from edgeopt.quantize import QuantizeConfig, quantize_file
+
+    config = _quantize_config(QuantizeConfig, mode=mode, method=method, percentile=percentile,
+                              per_channel=per_channel, format=fmt, activation_type=activation_type,
+                              bits=bits, block_size=block_size, weight_method=weight_method,
+                              exclude=tuple(exclude),
+                              op_types=tuple(t for t in op_types.split(",") if t),
+                              samples=samples, batch_size=batch_size, max_drop=max_drop)
+    with samples_progress(err, disable=as_json) as progress:
+        result = quantize_file(model, output, config, calibration=calib, report=report,
+                               progress=progress)
+    if as_json:
+        _emit_json(quantize_json(result))
+        return
+    out.print(quantize_tables(result, show_report=report))
+
+
+@app.command()
+def analyze(
+    model: Annotated[Path, typer.Argument(help="Float ONNX model.")],
+    calib: Annotated[str, typer.Option(help="Sample data: folder of .npy/.npz or images, or random:N.")],
+    method: Annotated[str, typer.Option(help="Calibration method.")] = "minmax",
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor")] = True,
+    activation_type: Annotated[str, typer.Option(help="uint8 | int8 | uint16 | int16")] = "uint8",
+    samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows of the table.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rank nodes by the error static int8 quantization introduces (SQNR, cosine); writes nothing."""
+    import tempfile
+
+    from edgeopt.cli_render import sensitivity_table
+    from edgeopt.quantize import QuantizeConfig, quantize_file
+
+    config = _quantize_config(QuantizeConfig, method=method, per_channel=per_channel,
+                              activation_type=activation_type, samples=samples)
+    with tempfile.TemporaryDirectory() as tmp, samples_progress(err, disable=as_json) as progress:
+        result = quantize_file(model, Path(tmp) / "quantized.onnx", config, calibration=calib,
+                               report=True, progress=progress)
+    assert result.report is not None
+    if as_json:
+        _emit_json([asdict(e) for e in result.report])
+    else:
+        out.print(sensitivity_table(result.report, limit=limit))
+
+
+def _quantize_config(cls: Any, **values: Any) -> Any:
+    """Build the config, turning a bad choice into a one-line PassOptionError."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is typing.Literal else ()
+        if choices and value not in choices:
+            raise PassOptionError(f"quantize: --{key.replace('_', '-')} must be one of "
+                                  f"{', '.join(map(str, choices))}, got {value!r}.")
+    return cls(**values)
 
 
 @app.command("convert-opset")

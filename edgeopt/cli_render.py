@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,11 +14,13 @@ from rich.table import Table
 
 from edgeopt.inspect_model import ModelSummary
 from edgeopt.pipeline import StepResult
+from edgeopt.quant_analysis import NodeError
 from edgeopt.registry import PassInfo
 from edgeopt.target import Issue
 
 if TYPE_CHECKING:
     from edgeopt.demo import DemoResult
+    from edgeopt.quantize import QuantizeResult
 
 
 def human_bytes(n: int | None) -> str:
@@ -44,6 +47,72 @@ def steps_progress(
             progress.update(task, advance=1, description=step.name)
 
         yield advance
+
+
+@contextlib.contextmanager
+def samples_progress(console: Console, *, disable: bool = False) -> Iterator[Callable[[str, int], None]]:
+    """A progress line per stage (calibrate, analyze), counting samples."""
+    columns = (TextColumn("{task.description}"), TextColumn("{task.completed} samples"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=disable, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(stage: str, samples: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=None)
+            progress.update(tasks[stage], completed=samples)
+
+        yield update
+
+
+def quantize_tables(result: QuantizeResult, *, show_report: bool) -> Group:
+    parts: list[Any] = [summary_table(result.before, result.after)]
+    fidelity = Table(title="fidelity vs the float model (evaluation data)", show_header=False)
+    fidelity.add_column()
+    fidelity.add_column(justify="right")
+    fidelity.add_row("agreement (top-1 or cosine)", f"{result.score:.4f}")
+    fidelity.add_row("output SQNR", "inf" if math.isinf(result.sqnr_db) else f"{result.sqnr_db:.1f} dB")
+    if result.calibration_seconds is not None:
+        fidelity.add_row("calibration time", f"{result.calibration_seconds:.2f} s")
+    parts.append(fidelity)
+    if result.fallback is not None:
+        fb = result.fallback
+        table = Table(title=f"fallback: {len(fb.float_nodes)} node(s) kept in float, "
+                            f"drop {fb.drop:.4f} (float {fb.float_score:.4f})")
+        for column in ("evaluation", "float nodes", "score", "drop"):
+            table.add_column(column)
+        for i, step in enumerate(fb.steps, 1):
+            table.add_row(str(i), ", ".join(step.float_nodes) or "-", f"{step.score:.4f}", f"{step.drop:.4f}")
+        parts.append(table)
+    if show_report and result.report:
+        parts.append(sensitivity_table(result.report))
+    parts.append(f"wrote {result.output}")
+    return Group(*parts)
+
+
+def sensitivity_table(errors: Sequence[NodeError], *, limit: int = 20) -> Table:
+    table = Table(title=f"most sensitive nodes (of {len(errors)})")
+    for column in ("node", "op", "introduced dB", "SQNR dB", "cosine"):
+        table.add_column(column, justify="left" if column in ("node", "op") else "right")
+    for e in errors[:limit]:
+        sqnr = "inf" if math.isinf(e.sqnr_db) else f"{e.sqnr_db:.1f}"
+        table.add_row(e.node, e.op, f"{e.introduced_db:.1f}", sqnr, f"{e.cosine:.5f}")
+    return table
+
+
+def quantize_json(result: QuantizeResult) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "output": str(result.output), "before": result.before.as_dict(), "after": result.after.as_dict(),
+        "agreement": result.score, "sqnr_db": result.sqnr_db,
+        "calibration_seconds": result.calibration_seconds,
+    }
+    if result.report is not None:
+        payload["sensitivity"] = [asdict(e) for e in result.report]
+    if result.fallback is not None:
+        fb = result.fallback
+        payload["fallback"] = {"float_nodes": list(fb.float_nodes), "float_score": fb.float_score,
+                               "score": fb.score, "steps": [asdict(s) for s in fb.steps]}
+    return payload
 
 
 def steps_table(steps: Sequence[StepResult]) -> Table:

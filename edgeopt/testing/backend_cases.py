@@ -79,7 +79,7 @@ def collect_cases(cache_dir: Path | None = None) -> list[BackendCase]:
 
     Args:
         cache_dir: Where the node cases are generated (once, then reused).
-            Defaults to ``$XDG_CACHE_HOME/edgeopt/onnx-node-<onnx version>``
+            Defaults to ``$XDG_CACHE_HOME/edgeopt/onnx-node-<onnx version>-<pillow version>``
             (``~/.cache`` when unset).
     """
     data_root = Path(onnx.__file__).parent / "backend" / "test" / "data"
@@ -90,11 +90,21 @@ def collect_cases(cache_dir: Path | None = None) -> list[BackendCase]:
     return sorted(cases, key=lambda c: c.name)
 
 
+def _generator_deps() -> str:
+    """Versions that change generated data: some cases encode images with Pillow when present."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"pillow-{version('pillow')}"
+    except PackageNotFoundError:
+        return "no-pillow"
+
+
 def node_cases_dir(cache_dir: Path | None = None) -> Path:
     """The folder holding one sub-folder per node case, generated if missing."""
     if cache_dir is None:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        cache_dir = base / "edgeopt" / f"onnx-node-{onnx.__version__}"
+        cache_dir = base / "edgeopt" / f"onnx-node-{onnx.__version__}-{_generator_deps()}"
     target = Path(cache_dir) / "node"
     if target.is_dir():
         return target

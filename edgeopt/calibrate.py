@@ -1,0 +1,211 @@
+"""Streaming calibration: run sample batches through ONNX Runtime and observe tensors.
+
+The tensors to calibrate become extra outputs of a copy of the model; one session
+runs every batch, and each output goes to its tensor's observer and is dropped at
+once. Peak memory is one batch's activations plus the observers' state (a histogram
+of a few thousand bins at most), however many batches there are.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from edgeopt.errors import CalibrationDataError, EdgeoptError, PassOptionError
+from edgeopt.observers import MinMaxObserver, Observer, check_factory
+from edgeopt.runtime import Feeds, create_session, model_inputs
+
+logger = logging.getLogger(__name__)
+
+_FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16})
+_ORT_FLOAT_TYPES = frozenset({"tensor(float)", "tensor(float16)"})
+
+
+@dataclass
+class CalibrationResult:
+    """Calibrated ranges and what it took to get them.
+
+    Attributes:
+        ranges: Tensor name -> ``(low, high)`` from its observer.
+        samples: Rows (axis 0) of the first model input, summed over batches.
+        batches: Number of batches run.
+        seconds: Wall time of the whole calibration.
+    """
+
+    ranges: dict[str, tuple[float, float]]
+    samples: int
+    batches: int
+    seconds: float
+
+
+def calibrate(
+    model: ir.Model,
+    batches: Iterable[Feeds],
+    *,
+    tensors: Sequence[str] | None = None,
+    observer: Callable[[], Observer] = MinMaxObserver,
+    on_batch: Callable[[int], None] | None = None,
+) -> CalibrationResult:
+    """Observe float tensors of ``model`` on ``batches`` and compute their ranges.
+
+    ``model`` is not modified. Only float32 and float16 tensors are calibrated;
+    others are skipped (with a warning when named in ``tensors``).
+
+    Args:
+        model: The model to calibrate; larger than 2 GB is fine.
+        batches: Input feeds, one dict per batch (any iterable, read once).
+        tensors: Names to calibrate: graph inputs, node outputs or initializers.
+            None means every float tensor of the main graph that is an input or
+            output of a node, graph inputs included and initializers excluded.
+        observer: Observer factory (a class or ``functools.partial``), called
+            once per tensor. An observer instance is rejected.
+        on_batch: Called after each batch with the number of samples so far.
+
+    Raises:
+        CalibrationDataError: no batches, a batch ONNX Runtime can't run, or an
+            unknown tensor name.
+        PassOptionError: ``observer`` is not a factory.
+    """
+    factory = check_factory(observer)
+    started = time.perf_counter()
+    work = model.clone()  # shares tensors: cheap even for large models
+    named = tensors is not None
+    inputs = [str(v.name) for v in model_inputs(work) if v.name]
+    selected = _select(work.graph, tensors)
+    fed, constants, computed = _plan(selected, set(inputs), named=named)
+    session, fetch = _session(work, computed, named=named)
+    observers = {name: _make(factory) for name in selected if name in fed or name in constants or name in fetch}
+    for name, array in constants.items():
+        observers[name].update(array)
+    samples = count = 0
+    for batch in batches:
+        if count == 0:
+            _check_batch(batch, inputs)
+        for name in fed:
+            observers[name].update(np.asarray(batch[name]))
+        _run_batch(session, {name: batch[name] for name in inputs}, fetch, observers, count)
+        count += 1
+        samples += _rows(batch[inputs[0]]) if inputs else 1
+        if on_batch is not None:
+            on_batch(samples)
+    if count == 0:
+        raise CalibrationDataError("calibration got no batches: the reader yielded nothing.")
+    ranges = {}
+    for name, obs in observers.items():
+        try:
+            ranges[name] = obs.compute()
+        except CalibrationDataError as e:
+            logger.warning("calibrate: no range for '%s': %s", name, e)
+    seconds = time.perf_counter() - started
+    logger.info("calibrate: %d tensor(s), %d batch(es), %d sample(s) in %.2fs", len(ranges), count, samples, seconds)
+    return CalibrationResult(ranges=ranges, samples=samples, batches=count, seconds=seconds)
+
+
+def _session(work: ir.Model, computed: list[ir.Value], *, named: bool) -> tuple[ort.InferenceSession, list[str]]:
+    """One session of ``work`` with ``computed`` added as outputs, and the float ones to fetch."""
+    present = set(work.graph.outputs)
+    work.graph.outputs.extend(v for v in computed if v not in present)  # ORT types any untyped ones
+    try:
+        session = create_session(work)
+    except EdgeoptError:
+        raise
+    except Exception as e:
+        raise CalibrationDataError(f"ONNX Runtime cannot load the model to calibrate: {e}") from e
+    types = {o.name: o.type for o in session.get_outputs()}
+    fetch = []
+    for value in computed:
+        name = str(value.name)
+        if types.get(name) in _ORT_FLOAT_TYPES:
+            fetch.append(name)
+        else:
+            _skip(name, types.get(name), named=named)
+    return session, fetch
+
+
+def _select(graph: ir.Graph, tensors: Sequence[str] | None) -> dict[str, ir.Value]:
+    """Name -> value of the tensors to calibrate, in graph order."""
+    inputs = [v for v in graph.inputs if v.name and not v.is_initializer()]
+    produced = [v for node in graph for v in node.outputs if v.name]
+    if tensors is None:
+        return {v.name: v for v in [*inputs, *produced] if v.name}
+    known: dict[str, ir.Value] = {v.name: v for v in [*inputs, *produced, *graph.initializers.values()] if v.name}
+    missing = [name for name in tensors if name not in known]
+    if missing:
+        close = difflib.get_close_matches(missing[0], list(known), n=2)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise CalibrationDataError(
+            f"no tensor named {', '.join(repr(m) for m in missing)} in the main graph{hint}. "
+            "Name graph inputs, node outputs or initializers.")
+    return {name: known[name] for name in dict.fromkeys(tensors)}
+
+
+def _plan(values: dict[str, ir.Value], inputs: set[str], *,
+          named: bool) -> tuple[list[str], dict[str, np.ndarray], list[ir.Value]]:
+    """Split the float tensors to calibrate into graph inputs (observed in the feeds),
+    initializers (observed once, now) and computed values (fetched from ORT)."""
+    fed: list[str] = []
+    constants: dict[str, np.ndarray] = {}
+    computed: list[ir.Value] = []
+    for name, value in values.items():
+        if name in inputs:
+            if _is_float(value, named=named):
+                fed.append(name)
+        elif value.is_initializer():
+            if value.const_value is not None and _is_float(value, named=named):
+                constants[name] = value.const_value.numpy()
+        elif value.type is None or _is_float(value, named=named):
+            computed.append(value)
+    return fed, constants, computed
+
+
+def _make(factory: Callable[[], Observer]) -> Observer:
+    made = factory()
+    if not isinstance(made, Observer):
+        raise PassOptionError(f"observer factory {factory!r} made {type(made).__name__}, which has no update() "
+                              "and compute(). Pass an observer class or functools.partial of one.")
+    return made
+
+
+def _is_float(value: ir.Value, *, named: bool) -> bool:
+    if isinstance(value.type, ir.TensorType) and value.type.dtype in _FLOAT_TYPES:
+        return True
+    if value.type is not None:
+        _skip(value.name or "", str(value.type), named=named)
+    return False
+
+
+def _skip(name: str, kind: str | None, *, named: bool) -> None:
+    log = logger.warning if named else logger.debug
+    log("calibrate: skipping '%s' of type %s; only float32 and float16 tensors are calibrated", name, kind)
+
+
+def _check_batch(batch: Feeds, inputs: list[str]) -> None:
+    missing = [name for name in inputs if name not in batch]
+    if missing:
+        raise CalibrationDataError(
+            f"calibration batch has no array for input(s) {', '.join(repr(m) for m in missing)}; "
+            f"it has {', '.join(repr(k) for k in batch) or 'nothing'}. Every batch must feed every model input.")
+
+
+def _run_batch(session: ort.InferenceSession, feeds: Feeds, fetch: list[str], observers: dict[str, Observer],
+               index: int) -> None:
+    if not fetch:
+        return
+    try:
+        arrays = session.run(fetch, feeds)
+    except Exception as e:
+        raise CalibrationDataError(f"calibration batch {index}: ONNX Runtime failed to run it: {e}") from e
+    for name in reversed(fetch):  # pop as we go, so each array is freed once observed
+        observers[name].update(arrays.pop())
+
+
+def _rows(array: np.ndarray) -> int:
+    shape = np.shape(array)
+    return int(shape[0]) if shape else 1
