@@ -80,9 +80,13 @@ def _parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
         key, sep, raw = spec.partition("=")
         name, dot, option = key.partition(".")
         if not sep or not dot:
-            raise PassOptionError(f"--option '{spec}': expected PASS.OPTION=VALUE, "
-                                  "e.g. fold-constants.input_size_limit=4096.")
-        options.setdefault(name, {})[option] = yaml.safe_load(raw)
+            raise typer.BadParameter(f"'{spec}': expected PASS.OPTION=VALUE, "
+                                     "e.g. fold-constants.input_size_limit=4096.", param_hint="--option")
+        try:
+            options.setdefault(name, {})[option] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise typer.BadParameter(f"'{spec}': the value is not valid YAML ({str(e).splitlines()[0]}).",
+                                     param_hint="--option") from e
     return options
 
 
@@ -126,6 +130,8 @@ def optimize(
     from edgeopt.workflow import optimize_file
 
     names = [n.strip() for n in passes.split(",") if n.strip()]
+    if not names:
+        raise typer.BadParameter("no pass given; e.g. --passes cleanup.", param_hint="--passes")
     steps = _steps_with_options(names, _parse_options(option))
     with steps_progress(err, len(registry.expand(names)), disable=as_json) as advance:
         result = optimize_file(model, output, steps, verify=verify, targets=target,
@@ -293,6 +299,7 @@ def run(
         return
     out.print(steps_table(result.pipeline.steps))
     out.print(summary_table(result.before, result.after))
+    out.print(f"wrote {result.output}")
     for name, path in result.artifacts.items():
         out.print(f"wrote {name} artifact {path}")
 

@@ -197,7 +197,7 @@ def demo_table(result: DemoResult) -> Group:
     report = result.export
     export_line = (f"export: {report.exporter} exporter, opset {report.opset}, max |onnx - torch| "
                    f"{report.max_abs:.2e} over {len(report.checks)} input sets")
-    table = Table(title="digits CNN on 360 held-out images")
+    table = Table(title=f"digits CNN on {result.eval_samples} held-out images")
     for column in ("stage", "size", "nodes", "accuracy", "top-1 agree", "SQNR dB", "latency (b=1)"):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for r in result.rows:

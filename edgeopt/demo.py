@@ -56,6 +56,7 @@ class DemoResult:
     out_dir: Path
     export: ExportReport
     passes: list[StepResult]
+    eval_samples: int
     rows: list[StageRow] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def run_demo(
         artifacts[name] = export_target(load_model(optimized), name, out / name)
 
     say("measure every stage on the held-out digits")
-    result = DemoResult(out, exported.report, cleaned.steps)
+    result = DemoResult(out, exported.report, cleaned.steps, len(data.y_val))
     result.rows = _measure(module, data, out / "digits_cnn.onnx", optimized, artifacts)
     _write_json(out / "summary.json", result.as_dict())
     return result

@@ -46,3 +46,15 @@ class EdgeoptPass(ir.passes.InPlacePass):
                 f"'{self.name}'. Convert first: edgeopt convert-opset MODEL -o OUT "
                 f"--to {self.max_opset}"
             )
+
+
+def adopt(model: ir.Model, other: ir.Model) -> None:
+    """Make ``model`` hold ``other``'s graph, functions and versions, in place.
+
+    For passes built on tools that return a new model (ORT's quantizers), so that
+    the pass can still be in place; ``model.meta`` (e.g. the source path) is kept.
+    """
+    model.graph = other.graph
+    model.ir_version = other.ir_version
+    model.functions.clear()
+    model.functions.update(other.functions)

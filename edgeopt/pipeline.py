@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from edgeopt import registry
 from edgeopt.errors import EdgeoptError, VerificationError
+from edgeopt.pass_base import adopt
 from edgeopt.runtime import Deviation, Feeds, compare_outputs, random_feeds, run_model
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,12 @@ class _Step:
     pass_: ir.passes.PassBase
     preserves_semantics: bool
     from_preset: bool = False
+    group: int = -1
+    """Steps of one preset share a group number and repeat until nothing changes."""
+
+
+PRESET_ROUNDS = 3
+"""Most times a preset's passes run in a row; they stop early once a round changes nothing."""
 
 
 def build_steps(specs: Sequence[StepSpec]) -> list[_Step]:
@@ -71,10 +78,11 @@ def build_steps(specs: Sequence[StepSpec]) -> list[_Step]:
             steps.append(_Step(type(spec).__name__, spec, keep))
             continue
         name, options = (spec, {}) if isinstance(spec, str) else spec
+        group = len(steps)
         for each, each_options, from_preset in resolve(name, options):
             info = registry.get_pass(each)
             steps.append(_Step(each, info.create(each_options), info.preserves_semantics,
-                               from_preset=from_preset))
+                               from_preset=from_preset, group=group if from_preset else -1))
     return steps
 
 
@@ -146,14 +154,20 @@ class Pipeline:
         result = PipelineResult(model)
         feeds, reference = self._reference(model) if self.verify else (None, None)
         checker_ok = self.verify and _checker_error(model) is None
-        for step in self.steps:
-            model, report, reference, checker_ok = self._run_step(
-                step, model, feeds, reference, checker_ok
-            )
-            result.model = model
-            result.steps.append(report)
-            if on_step is not None:
-                on_step(report)
+        for group in _groups(self.steps):
+            for _ in range(PRESET_ROUNDS if group[0].group >= 0 else 1):
+                changed = False
+                for step in group:
+                    model, report, reference, checker_ok = self._run_step(
+                        step, model, feeds, reference, checker_ok
+                    )
+                    result.model = model
+                    result.steps.append(report)
+                    changed |= report.modified
+                    if on_step is not None:
+                        on_step(report)
+                if not changed:
+                    break
         return result
 
     def _reference(self, model: ir.Model) -> tuple[Feeds | None, Feeds | None]:
@@ -222,6 +236,33 @@ class Pipeline:
         report = StepResult(step.name, pass_result.modified, seconds, before,
                             _count_nodes(model), deviation)
         return model, report, reference, checker_ok
+
+
+def _groups(steps: Sequence[_Step]) -> list[list[_Step]]:
+    """Consecutive steps of one preset form a group; every other step is its own."""
+    groups: list[list[_Step]] = []
+    for step in steps:
+        if groups and step.group >= 0 and groups[-1][0].group == step.group:
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups
+
+
+class PresetPass(ir.passes.InPlacePass):
+    """A preset (e.g. ``cleanup``) as one onnx-ir pass, with the pipeline's semantics:
+    passes whose preconditions fail are skipped, a pass that raises is rolled back,
+    and the passes repeat until nothing changes."""
+
+    def __init__(self, preset: str) -> None:
+        super().__init__()
+        self.preset = preset
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        result = Pipeline([self.preset]).run(model)
+        if result.model is not model:  # a rolled-back step returned a snapshot
+            adopt(model, result.model)
+        return ir.passes.PassResult(model, modified=result.modified)
 
 
 def run_passes(

@@ -58,7 +58,9 @@ def load_recipe(path: str | Path) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file does not exist. Check the path.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}). Save it as UTF-8.") from e
     except yaml.YAMLError as e:
         where = ""
         mark = getattr(e, "problem_mark", None)
@@ -101,8 +103,10 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
         if name not in list_targets():
             raise fail(f"targets[{i}]", f"unknown target '{name}'. Known: {', '.join(list_targets())}.")
     base = path.parent
-    return Recipe(path, base / raw["model"], base / raw["output"], passes, verify, rtol, atol,
-                  list(targets))
+    model, output = (base / raw["model"]).resolve(), (base / raw["output"]).resolve()
+    if model == output:
+        raise fail("output", "is the input model; write the result to another path.")
+    return Recipe(path, model, output, passes, verify, rtol, atol, list(targets))
 
 
 def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]:

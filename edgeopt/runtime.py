@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -144,21 +145,36 @@ class Deviation:
 
 
 def compare_outputs(
-    reference: Mapping[str, np.ndarray],
-    actual: Mapping[str, np.ndarray],
+    reference: Mapping[str, Any],
+    actual: Mapping[str, Any],
     *,
     rtol: float = 1e-5,
     atol: float = 1e-6,
 ) -> Deviation:
-    """Compare ``actual`` with ``reference`` output by output (NaNs equal to NaNs)."""
-    max_abs = max_rel = 0.0
-    worst: str | None = None
+    """Compare ``actual`` with ``reference`` output by output (NaNs equal to NaNs).
+
+    Outputs may be arrays or what ORT returns for sequences (lists), maps (dicts)
+    and absent optionals (None); their structure must match, then every array in
+    them is compared.
+    """
+    ref_leaves: dict[str, np.ndarray] = {}
+    got_leaves: dict[str, np.ndarray] = {}
     mismatches: list[str] = []
-    for name, ref in reference.items():
+    for name, value in reference.items():
         if name not in actual:
             mismatches.append(f"{name}: missing")
             continue
-        ref, got = np.asarray(ref), np.asarray(actual[name])
+        expected = _flatten(name, value, ref_leaves)
+        structure = _flatten(name, actual[name], got_leaves)
+        if expected != structure:
+            mismatches.append(f"{name}: {structure} != {expected}")
+    mismatches.extend(f"{name}: unexpected output" for name in actual if name not in reference)
+    max_abs = max_rel = 0.0
+    worst: str | None = None
+    for name, ref in ref_leaves.items():
+        if name not in got_leaves:
+            continue
+        got = got_leaves[name]
         if ref.dtype != got.dtype or ref.shape != got.shape:
             mismatches.append(f"{name}: {got.dtype}{list(got.shape)} != {ref.dtype}{list(ref.shape)}")
             continue
@@ -168,8 +184,21 @@ def compare_outputs(
         max_rel = max(max_rel, rel_err)
         if not close:
             mismatches.append(f"{name}: max abs error {abs_err:.3g} (rel {rel_err:.3g})")
-    mismatches.extend(f"{name}: unexpected output" for name in actual if name not in reference)
     return Deviation(max_abs, max_rel, worst, tuple(mismatches))
+
+
+def _flatten(name: str, value: Any, leaves: dict[str, np.ndarray]) -> str:
+    """Put ``value``'s arrays in ``leaves`` under paths like ``out[2]``; return its structure."""
+    if value is None:
+        return "None"
+    if isinstance(value, list | tuple):
+        inner = [_flatten(f"{name}[{i}]", item, leaves) for i, item in enumerate(value)]
+        return f"seq[{', '.join(inner)}]"
+    if isinstance(value, dict):
+        inner = [f"{key!r}: {_flatten(f'{name}[{key!r}]', value[key], leaves)}" for key in sorted(value)]
+        return f"map{{{', '.join(inner)}}}"
+    leaves[name] = np.asarray(value)
+    return "tensor"
 
 
 def _elementwise_error(

@@ -51,6 +51,8 @@ def optimize_file(
     :func:`edgeopt.model_io.save_model` (``None``: only above 2 GB).
     """
     pipeline = Pipeline(steps, verify=verify, feeds=feeds, rtol=rtol, atol=atol)
+    for name in targets:
+        get_target(name)  # an unknown target fails before any work is done
     model = load_model(model_path)
     before = summarize(model)
     result = pipeline.run(model, on_step=on_step)

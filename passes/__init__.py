@@ -53,10 +53,11 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def cleanup(*, steps: int = 2) -> ir.passes.PassManager:
-    """The ``cleanup`` preset as one onnx-ir pass, repeated until nothing changes."""
-    return ir.passes.PassManager([PASSES[name]() for name in PRESETS["cleanup"]],
-                                 steps=steps, early_stop=True)
+def cleanup() -> ir.passes.PassBase:
+    """The ``cleanup`` preset as one onnx-ir pass (repeated until nothing changes)."""
+    from edgeopt.pipeline import PresetPass
+
+    return PresetPass("cleanup")
 
 
 __all__ = [

@@ -12,9 +12,8 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import ort_type, prepare_for_quantization
-from edgeopt.passes.rewire import adopt
 
 logger = logging.getLogger(__name__)
 

@@ -18,9 +18,8 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.errors import CalibrationDataError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import ort_type, prepare_for_quantization, shape_nodes
-from edgeopt.passes.rewire import adopt
 from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)

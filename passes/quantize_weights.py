@@ -17,9 +17,8 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import OrtReader, import_quietly, prepare_for_quantization
-from edgeopt.passes.rewire import adopt
 from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)

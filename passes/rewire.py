@@ -67,14 +67,3 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     except Exception:  # noqa: BLE001 - malformed Constant, unreadable external data
         return None
 
-
-def adopt(model: ir.Model, other: ir.Model) -> None:
-    """Make ``model`` hold ``other``'s graph, functions and versions, in place.
-
-    For passes built on tools that return a new model (ORT's quantizers), so that
-    the pass can still be in place; ``model.meta`` (e.g. the source path) is kept.
-    """
-    model.graph = other.graph
-    model.ir_version = other.ir_version
-    model.functions.clear()
-    model.functions.update(other.functions)

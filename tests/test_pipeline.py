@@ -22,7 +22,7 @@ from edgeopt.errors import (
     VerificationError,
 )
 from edgeopt.model_io import SOURCE_PATH_KEY, load_model, save_model
-from edgeopt.pipeline import Pipeline, StepResult, run_passes
+from edgeopt.pipeline import PRESET_ROUNDS, Pipeline, StepResult, run_passes
 from edgeopt.runtime import compare_outputs, random_feeds, run_model
 
 MODEL_TEXT = """
@@ -422,7 +422,8 @@ def test_preset_skips_passes_whose_precondition_fails(register_passes) -> None:
 
     result = Pipeline(["test-mixed"], verify=True).run(_model())
 
-    opset, shapes, removed = result.steps
+    opset, shapes, removed = result.steps[:3]  # a second round finds nothing more to do
+    assert [s.modified for s in result.steps[3:]] == [False, False, False]
     assert opset.skipped is not None and "opset 18 is below 99" in opset.skipped
     assert shapes.skipped == "needs shapes; run shape inference first"
     assert not opset.modified and opset.error is None
@@ -436,3 +437,29 @@ def test_preset_options_are_keyed_by_the_passes_inside(register_passes) -> None:
     assert pipeline.names == ["remove-identity", "round-bias"]
     assert pipeline.steps[1].pass_.decimals == 2
     assert pipeline.steps[0].from_preset and pipeline.steps[1].from_preset
+
+
+def test_verify_compares_sequence_outputs() -> None:
+    model = ir.from_onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[5] x) => (seq(float) s) {
+            i = Identity(x)
+            s = SplitToSequence <axis = 0> (i, split)
+        }
+    """)
+    split = ir.Value(name="split", const_value=ir.tensor(np.array([2, 3], np.int64), name="split"))
+    model.graph.register_initializer(split)
+    model.graph.node(1).replace_input_with(1, split)
+    result = Pipeline(["remove-identity"], verify=True).run(model)
+    assert result.steps[0].modified
+    assert result.steps[0].deviation is not None and result.steps[0].deviation.ok
+
+
+def test_preset_repeats_until_nothing_changes(register_passes) -> None:
+    register_passes({}, presets={"test-one": ("remove-identity",),
+                                 "test-never-done": ("remove-identity", "round-bias")})
+    result = Pipeline(["test-one"]).run(_model())
+    assert [s.modified for s in result.steps] == [True, False]
+    # round-bias always reports a change: the rounds stop at the bound
+    result = Pipeline(["test-never-done"]).run(_model())
+    assert len(result.steps) == 2 * PRESET_ROUNDS

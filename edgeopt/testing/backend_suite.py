@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
@@ -128,33 +127,7 @@ def compare_structured(
     maps (dicts) and absent optionals (None) as well as arrays."""
     if list(reference) != list(actual):
         return [f"output names {list(actual)} != {list(reference)}"]
-    mismatches: list[str] = []
-    ref_leaves: dict[str, np.ndarray] = {}
-    got_leaves: dict[str, np.ndarray] = {}
-    for name in reference:
-        ref_shape = _flatten(name, reference[name], ref_leaves)
-        got_shape = _flatten(name, actual[name], got_leaves)
-        if ref_shape != got_shape:
-            mismatches.append(f"{name}: {got_shape} != {ref_shape}")
-    if mismatches:
-        return mismatches
-    return list(compare_outputs(ref_leaves, got_leaves, rtol=rtol, atol=atol).mismatches)
-
-
-def _flatten(name: str, value: Any, leaves: dict[str, np.ndarray]) -> str:
-    """Put ``value``'s arrays in ``leaves`` under paths like ``out[2]``; return its structure."""
-    if value is None:
-        return "None"
-    if isinstance(value, list | tuple):
-        inner = [_flatten(f"{name}[{i}]", item, leaves) for i, item in enumerate(value)]
-        return f"seq[{', '.join(inner)}]"
-    if isinstance(value, dict):
-        inner = [
-            f"{key!r}: {_flatten(f'{name}[{key!r}]', value[key], leaves)}" for key in sorted(value)
-        ]
-        return f"map{{{', '.join(inner)}}}"
-    leaves[name] = np.asarray(value)
-    return "tensor"
+    return list(compare_outputs(reference, actual, rtol=rtol, atol=atol).mismatches)
 
 
 def _run(session: ort.InferenceSession, feeds: Mapping[str, Any]) -> Outputs:
