@@ -95,11 +95,33 @@ def run_demo(
         say(f"emit the {name} artifact")
         artifacts[name] = export_target(load_model(optimized), name, out / name)
 
+    say("calibrate on the training digits and quantize to static int8")
+    calibration = _write_calibration(data, out / "calibration")
+    int8 = _quantize_int8(optimized, calibration, out / "int8" / "model.onnx")
+
     say("measure every stage on the held-out digits")
     result = DemoResult(out, exported.report, cleaned.steps, len(data.y_val))
-    result.rows = _measure(module, data, out / "digits_cnn.onnx", optimized, artifacts)
+    result.rows = _measure(module, data, out / "digits_cnn.onnx", optimized,
+                           {**artifacts, "int8": int8})
     _write_json(out / "summary.json", result.as_dict())
     return result
+
+
+def _write_calibration(data: demo_model.DigitsData, folder: Path, *, batch: int = 64) -> Path:
+    """Training images as .npz batches keyed by the input name (``edgeopt quantize --calib``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(data.x_train), batch):
+        np.savez(folder / f"batch_{i // batch:03d}.npz",
+                 **{demo_model.INPUT_NAME: data.x_train[i:i + batch]})
+    return folder
+
+
+def _quantize_int8(model_path: Path, calibration: Path, output: Path) -> Path:
+    from edgeopt.passes import QuantizeStaticPass
+
+    model = load_model(model_path)
+    QuantizeStaticPass(calibration=str(calibration))(model)
+    return save_model(model, output)
 
 
 def _measure(
@@ -119,12 +141,16 @@ def _measure(
         run = _session_fn(session)
         rows.append(_row(stage, "onnxruntime", path, run, torch_run, data, functools.partial(run, one)))
     for name, path in artifacts.items():
+        session_run = _session_fn(create_session(path, optimize=True))
+        if name == "int8":
+            rows.append(_row("int8 (static QDQ)", "onnxruntime", path, session_run, torch_run,
+                             data, functools.partial(session_run, one)))
+            continue
         target = get_target(name)
 
         def run_target(x: np.ndarray, t: Target = target, p: Path = path) -> np.ndarray:
             return t.run(p, {demo_model.INPUT_NAME: x})[demo_model.OUTPUT_NAME]
 
-        session_run = _session_fn(create_session(path, optimize=True))
         rows.append(_row(f"{name} artifact", target.description, path, run_target, torch_run,
                          data, functools.partial(session_run, one)))
     return rows

@@ -95,6 +95,14 @@ class OrtReader:
         return iter(self._batches)
 
 
+def ir_from_ort(proto: Any) -> ir.Model:
+    """An IR model from what ORT's quantizers return, topologically sorted (they append
+    Q/DQ nodes after their consumers)."""
+    model = ir.serde.deserialize_model(proto)
+    model.graph.sort()
+    return model
+
+
 def shape_nodes(model: ir.Model) -> list[str]:
     """Main-graph nodes whose first input is not a float tensor (shape arithmetic,
     index math): nothing to quantize there, so they are excluded up front."""

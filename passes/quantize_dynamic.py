@@ -13,7 +13,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from edgeopt.pass_base import EdgeoptPass, adopt
-from edgeopt.passes.quantize_common import ort_type, prepare_for_quantization
+from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class QuantizeDynamicPass(EdgeoptPass):
             list(self.op_types) or list(IntegerOpsRegistry), extra,
         )
         quantizer.quantize_model()
-        adopt(model, ir.serde.deserialize_model(quantizer.model.model))
+        adopt(model, ir_from_ort(quantizer.model.model))
         logger.info("quantize-dynamic: %s weights%s", self.weight_type,
                     ", per channel" if self.per_channel else "")
         return ir.passes.PassResult(model, modified=True)

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from edgeopt.errors import CalibrationDataError
 from edgeopt.pass_base import EdgeoptPass, adopt
-from edgeopt.passes.quantize_common import ort_type, prepare_for_quantization, shape_nodes
+from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization, shape_nodes
 from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
@@ -179,4 +179,4 @@ def quantize_with_ranges(
         quantizer = QDQQuantizer(proto, per_channel, False, weight, act, tensors, list(nodes),
                                  list(exclude), types, extra)
     quantizer.quantize_model()
-    return ir.serde.deserialize_model(quantizer.model.model)
+    return ir_from_ort(quantizer.model.model)

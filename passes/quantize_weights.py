@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from edgeopt.errors import CalibrationDataError, PassOptionError
 from edgeopt.pass_base import EdgeoptPass, adopt
-from edgeopt.passes.quantize_common import OrtReader, import_quietly, prepare_for_quantization
+from edgeopt.passes.quantize_common import OrtReader, import_quietly, ir_from_ort, prepare_for_quantization
 from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class QuantizeWeightsPass(EdgeoptPass):
         )
         quantizer.process()
         quantized = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
-        adopt(model, ir.serde.deserialize_model(quantized))
+        adopt(model, ir_from_ort(quantized))
         count = sum(1 for n in model.graph if n.op_type == "MatMulNBits")
         logger.info("quantize-weights: %d MatMul(s) to %d-bit %s, block %d", count, self.bits,
                     self.method, self.block_size)
