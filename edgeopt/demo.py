@@ -111,8 +111,8 @@ def _write_calibration(data: demo_model.DigitsData, folder: Path, *, batch: int 
     """Training images as .npz batches keyed by the input name (``edgeopt quantize --calib``)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(0, len(data.x_train), batch):
-        np.savez(folder / f"batch_{i // batch:03d}.npz",
-                 **{demo_model.INPUT_NAME: data.x_train[i:i + batch]})
+        arrays: dict[str, Any] = {demo_model.INPUT_NAME: data.x_train[i:i + batch]}
+        np.savez(folder / f"batch_{i // batch:03d}.npz", **arrays)
     return folder
 
 
