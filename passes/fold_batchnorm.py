@@ -33,24 +33,35 @@ class FoldBatchNormPass(EdgeoptPass):
     Folds only when the BatchNorm is in inference mode with constant parameters,
     the layer's weights (and bias) are constants, and the layer's output feeds
     nothing but the BatchNorm. Weights shared with other nodes are copied, never
-    changed in place. Graph output names are kept. Subgraphs are visited;
-    model-local functions are not.
+    changed in place. The new weights are initializers, or ``Constant`` nodes in
+    models with IR < 4 (where every initializer must also be a graph input).
+    Graph output names are kept. Subgraphs are visited; model-local functions
+    are not. The opset range applies only to models that have a BatchNormalization.
     """
 
     name = "fold-batchnorm"
     min_opset = 7
 
+    def requires(self, model: ir.Model) -> None:
+        if any(_is_batchnorm(node) for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+            super().requires(model)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
         taken = _value_names(model)
+        as_nodes = model.ir_version < 4
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
-            if node.op_type == "BatchNormalization" and is_default_domain(node):
-                folded += _try_fold(node, taken)
+            if _is_batchnorm(node):
+                folded += _try_fold(node, taken, as_nodes)
         logger.info("fold-batchnorm: folded %d BatchNormalization node(s)", folded)
         return ir.passes.PassResult(model, modified=folded > 0)
 
 
-def _try_fold(bn: ir.Node, taken: set[str]) -> bool:
+def _is_batchnorm(node: ir.Node) -> bool:
+    return node.op_type == "BatchNormalization" and is_default_domain(node)
+
+
+def _try_fold(bn: ir.Node, taken: set[str], as_nodes: bool) -> bool:
     reason = _unfoldable_reason(bn)
     if reason:
         logger.debug("fold-batchnorm: kept %s: %s", bn.name, reason)
@@ -62,7 +73,7 @@ def _try_fold(bn: ir.Node, taken: set[str]) -> bool:
     scale, beta, mean, var = (const_array(v).astype(np.float64) for v in bn.inputs[1:5])  # type: ignore[union-attr]
     epsilon = bn.attributes.get_float("epsilon", 1e-5)
     s = scale / np.sqrt(var + epsilon)
-    folded = _FOLDERS[layer.op_type](layer, s, beta - s * mean, _Initializers(bn.graph, taken))
+    folded = _FOLDERS[layer.op_type](layer, s, beta - s * mean, _Constants(bn.graph, taken, as_nodes))
     if not folded:
         logger.debug("fold-batchnorm: kept %s: %s weights have an unsupported layout",
                      bn.name, layer.op_type)
@@ -97,7 +108,7 @@ def _unfoldable_reason(bn: ir.Node) -> str | None:
     return None
 
 
-def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Initializers) -> bool:
+def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Constants) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     if weight.ndim < 3 or weight.shape[0] != s.size:
@@ -110,7 +121,7 @@ def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Initializ
     return True
 
 
-def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Initializers) -> bool:
+def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Constants) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     group = layer.attributes.get_int("group", 1)
@@ -127,7 +138,7 @@ def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: 
     return True
 
 
-def _fold_gemm(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Initializers) -> bool:
+def _fold_gemm(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Constants) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     trans_b = layer.attributes.get_int("transB", 0)
@@ -159,7 +170,7 @@ def _bias(layer: ir.Node, index: int, channels: int) -> np.ndarray | None:
 
 def _set_layer_params(
     layer: ir.Node, weight: np.ndarray, bias: np.ndarray, s: np.ndarray,
-    shift: np.ndarray, new: _Initializers,
+    shift: np.ndarray, new: _Constants,
 ) -> None:
     old_weight = layer.inputs[1]
     assert old_weight is not None
@@ -172,11 +183,13 @@ def _set_layer_params(
 
 
 @dataclass
-class _Initializers:
-    """Adds initializers to ``graph`` under names no value of the model uses yet."""
+class _Constants:
+    """Adds constants to ``graph`` under names no value of the model uses yet:
+    initializers, or ``Constant`` nodes at the start of the graph when ``as_nodes``."""
 
     graph: ir.Graph
     taken: set[str]
+    as_nodes: bool
 
     def add(self, name: str, array: np.ndarray) -> ir.Value:
         unique, n = name, 0
@@ -184,10 +197,16 @@ class _Initializers:
             n += 1
             unique = f"{name}_{n}"
         self.taken.add(unique)
-        value = ir.Value(name=unique, const_value=ir.tensor(array, name=unique))
+        tensor = ir.tensor(array, name=unique)
+        value = ir.Value(name=unique, const_value=tensor)
         value.shape = ir.Shape(array.shape)
         value.dtype = ir.DataType.from_numpy(array.dtype)
-        self.graph.register_initializer(value)
+        if not self.as_nodes:
+            self.graph.register_initializer(value)
+            return value
+        node = ir.Node("", "Constant", inputs=(), outputs=[value],
+                       attributes=[ir.AttrTensor("value", tensor)])
+        self.graph.insert_before(self.graph.node(0), node)  # the layer is there: not empty
         return value
 
 

@@ -7,6 +7,11 @@ which opset 12 does not have. This wrapper keeps a replacement only when every
 new node is valid at the model's opset (input count and attributes per the
 ONNX schema), and treats a folder error on one node as "leave that node alone"
 instead of failing the whole pass.
+
+Models with IR < 4 must list every initializer as a graph input too, which would
+change the signature (and make the folded value overridable), so there folded
+values become ``Constant`` nodes instead of initializers, and a fold whose result
+no ``Constant`` of the model's opset can hold (an int64 before opset 9) is refused.
 """
 
 from __future__ import annotations
@@ -23,15 +28,16 @@ logger = logging.getLogger(__name__)
 
 
 class FoldConstantsPass(EdgeoptPass):
-    """Replace constant subexpressions by initializers (onnxscript's constant folder).
+    """Replace constant subexpressions by constants (onnxscript's constant folder).
 
     Folding is limited by tensor size so that a small expression never turns into
     a large stored tensor. The folder skips random ops and nodes fed by graph
     inputs (IR < 4 initializers listed as inputs stay overridable), and keeps
-    graph output names. Besides folding it simplifies: an ``If`` whose condition
-    is constant is replaced by its branch, and inference-mode Dropout becomes
-    Identity. Rewrites invalid at the model's opset are refused. Subgraphs and
-    model functions are visited.
+    graph output names. With IR < 4, where every initializer must also be a graph
+    input, folded values are stored in ``Constant`` nodes instead. Besides folding
+    it simplifies: an ``If`` whose condition is constant is replaced by its
+    branch, and inference-mode Dropout becomes Identity. Rewrites invalid at the
+    model's opset are refused. Subgraphs and model functions are visited.
 
     Args:
         input_size_limit: Largest input (elements) a folded node may read.
@@ -47,9 +53,9 @@ class FoldConstantsPass(EdgeoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folder = _GuardedFolder(
-            shape_inference=False,
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
+            constant_nodes=model.ir_version < 4,
         )
         result = folder(model)
         logger.info("fold-constants: %s", "folded" if result.modified else "nothing to fold")
@@ -57,11 +63,24 @@ class FoldConstantsPass(EdgeoptPass):
 
 
 class _GuardedFolder(_constant_folding.FoldConstantsPass):
+    """onnxscript's folder, refusing rewrites invalid at the model's opset.
+
+    With ``constant_nodes`` it folds graphs as it folds functions: into ``Constant``
+    nodes in place of the folded node, never into initializers.
+    """
+
+    def __init__(
+        self, *, input_size_limit: int, output_size_limit: int, constant_nodes: bool
+    ) -> None:
+        super().__init__(shape_inference=False, input_size_limit=input_size_limit,
+                         output_size_limit=output_size_limit)
+        self.constant_nodes = constant_nodes
+
     def process_node(
         self, node: ir.Node, is_function: bool
     ) -> _constant_folding.Replacement | None:
         try:
-            replacement = super().process_node(node, is_function)
+            replacement = super().process_node(node, is_function or self.constant_nodes)
         except RuntimeError as e:  # the folder wraps an evaluator's failure on this node
             logger.debug("fold-constants: left %s (%s) alone: %s", node.name, node.op_type, e)
             return None
@@ -91,4 +110,18 @@ def _invalid_at_opset(node: ir.Node, opsets: dict[str, int]) -> str | None:
     unknown = set(node.attributes) - set(schema.attributes)
     if unknown:
         return f"{node.op_type}-{schema.since_version} has no attribute {sorted(unknown)}"
+    if node.op_type == "Constant":
+        return _constant_type_problem(node, schema)
+    return None
+
+
+def _constant_type_problem(node: ir.Node, schema: onnx.defs.OpSchema) -> str | None:
+    """Constant-1 (before opset 9) holds float tensors only."""
+    value = node.attributes.get("value")
+    if value is None or value.type != ir.AttributeType.TENSOR:
+        return None
+    type_str = f"tensor({value.as_tensor().dtype.name.lower()})"
+    allowed = {s for c in schema.type_constraints for s in c.allowed_type_strs}
+    if allowed and type_str not in allowed:
+        return f"Constant-{schema.since_version} cannot hold a {type_str}"
     return None

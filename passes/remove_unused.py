@@ -39,34 +39,49 @@ class RemoveUnusedPass(EdgeoptPass):
         )
 
 
-def _remove_dead_nodes(graph: ir.Graph | ir.Function) -> int:
-    """Remove dead nodes, last first, so that whole dead chains go in one sweep."""
+def _remove_dead_nodes(root: ir.Graph | ir.Function) -> int:
+    """Remove dead nodes of ``root`` and its subgraphs with a worklist.
+
+    Removing a node revisits the producers of its inputs (and of the inputs of
+    nodes in its subgraphs), so whole dead chains go in one run whatever the
+    node order: the graph need not be topologically sorted.
+    """
+    worklist = list(ir.traversal.RecursiveGraphIterator(root))
+    detached: set[ir.Node] = set()  # nodes inside the subgraphs of removed nodes
     removed = 0
-    outputs = set(graph.outputs)
-    for node in reversed(list(graph)):
-        if node.outputs and all(not v.uses() and v not in outputs for v in node.outputs):
-            _detach_subgraphs(node)
-            graph.remove(node, safe=True)
-            removed += 1
+    while worklist:
+        node = worklist.pop()  # last first: a sorted graph's dead chains go in order
+        if node in detached or node.graph is None or not _is_dead(node):
             continue
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                removed += _remove_dead_nodes(attr.as_graph())
-            elif attr.type == ir.AttributeType.GRAPHS:
-                removed += sum(_remove_dead_nodes(g) for g in attr.as_graphs())
+        freed = [v for v in node.inputs if v is not None] + _detach_subgraphs(node, detached)
+        node.graph.remove(node, safe=True)
+        removed += 1
+        worklist.extend(p for v in freed if (p := v.producer()) is not None)
     return removed
 
 
-def _detach_subgraphs(node: ir.Node) -> None:
+def _is_dead(node: ir.Node) -> bool:
+    """Whether ``node`` has outputs and none is used or is a graph output."""
+    return bool(node.outputs) and all(
+        not v.uses() and not v.is_graph_output() for v in node.outputs
+    )
+
+
+def _detach_subgraphs(node: ir.Node, detached: set[ir.Node]) -> list[ir.Value]:
     """Drop the inputs of every node in ``node``'s subgraphs, so that outer values
-    used only there become unused when ``node`` goes."""
+    used only there become unused when ``node`` goes. Those nodes are added to
+    ``detached``; returns the inputs dropped."""
+    dropped: list[ir.Value] = []
     for attr in node.attributes.values():
         graphs = ([attr.as_graph()] if attr.type == ir.AttributeType.GRAPH
                   else attr.as_graphs() if attr.type == ir.AttributeType.GRAPHS else [])
         for graph in graphs:
             for inner in graph:
-                _detach_subgraphs(inner)
+                detached.add(inner)
+                dropped += _detach_subgraphs(inner, detached)
+                dropped += [v for v in inner.inputs if v is not None]
                 inner.resize_inputs(0)
+    return dropped
 
 
 def _remove_unused_opsets(model: ir.Model) -> int:

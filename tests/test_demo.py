@@ -22,6 +22,7 @@ from edgeopt.inspect_model import summarize
 from edgeopt.model_io import load_model
 
 ONNX_STAGES = ("exported", "cleaned up", "ort-cpu artifact")
+INT8_STAGE = "int8 (static QDQ)"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_demo_rows_and_accuracy(demo_run: tuple[Path, dict[str, Any]]) -> None:
     _, payload = demo_run
     rows = _rows(payload)
 
-    assert set(rows) == {"pytorch (source)", *ONNX_STAGES}
+    assert set(rows) == {"pytorch (source)", *ONNX_STAGES, INT8_STAGE}
     reference = rows["pytorch (source)"]
     assert reference["accuracy"] >= 0.95
     assert reference["top1_agreement"] == 1.0 and math.isinf(reference["sqnr_db"])
@@ -64,6 +65,17 @@ def test_demo_rows_and_accuracy(demo_run: tuple[Path, dict[str, Any]]) -> None:
         assert row["latency_ms"] > 0, row
         assert Path(row["path"]).is_file(), row
         assert row["size_bytes"] >= Path(row["path"]).stat().st_size > 0, row
+
+
+def test_demo_int8_artifact_is_smaller_and_agrees(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    _, payload = demo_run
+    rows = _rows(payload)
+    int8, fp32 = rows[INT8_STAGE], rows["cleaned up"]
+    assert int8["size_bytes"] < fp32["size_bytes"]
+    assert abs(int8["accuracy"] - rows["pytorch (source)"]["accuracy"]) <= 0.02, int8
+    assert int8["top1_agreement"] >= 0.98, int8
+    assert 20 < int8["sqnr_db"] < fp32["sqnr_db"], int8  # quantized, but far from noise
+    assert Path(int8["path"]).is_file()
 
 
 def test_demo_cleanup_removes_nodes(demo_run: tuple[Path, dict[str, Any]]) -> None:

@@ -84,7 +84,11 @@ def test_cleanup_makes_a_messy_model_smaller_and_numerically_equal(checker):
     result = Pipeline(["cleanup"], verify=True).run(model)
 
     out = result.model
-    assert [s.name for s in result.steps] == list(PRESETS["cleanup"])
+    preset = list(PRESETS["cleanup"])
+    names = [s.name for s in result.steps]
+    # the preset repeats until a round changes nothing
+    assert names[: len(preset)] == preset and len(names) % len(preset) == 0
+    assert not any(s.modified for s in result.steps[-len(preset):])
     assert all(s.error is None and s.skipped is None for s in result.steps)
     assert all(s.deviation is not None and s.deviation.ok for s in result.steps)
     modified = {s.name for s in result.steps if s.modified}

@@ -380,3 +380,47 @@ def test_new_initializer_names_do_not_clash_with_other_values(apply_pass, op_cou
 
     assert apply_pass(FoldBatchNormPass(), model).modified
     assert op_counts(model) == {"Relu": 1, "Conv": 1}
+
+
+def test_ir3_folded_weights_become_constant_nodes(apply_pass, op_counts):
+    """IR < 4: every initializer must be a graph input, so new weights can't be ones."""
+    params = [helper.make_node("Constant", [], [p.name], value=p) for p in _bn_params(4)]
+    model = _model(
+        [helper.make_node("Constant", [], ["W"], value=_const("W", _randn(4, 3, 3, 3))),
+         *params, helper.make_node("Conv", ["x", "W"], ["t"]), _bn("t", "y")],
+        [], [("x", (1, 3, 5, 5))], [("y", (1, 4, 3, 3))], opset=9, ir_version=3,
+    )
+
+    assert apply_pass(FoldBatchNormPass(), model).modified
+
+    # Five old Constants are remove-unused's; two new ones hold the folded weight and bias.
+    assert op_counts(model) == {"Constant": 7, "Conv": 1}
+    assert len(model.graph.initializers) == 0
+    conv = model.graph.node(-1)
+    assert [v.producer().op_type for v in conv.inputs[1:]] == ["Constant", "Constant"]
+    assert not FoldBatchNormPass()(model).modified
+
+
+_WITHOUT_BN = {
+    "opset6": lambda: _model(
+        [helper.make_node("Conv", ["x", "W"], ["t"]), helper.make_node("Relu", ["t"], ["y"])],
+        [_const("W", _randn(4, 3, 3, 3))], [("x", (1, 3, 5, 5))], [("y", (1, 4, 3, 3))],
+        opset=6, ir_version=4,
+    ),
+    "ml_domain_only": lambda: ir.from_onnx_text(
+        '<ir_version: 8, opset_import: ["ai.onnx.ml" : 1]> g (float[2] x) => (float[2] y)'
+        "{ y = ai.onnx.ml.Binarizer <threshold = 0.5> (x) }"
+    ),
+}
+
+
+@pytest.mark.parametrize("build", list(_WITHOUT_BN.values()), ids=list(_WITHOUT_BN))
+def test_opset_range_is_not_enforced_without_batchnorm(apply_pass, op_counts, build):
+    """No BatchNormalization, nothing to refuse: run alone, the pass changes nothing."""
+    model = build()
+    counts = op_counts(model)
+
+    assert not apply_pass(FoldBatchNormPass(), model).modified  # requires() passes
+
+    assert op_counts(model) == counts
+    assert not Pipeline(["fold-batchnorm"]).run(model).steps[0].modified

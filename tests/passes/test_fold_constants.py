@@ -259,3 +259,48 @@ def test_rewrite_invalid_at_the_model_opset_is_refused(apply_pass, op_counts):
 
     assert not result.modified
     assert op_counts(model) == {"SequenceConstruct": 1, "ConcatFromSequence": 1}
+
+
+def test_ir3_folded_values_become_constant_nodes(apply_pass, op_counts):
+    """IR < 4: every initializer must be a graph input, so a folded value can't be one."""
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 3, opset_import: ["" : 9]>
+        g (float[2, 3] x) => (float[2, 3] y)
+        {
+            a = Constant <value = float[2, 3] {1, 2, 3, 4, 5, 6}> ()
+            b = Constant <value = float[2, 3] {1, 1, 1, 1, 1, 1}> ()
+            s = Add(a, b)
+            y = Mul(x, s)
+        }
+        """
+    )
+
+    assert apply_pass(FoldConstantsPass(), model).modified
+
+    assert op_counts(model) == {"Constant": 3, "Mul": 1}  # a and b are remove-unused's
+    assert len(model.graph.initializers) == 0
+    mul = model.graph.node(3)
+    assert mul.inputs[1].producer().op_type == "Constant"
+    np.testing.assert_array_equal(mul.inputs[1].const_value.numpy(), [[2, 3, 4], [5, 6, 7]])
+    assert not FoldConstantsPass()(model).modified
+
+
+def test_ir3_fold_no_constant_of_the_opset_can_hold_is_refused(apply_pass, op_counts):
+    """Constant-1 (before opset 9) holds float tensors only; the Cast's int64 stays computed."""
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 3, opset_import: ["" : 8]>
+        g (int64[2] x) => (int64[2] y)
+        {
+            a = Constant <value = float[2] {1, 2}> ()
+            c = Cast <to = 7> (a)
+            y = Add(x, c)
+        }
+        """
+    )
+
+    assert not apply_pass(FoldConstantsPass(), model).modified
+
+    assert op_counts(model) == {"Constant": 1, "Cast": 1, "Add": 1}
+    assert len(model.graph.initializers) == 0

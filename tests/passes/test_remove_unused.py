@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
 from edgeopt.passes import RemoveUnusedPass
+from edgeopt.runtime import run_model
 
 
 def test_dead_chain_is_removed_in_one_run(apply_pass, op_counts):
@@ -233,3 +235,52 @@ def test_unused_opset_import_is_removed(apply_pass):
 
     assert apply_pass(RemoveUnusedPass(), model).modified
     assert "com.example" not in model.opset_imports
+
+
+_UNSORTED_DEAD = {
+    # B: b = Neg(a) comes before A: a = Abs(x), so one backward sweep meets B after A.
+    "chain": [
+        helper.make_node("Neg", ["a"], ["b"], name="B"),
+        helper.make_node("Relu", ["x"], ["y"], name="Y"),
+        helper.make_node("Abs", ["x"], ["a"], name="A"),
+    ],
+    # A dead If reads a value produced after it, inside its branch only.
+    "read_in_a_subgraph": [
+        helper.make_node(
+            "If", ["c"], ["b"], name="B",
+            then_branch=helper.make_graph(
+                [helper.make_node("Neg", ["a"], ["o1"])], "then", [],
+                [helper.make_tensor_value_info("o1", TensorProto.FLOAT, [2])],
+            ),
+            else_branch=helper.make_graph(
+                [helper.make_node("Identity", ["x"], ["o2"])], "else", [],
+                [helper.make_tensor_value_info("o2", TensorProto.FLOAT, [2])],
+            ),
+        ),
+        helper.make_node("Relu", ["x"], ["y"], name="Y"),
+        helper.make_node("Abs", ["x"], ["a"], name="A"),
+    ],
+}
+
+
+@pytest.mark.parametrize("nodes", list(_UNSORTED_DEAD.values()), ids=list(_UNSORTED_DEAD))
+def test_dead_nodes_of_an_unsorted_graph_are_removed_in_one_run(checker, nodes):
+    """The graph is not topologically sorted (so not checker-valid before the pass)."""
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    )
+
+    assert RemoveUnusedPass()(model).modified
+
+    assert [n.name for n in model.graph] == ["Y"]
+    assert not RemoveUnusedPass()(model).modified
+    checker(model)
+    x = np.array([-1.0, 2.0], np.float32)
+    out = run_model(model, {"x": x, "c": np.array(True)})
+    np.testing.assert_array_equal(out["y"], np.maximum(x, 0))
