@@ -94,8 +94,9 @@ def _info(value: ir.Value) -> TensorInfo:
 def _weights(model: ir.Model) -> tuple[int, dict[str, int]]:
     count = 0
     by_dtype: Counter[str] = Counter()
+    # Every initializer counts: before IR 4 they were all listed as graph inputs too.
     tensors = [v.const_value for g in model.graphs() for v in g.initializers.values()
-               if v.const_value is not None and not v.is_graph_input()]
+               if v.const_value is not None]
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if node.op_type == "Constant" and "value" in node.attributes:
             tensors.append(node.attributes["value"].as_tensor())

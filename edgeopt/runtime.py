@@ -61,11 +61,13 @@ def create_session(
 
 
 def _has_external_tensors(model: ir.Model) -> bool:
-    return any(
-        isinstance(value.const_value, ir.ExternalTensor)
-        for graph in model.graphs()
-        for value in graph.initializers.values()
-    )
+    if any(isinstance(value.const_value, ir.ExternalTensor)
+           for graph in model.graphs() for value in graph.initializers.values()):
+        return True
+    nodes = [*ir.traversal.RecursiveGraphIterator(model.graph),
+             *(n for f in model.functions.values() for n in ir.traversal.RecursiveGraphIterator(f))]
+    return any(attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor)
+               for node in nodes for attr in node.attributes.values())
 
 
 def run_session(session: ort.InferenceSession, feeds: Mapping[str, np.ndarray]) -> Feeds:

@@ -25,7 +25,7 @@ import torch
 
 from edgeopt.errors import ExportError
 from edgeopt.export_check import ExportCheck, ExporterName, check_numerics, root_reason
-from edgeopt.model_io import SOURCE_PATH_KEY, load_model, save_model
+from edgeopt.model_io import SOURCE_FILES_KEY, SOURCE_PATH_KEY, load_model, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -237,4 +237,5 @@ def _run_exporter(request: _Request, options: dict[str, Any]) -> ir.Model:
         model = load_model(file)  # reads external data (dynamo may write model.onnx.data)
         ir.external_data.load_to_model(model)  # while the folder still exists
     model.meta.pop(SOURCE_PATH_KEY, None)
+    model.meta.pop(SOURCE_FILES_KEY, None)
     return model

@@ -14,6 +14,7 @@ import pytest
 
 from edgeopt.inspect_model import TensorInfo, file_size, summarize
 from edgeopt.model_io import load_model, save_model
+from edgeopt.runtime import run_model
 
 rng = np.random.default_rng(0)
 
@@ -175,3 +176,32 @@ def test_file_bytes_counts_external_data_under_any_name(tmp_path: Path, conv_mat
     summary = summarize(load_model(path))
 
     assert summary.file_bytes == path.stat().st_size + weights.stat().st_size
+
+
+def test_ir3_initializers_listed_as_inputs_are_parameters(tmp_path: Path) -> None:
+    # Before IR 4 every initializer had to be a graph input too; they are still the weights.
+    h = onnx.helper
+    weight, bias = _f32(16, 8), _f32(8)
+    graph = h.make_graph(
+        [h.make_node("Gemm", ["x", "W", "b"], ["y"])], "ir3",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 16]),
+         h.make_tensor_value_info("W", onnx.TensorProto.FLOAT, [16, 8]),
+         h.make_tensor_value_info("b", onnx.TensorProto.FLOAT, [8])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 8])],
+        [onnx.numpy_helper.from_array(weight, "W"), onnx.numpy_helper.from_array(bias, "b")],
+    )
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 9)], ir_version=3)
+    onnx.checker.check_model(proto, full_check=True)
+    path = tmp_path / "ir3.onnx"
+    onnx.save(proto, str(path))
+    x = _f32(2, 16)
+    np.testing.assert_allclose(run_model(str(path), {"x": x})["y"], x @ weight + bias,
+                               rtol=1e-5, atol=1e-5)
+
+    summary = summarize(load_model(path))
+
+    assert summary.ir_version == 3
+    assert summary.inputs == [TensorInfo("x", "float", [2, 16])]
+    assert summary.parameters == 16 * 8 + 8
+    assert summary.weight_bytes == {"float": (16 * 8 + 8) * 4}
+    assert summary.macs == 2 * 8 * 16

@@ -15,7 +15,13 @@ import pytest
 
 from edgeopt import model_io
 from edgeopt.errors import ModelLoadError, ModelSaveError
-from edgeopt.model_io import SOURCE_PATH_KEY, load_model, save_model, tensor_bytes
+from edgeopt.model_io import (
+    SOURCE_FILES_KEY,
+    SOURCE_PATH_KEY,
+    load_model,
+    save_model,
+    tensor_bytes,
+)
 from edgeopt.runtime import random_feeds, run_model
 
 ADD_TEXT = """
@@ -324,3 +330,240 @@ def test_overwrite_input_with_external_data_in_place(tmp_path: Path) -> None:
 
     assert sorted(os.listdir(tmp_path)) == ["m.onnx", "m.onnx.data"]
     _assert_close(run_model(str(path), feeds), expected)
+
+
+# --- external data the overwrite guard must see -------------------------------------------
+
+
+def _save_with_data_file(folder: Path, data_name: str) -> Path:
+    """``folder/m.onnx`` whose weight ``w`` lives in ``folder/<data_name>``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    proto = _matmul_proto()
+    onnx.save_model(proto, str(folder / "m.onnx"), save_as_external_data=True,
+                    location=data_name, size_threshold=0)
+    return folder / "m.onnx"
+
+
+def test_load_records_model_and_data_files(tmp_path: Path) -> None:
+    path = _save_with_data_file(tmp_path, "weights.bin")
+
+    model = load_model(path)
+
+    assert model.meta[SOURCE_FILES_KEY] == (str(path.resolve()), str((tmp_path / "weights.bin").resolve()))
+    assert model.meta[SOURCE_PATH_KEY] == str(path.resolve())
+    assert SOURCE_FILES_KEY not in load_model(_matmul_proto()).meta
+
+
+@pytest.mark.parametrize(
+    ("output", "external_data"),
+    [
+        pytest.param("m.onnx.data", False, id="output-is-data-file"),
+        pytest.param("m.onnx.data", True, id="output-is-data-file-external"),
+        pytest.param("out.onnx", True, id="output-data-is-input-data"),
+        pytest.param("alias.onnx", False, id="hard-link-to-data-file"),
+    ],
+)
+def test_refuses_to_overwrite_input_data_file(
+    tmp_path: Path, output: str, external_data: bool
+) -> None:
+    data_name = "out.onnx.data" if output == "out.onnx" else "m.onnx.data"
+    path = _save_with_data_file(tmp_path, data_name)
+    if output == "alias.onnx":
+        os.link(tmp_path / data_name, tmp_path / output)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    model = load_model(path)
+    feeds = _feeds(model)
+    expected = run_model(str(path), feeds)
+
+    with pytest.raises(ModelSaveError, match="refusing to overwrite the input model") as info:
+        save_model(model, tmp_path / output, external_data=external_data)
+
+    assert "\n" not in str(info.value) and "--in-place" in str(info.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    _assert_close(run_model(str(path), feeds), expected)
+
+
+def test_data_file_of_input_may_be_overwritten_when_asked(tmp_path: Path) -> None:
+    path = _save_with_data_file(tmp_path, "out.onnx.data")
+    model = load_model(path)
+    feeds = _feeds(model)
+    expected = run_model(str(path), feeds)
+
+    out = save_model(model, tmp_path / "out.onnx", external_data=True, overwrite_input=True)
+
+    _assert_close(run_model(str(out), feeds), expected)
+    # Writing to a name the input does not read needs no permission.
+    other = save_model(load_model(path), tmp_path / "other.onnx", external_data=False)
+    _assert_close(run_model(str(other), feeds), expected)
+
+
+# --- external data outside the main graph -------------------------------------------------
+
+CONST = np.random.default_rng(2).standard_normal((4, 16)).astype(np.float32)
+
+
+def _external_tensor(name: str, array: np.ndarray, location: str) -> onnx.TensorProto:
+    tensor = onnx.numpy_helper.from_array(array, name)
+    onnx.external_data_helper.set_external_data(
+        tensor, location=location, offset=0, length=array.nbytes
+    )
+    tensor.ClearField("raw_data")
+    return tensor
+
+
+def _constant_model(where: str, location: str) -> onnx.ModelProto:
+    """``y = x + c``; ``c`` is a Constant with external data, in the graph or a function."""
+    h = onnx.helper
+    const = h.make_node("Constant", [], ["c"], value=_external_tensor("c", CONST, location))
+    add = h.make_node("Add", ["x", "c"], ["y"])
+    opsets = [h.make_opsetid("", 18)]
+    functions = []
+    if where == "function":
+        functions = [h.make_function("local", "AddConst", ["x"], ["y"], [const, add], opsets)]
+        nodes = [h.make_node("AddConst", ["x"], ["y"], domain="local")]
+        opsets = [*opsets, h.make_opsetid("local", 1)]
+    else:
+        nodes = [const, add]
+    io = [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [4, 16]) for n in "xy"]
+    graph = h.make_graph(nodes, "g", [io[0]], [io[1]])
+    return h.make_model(graph, opset_imports=opsets, functions=functions, ir_version=10)
+
+
+def _write(proto: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("external_data", [False, True], ids=["single-file", "external"])
+@pytest.mark.parametrize("where", ["graph", "function"])
+def test_external_constant_saved_elsewhere_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, external_data: bool
+) -> None:
+    source = _write(_constant_model(where, "w.bin"), tmp_path / "a" / "m.onnx")
+    (tmp_path / "a" / "w.bin").write_bytes(CONST.tobytes())
+    monkeypatch.chdir(tmp_path)  # the data must be found next to the model, not in the cwd
+    model = load_model("a/m.onnx")
+
+    out = save_model(model, tmp_path / "b" / "out.onnx", external_data=external_data)
+    for file in source.parent.iterdir():
+        file.unlink()
+
+    onnx.checker.check_model(str(out), full_check=True)
+    x = np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32)
+    _assert_close(run_model(str(out), {"x": x}), {"y": x + CONST})
+
+
+def _sparse(location_of: str, location: str) -> onnx.SparseTensorProto:
+    values = np.arange(1, 5, dtype=np.float32)
+    indices = np.arange(4, dtype=np.int64)
+    values_t = onnx.numpy_helper.from_array(values, "s")
+    indices_t = onnx.numpy_helper.from_array(indices, "s_indices")
+    if location_of == "values":
+        values_t = _external_tensor("s", values, location)
+    else:
+        indices_t = _external_tensor("s_indices", indices, location)
+    return onnx.helper.make_sparse_tensor(values_t, indices_t, [4, 16])
+
+
+def _traversal_model(case: str, location: str) -> onnx.ModelProto:
+    h = onnx.helper
+    if case == "function-constant":
+        return _constant_model("function", location)
+    proto = _constant_model("graph", "unused.bin")
+    const = proto.graph.node[0]
+    del const.attribute[:]
+    if case == "sparse-initializer-indices":
+        const.attribute.append(h.make_attribute("value", onnx.numpy_helper.from_array(CONST)))
+        proto.graph.sparse_initializer.append(_sparse("indices", location))
+    elif case in ("sparse-attribute-values", "sparse-attribute-indices"):
+        const.attribute.append(h.make_attribute("sparse_value", _sparse(case.rsplit("-", 1)[1], location)))
+    elif case == "function-subgraph":
+        proto = _constant_model("function", "unused.bin")
+        inner = _constant_model("graph", location).graph
+        branch = h.make_graph(list(inner.node), "branch", [], [inner.output[0]])
+        cond = h.make_node("Constant", [], ["cond"], value=h.make_tensor("k", 9, [], [True]))
+        if_node = h.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+        del proto.functions[0].node[:]
+        proto.functions[0].node.extend([cond, if_node])
+    return proto
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["function-constant", "function-subgraph", "sparse-initializer-indices",
+     "sparse-attribute-values", "sparse-attribute-indices"],
+)
+def test_external_data_outside_folder_is_refused_everywhere(tmp_path: Path, case: str) -> None:
+    (tmp_path / "outside.bin").write_bytes(bytes(4096))
+    path = _write(_traversal_model(case, "../outside.bin"), tmp_path / "model" / "m.onnx")
+
+    with pytest.raises(ModelLoadError, match=r"points to external data at '\.\./outside\.bin', outside"):
+        load_model(path)
+
+
+# --- swapping the model and its data file into place --------------------------------------
+
+
+def _fail_replacing(monkeypatch: pytest.MonkeyPatch, *targets: Path) -> None:
+    """Make ``os.replace`` fail whenever it would write one of ``targets``."""
+    real = os.replace
+
+    def replace(src, dst, **kwargs) -> None:
+        if Path(dst) in targets:
+            raise OSError(f"cannot write {dst}")
+        real(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["previous-output", "no-previous-output"])
+def test_failed_model_swap_restores_previous_data_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: bool
+) -> None:
+    dest = tmp_path / "m.onnx"
+    feeds = _feeds(_matmul_model())
+    if existing:
+        save_model(_matmul_model(), dest, external_data=True)
+        expected = run_model(str(dest), feeds)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    _fail_replacing(monkeypatch, dest)
+
+    with pytest.raises(ModelSaveError, match=f"cannot write {dest}.*nothing changed") as info:
+        save_model(_matmul_model(scale=2.0), dest, external_data=True)
+
+    assert "nothing was written" not in str(info.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert _no_temp_dirs(tmp_path, "m.onnx")
+    if existing:
+        monkeypatch.undo()
+        _assert_close(run_model(str(dest), feeds), expected)
+
+
+def test_failed_restore_says_where_the_previous_data_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = save_model(_matmul_model(), tmp_path / "m.onnx", external_data=True)
+    data = tmp_path / "m.onnx.data"
+    previous = data.read_bytes()
+    real = os.replace
+    writes_to_data = []
+
+    def replace(src, dst, **kwargs) -> None:
+        if Path(dst) == dest:
+            raise OSError("cannot write the model")
+        if Path(dst) == data:
+            writes_to_data.append(src)
+            if len(writes_to_data) == 2:  # the first puts the new data in, the second restores
+                raise OSError("cannot restore")
+        real(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(ModelSaveError, match=re.escape(str(data)) + ".*was written") as info:
+        save_model(_matmul_model(scale=2.0), dest, external_data=True)
+
+    message = str(info.value)
+    assert "\n" not in message and "cannot write the model" in message
+    backup = Path(writes_to_data[1])
+    assert str(backup) in message
+    assert backup.read_bytes() == previous
