@@ -118,7 +118,7 @@ def optimize(
     option: Annotated[list[str], typer.Option("--option", "-O", help="PASS.OPTION=VALUE")] = [],  # noqa: B006
     verify: Annotated[bool, typer.Option(help="Check outputs in ONNX Runtime after every pass.")] = False,
     target: Annotated[list[str], typer.Option("--target", "-t", help="Also emit this target's artifact.")] = [],  # noqa: B006
-    in_place: Annotated[bool, typer.Option("--in-place", help="Allow OUTPUT (or its .data) to be MODEL's files.")] = False,
+    in_place: Annotated[bool, typer.Option("--in-place", help="Allow writing over MODEL's files.")] = False,
     external_data: Annotated[
         bool | None,
         typer.Option("--external-data/--no-external-data",
