@@ -161,7 +161,7 @@ def quantize(
     activation_type: Annotated[str, typer.Option(help="uint8 | int8 | uint16 | int16")] = "uint8",
     bits: Annotated[int, typer.Option(help="Weight-only: 4 or 8.")] = 4,
     block_size: Annotated[int, typer.Option(help="Weight-only: weights per scale.")] = 32,
-    weight_method: Annotated[str, typer.Option(help="Weight-only: rtn | hqq | gptq")] = "rtn",
+    weight_method: Annotated[str, typer.Option(help="Weight-only: rtn | hqq")] = "rtn",
     exclude: Annotated[list[str], typer.Option(help="Node name to keep in float (repeatable).")] = [],  # noqa: B006
     op_types: Annotated[str, typer.Option(help="Comma-separated op types to quantize.")] = "",
     samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,

@@ -41,7 +41,8 @@ class NodeError:
     sqnr_db: float
     cosine: float
     introduced_db: float
-    """SQNR lost at this node: worst input SQNR minus output SQNR (inf inputs count as 100 dB)."""
+    """SQNR lost at this node: worst input SQNR minus output SQNR (capped at 100 dB; an input
+    the quantized graph fused away counts as the worst SQNR measured upstream of it)."""
 
 
 class _Accumulator:
@@ -124,13 +125,28 @@ def sensitivity(
 
 def _rank(model: ir.Model, acc: dict[str, _Accumulator]) -> list[NodeError]:
     sqnr = {name: a.sqnr() for name, a in acc.items()}
+    inherited: dict[str, float] = {}
+
+    def input_sqnr(value: ir.Value) -> float:
+        """The value's SQNR, or, where the quantized graph has no such tensor (ORT fused
+        it away), the worst measured SQNR upstream of it."""
+        name = value.name or ""
+        if name in sqnr:
+            return min(sqnr[name], 100.0)
+        if name not in inherited:
+            inherited[name] = 100.0  # guards cycles through subgraph references
+            producer = value.producer()
+            upstream = [input_sqnr(v) for v in producer.inputs
+                        if v is not None and not v.is_initializer()] if producer else []
+            inherited[name] = min(upstream, default=100.0)
+        return inherited[name]
+
     errors = []
     for node in model.graph:
         out = node.outputs[0] if node.outputs else None
         if out is None or out.name not in acc:
             continue
-        inputs = [min(sqnr[v.name], 100.0) for v in node.inputs
-                  if v is not None and v.name in sqnr and not v.is_initializer()]
+        inputs = [input_sqnr(v) for v in node.inputs if v is not None and not v.is_initializer()]
         worst_in = min(inputs, default=100.0)
         out_sqnr = min(sqnr[out.name], 100.0)
         errors.append(NodeError(node.name or out.name, node.op_type, out.name, sqnr[out.name],

@@ -47,7 +47,7 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = ()
     bits: Literal[4, 8] = 4
     block_size: int = 32
-    weight_method: Literal["rtn", "hqq", "gptq"] = "rtn"
+    weight_method: Literal["rtn", "hqq"] = "rtn"
     samples: int | None = None
     batch_size: int | None = None
     eval_samples: int = 256
@@ -137,7 +137,7 @@ def _quantize(
         return model, {}
     if config.mode == "weight-only":
         QuantizeWeightsPass(bits=config.bits, block_size=config.block_size, method=config.weight_method,
-                            exclude=config.exclude, calibration=reader)(model)
+                            exclude=config.exclude)(model)
         return model, {}
     return _quantize_static(model, config, reader, report, metric, evaluation, progress)
 
@@ -150,11 +150,13 @@ def _quantize_static(
     from edgeopt.calibrate import calibrate
     from edgeopt.observers import make_observer_factory
     from edgeopt.passes.quantize_common import prepare_for_quantization
-    from edgeopt.passes.quantize_static import quantize_with_ranges
+    from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
 
     prepared = model.clone()
     prepare_for_quantization(prepared)
-    options: dict[str, Any] = {"percentile": config.percentile} if config.method == "percentile" else {}
+    options = observer_options(config.method, percentile=config.percentile,
+                               activation_type=config.activation_type,
+                               symmetric=config.symmetric_activations)
     calibrated = calibrate(
         prepared, batches(reader, prepared, batch_size=config.batch_size, limit=config.samples),
         observer=make_observer_factory(config.method, **options),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 from collections.abc import Iterable, Iterator
@@ -17,7 +18,6 @@ from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.lift_constants import LiftConstantsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
 from edgeopt.passes.topological_sort import TopologicalSortPass
-from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
@@ -58,41 +58,29 @@ def prepare_for_quantization(model: ir.Model, *, min_opset: int = QUANTIZABLE_MI
     ir.passes.PassManager(passes, steps=1)(model)
 
 
-def import_quietly(module: str) -> Any:
-    """Import an ORT quantization module without letting it configure logging.
+@contextlib.contextmanager
+def quiet_root_logging() -> Iterator[None]:
+    """Keep ORT's quantization code from configuring logging.
 
-    Some of them call ``logging.basicConfig(level=INFO)`` at import, which would
-    make every library log print; with a handler already on the root logger,
-    ``basicConfig`` does nothing.
+    Some of its modules call ``logging.basicConfig(level=INFO)`` at import, and
+    some functions call ``logging.warning()`` on the root logger, which does the
+    same; with a handler already on the root logger, neither does anything.
     """
     root = logging.getLogger()
-    if root.handlers:
-        return importlib.import_module(module)
-    guard = logging.NullHandler()
-    root.addHandler(guard)
+    guard = None if root.handlers else logging.NullHandler()
+    if guard is not None:
+        root.addHandler(guard)
     try:
-        return importlib.import_module(module)
+        yield
     finally:
-        root.removeHandler(guard)
+        if guard is not None:
+            root.removeHandler(guard)
 
 
-class OrtReader:
-    """Adapts a re-iterable of feeds to ORT's ``CalibrationDataReader`` (``get_next``)."""
-
-    def __init__(self, batches: Iterable[Feeds]) -> None:
-        self._batches = batches
-        self._it: Iterator[Feeds] | None = None
-
-    def get_next(self) -> Feeds | None:
-        if self._it is None:
-            self._it = iter(self._batches)
-        return next(self._it, None)
-
-    def rewind(self) -> None:
-        self._it = None
-
-    def __iter__(self) -> Iterator[Feeds]:
-        return iter(self._batches)
+def import_quietly(module: str) -> Any:
+    """Import an ORT quantization module under :func:`quiet_root_logging`."""
+    with quiet_root_logging():
+        return importlib.import_module(module)
 
 
 def ir_from_ort(proto: Any) -> ir.Model:
@@ -101,6 +89,28 @@ def ir_from_ort(proto: Any) -> ir.Model:
     model = ir.serde.deserialize_model(proto)
     model.graph.sort()
     return model
+
+
+def unquantize_inputs(model: ir.Model, nodes: Iterable[str]) -> int:
+    """Feed ``nodes`` float again where ORT's QDQ emitter gave them ``DQ(Q(x))``.
+
+    ORT routes a quantized tensor's DequantizeLinear output to every consumer,
+    excluded nodes included; a node kept in float should read the float tensor.
+    Returns how many inputs were rewired (dead Q/DQ nodes are left to remove-unused).
+    """
+    wanted = set(nodes)
+    rewired = 0
+    for node in model.graph:
+        if node.name not in wanted:
+            continue
+        for index, value in enumerate(node.inputs):
+            dq = value.producer() if value is not None else None
+            q = dq.inputs[0].producer() if dq is not None and dq.op_type == "DequantizeLinear" \
+                and dq.inputs[0] is not None else None
+            if q is not None and q.op_type == "QuantizeLinear" and q.inputs[0] is not None:
+                node.replace_input_with(index, q.inputs[0])
+                rewired += 1
+    return rewired
 
 
 def shape_nodes(model: ir.Model) -> list[str]:

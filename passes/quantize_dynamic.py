@@ -13,7 +13,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from edgeopt.pass_base import EdgeoptPass, adopt
-from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization
+from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization, quiet_root_logging
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +54,20 @@ class QuantizeDynamicPass(EdgeoptPass):
 
         prepare_for_quantization(model)
         weight = ort_type(self.weight_type)
-        proto = update_opset_version(ir.serde.serialize_model(model), weight)
+        with quiet_root_logging():
+            proto = update_opset_version(ir.serde.serialize_model(model), weight)
         extra: dict[str, Any] = {"MatMulConstBOnly": True, "WeightSymmetric": self.weight_type == "int8"}
         quantizer = ONNXQuantizer(
             proto, self.per_channel, False, QuantizationMode.IntegerOps, False, weight,
             QuantType.QUInt8, None, [], list(self.exclude),
             list(self.op_types) or list(IntegerOpsRegistry), extra,
         )
-        quantizer.quantize_model()
-        adopt(model, ir_from_ort(quantizer.model.model))
-        logger.info("quantize-dynamic: %s weights%s", self.weight_type,
-                    ", per channel" if self.per_channel else "")
-        return ir.passes.PassResult(model, modified=True)
+        with quiet_root_logging():
+            quantizer.quantize_model()
+        quantized = ir_from_ort(quantizer.model.model)
+        count = sum(1 for n in quantized.graph if n.op_type == "DynamicQuantizeLinear")
+        if count:
+            adopt(model, quantized)
+        logger.info("quantize-dynamic: %d activation(s) quantized at run time, %s weights%s", count,
+                    self.weight_type, ", per channel" if self.per_channel else "")
+        return ir.passes.PassResult(model, modified=count > 0)

@@ -19,7 +19,15 @@ import onnx_ir as ir
 
 from edgeopt.errors import CalibrationDataError
 from edgeopt.pass_base import EdgeoptPass, adopt
-from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization, shape_nodes
+from edgeopt.passes.quantize_common import (
+    ir_from_ort,
+    ort_type,
+    prepare_for_quantization,
+    quiet_root_logging,
+    shape_nodes,
+    unquantize_inputs,
+)
+from edgeopt.passes.remove_unused import RemoveUnusedPass
 from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
@@ -121,9 +129,9 @@ class QuantizeStaticPass(EdgeoptPass):
         assert self.calibration is not None
         reader = (open_reader(self.calibration, model) if isinstance(self.calibration, str)
                   else self.calibration)
-        options: dict[str, Any] = {"percentile": self.percentile} if self.method == "percentile" else {}
-        if self.method in ("entropy", "mse", "percentile") and self.activation_type.endswith("16"):
-            options["quant_bits"] = 16
+        options = observer_options(self.method, percentile=self.percentile,
+                                   activation_type=self.activation_type,
+                                   symmetric=self.symmetric_activations)
         result = calibrate(
             model, batches(reader, model, batch_size=self.batch_size, limit=self.samples),
             observer=make_observer_factory(self.method, **options), on_batch=self.on_batch,
@@ -132,6 +140,20 @@ class QuantizeStaticPass(EdgeoptPass):
         logger.info("quantize-static: calibrated %d tensors on %d samples in %.1fs (%s)",
                     len(result.ranges), result.samples, result.seconds, self.method)
         return result.ranges
+
+
+def observer_options(
+    method: str, *, percentile: float, activation_type: str, symmetric: bool
+) -> dict[str, Any]:
+    """Observer options that follow the quantization settings (bits, symmetry)."""
+    if method not in ("percentile", "entropy", "mse"):
+        return {}
+    options: dict[str, Any] = {"symmetric": symmetric}
+    if method == "percentile":
+        options["percentile"] = percentile
+    if activation_type.endswith("16"):
+        options["quant_bits"] = 16
+    return options
 
 
 def quantize_with_ranges(
@@ -159,7 +181,8 @@ def quantize_with_ranges(
 
     proto = ir.serde.serialize_model(model)
     act, weight = ort_type(activation_type), ort_type(weight_type)
-    proto = update_opset_version(proto, weight, act)
+    with quiet_root_logging():
+        proto = update_opset_version(proto, weight, act)
     extra: dict[str, Any] = {
         "ActivationSymmetric": symmetric_activations,
         "WeightSymmetric": weight_type == "int8",
@@ -171,12 +194,17 @@ def quantize_with_ranges(
             for name, (low, high) in ranges.items()}
     tensors = TensorsData(CalibrationMethod.MinMax, data)
     types = list(op_types) or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-    exclude = [*exclude, *shape_nodes(model)]
+    kept_float = list(exclude)
+    exclude = [*kept_float, *shape_nodes(model)]
     if format == "qoperator":
         quantizer: Any = ONNXQuantizer(proto, per_channel, False, QuantizationMode.QLinearOps, True,
                                        weight, act, tensors, list(nodes), list(exclude), types, extra)
     else:
         quantizer = QDQQuantizer(proto, per_channel, False, weight, act, tensors, list(nodes),
                                  list(exclude), types, extra)
-    quantizer.quantize_model()
-    return ir_from_ort(quantizer.model.model)
+    with quiet_root_logging():
+        quantizer.quantize_model()
+    quantized = ir_from_ort(quantizer.model.model)
+    if kept_float and unquantize_inputs(quantized, kept_float):
+        RemoveUnusedPass()(quantized)
+    return quantized
