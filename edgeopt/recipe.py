@@ -91,7 +91,8 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
             raise fail(key, f"expects a file path, got {raw[key]!r}.")
     if not isinstance(raw["passes"], list) or not raw["passes"]:
         raise fail("passes", "expects a non-empty list of pass names.")
-    passes = [_parse_pass(fail, i, entry) for i, entry in enumerate(raw["passes"])]
+    passes = [_resolve_paths(_parse_pass(fail, i, entry), path.parent)
+              for i, entry in enumerate(raw["passes"])]
     verify = raw.get("verify", False)
     if not isinstance(verify, bool):
         raise fail("verify", f"expects true or false, got {verify!r}.")
@@ -129,6 +130,18 @@ def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]
     except PassOptionError as e:
         raise fail(f"{where}.{name}" if options else where, str(e)) from e
     return str(name), dict(options)
+
+
+def _resolve_paths(step: tuple[str, dict[str, Any]], base: Path) -> tuple[str, dict[str, Any]]:
+    """Make the pass's path-valued options (``path_options``) relative to the recipe file."""
+    name, options = step
+    info = registry.get_pass(name) if name in registry.list_pass_names() else None
+    keys = getattr(info.cls, "path_options", ()) if info else ()
+    resolved = {
+        key: str(base / value) if key in keys and isinstance(value, str) and ":" not in value else value
+        for key, value in options.items()
+    }
+    return name, resolved
 
 
 def _parse_tolerance(fail: Any, raw: Any) -> tuple[float, float]:

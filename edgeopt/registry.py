@@ -88,6 +88,11 @@ def list_passes() -> list[PassInfo]:
     return [PassInfo(name, cls) for name, cls in sorted(_passes().items())]
 
 
+def list_pass_names() -> list[str]:
+    """Registered pass names (presets excluded)."""
+    return sorted(_passes())
+
+
 def list_presets() -> dict[str, tuple[str, ...]]:
     """Preset name -> the pass names it expands to."""
     return dict(_presets())

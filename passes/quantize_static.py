@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -65,6 +65,8 @@ class QuantizeStaticPass(EdgeoptPass):
 
     name = "quantize-static"
     preserves_semantics = False
+    path_options: ClassVar[tuple[str, ...]] = ("calibration",)
+    """Options holding paths; a recipe resolves them relative to itself."""
 
     def __init__(
         self,

@@ -253,3 +253,34 @@ def test_nan_tolerance_is_rejected(tmp_path: Path) -> None:
 
     with pytest.raises(RecipeError, match=re.escape("tolerance.rtol")):
         load_recipe(path)
+
+
+def test_quantize_step_with_calibration_relative_to_the_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnx_ir as ir
+
+    from edgeopt.runtime import run_model
+
+    folder = tmp_path / "project"
+    (folder / "calib").mkdir(parents=True)
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,4] x) => (float[N,3] y) <float[4,3] w = {1,2,3,4,5,6,7,8,9,10,11,12}> {
+            y = MatMul(x, w)
+        }
+    """)
+    onnx.save(model, folder / "m.onnx")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.savez(folder / "calib" / f"b{i}.npz", x=rng.standard_normal((8, 4)).astype(np.float32))
+    (folder / "recipe.yaml").write_text(
+        "model: m.onnx\noutput: out/q.onnx\npasses:\n  - quantize-static: {calibration: calib, method: mse}\n")
+    monkeypatch.chdir(tmp_path)  # the working directory is not the recipe's folder
+    result = run_recipe(load_recipe(folder / "recipe.yaml"))
+    ops = [n.op_type for n in ir.load(result.output).graph]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    got = run_model(str(result.output), {"x": x})["y"]
+    expected = x @ np.arange(1, 13, dtype=np.float32).reshape(4, 3)
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()  # a few int8 steps
