@@ -272,15 +272,16 @@ def test_quantize_step_with_calibration_relative_to_the_recipe(
     """)
     onnx.save(model, folder / "m.onnx")
     rng = np.random.default_rng(0)
-    for i in range(3):
-        np.savez(folder / "calib" / f"b{i}.npz", x=rng.standard_normal((8, 4)).astype(np.float32))
+    batches = [rng.standard_normal((8, 4)).astype(np.float32) for _ in range(3)]
+    for i, batch in enumerate(batches):
+        np.savez(folder / "calib" / f"b{i}.npz", x=batch)
     (folder / "recipe.yaml").write_text(
         "model: m.onnx\noutput: out/q.onnx\npasses:\n  - quantize-static: {calibration: calib, method: mse}\n")
     monkeypatch.chdir(tmp_path)  # the working directory is not the recipe's folder
     result = run_recipe(load_recipe(folder / "recipe.yaml"))
     ops = [n.op_type for n in ir.load(result.output).graph]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
-    x = rng.standard_normal((5, 4)).astype(np.float32)
+    x = batches[0]  # inside the calibrated range (values outside it would clip)
     got = run_model(str(result.output), {"x": x})["y"]
     expected = x @ np.arange(1, 13, dtype=np.float32).reshape(4, 3)
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()  # a few int8 steps
