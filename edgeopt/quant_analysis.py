@@ -254,3 +254,24 @@ def agreement_metric(float_model: ir.Model, batches: Iterable[Feeds]) -> Metric:
         return total / max(count, 1)
 
     return score
+
+
+def accuracy_metric(
+    batches: Sequence[Feeds], labels: Sequence[np.ndarray], *, output: str | None = None
+) -> Metric:
+    """Top-1 accuracy against ``labels`` (one array of class ids per batch), for
+    ``--max-drop`` measured on the task instead of agreement with the float model."""
+    if len(batches) != len(labels):
+        raise ValueError(f"{len(batches)} batches but {len(labels)} label arrays; give one per batch.")
+
+    def score(model: ir.Model) -> float:
+        session = create_session(model, optimize=True)
+        name = output or session.get_outputs()[0].name
+        correct = total = 0
+        for feeds, truth in zip(batches, labels, strict=True):
+            predicted = np.asarray(run_session(session, feeds)[name]).argmax(axis=-1)
+            correct += int((predicted == np.asarray(truth)).sum())
+            total += len(truth)
+        return correct / max(total, 1)
+
+    return score

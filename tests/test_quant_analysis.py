@@ -231,3 +231,17 @@ def test_fallback_stops_at_max_evaluations() -> None:
 
     assert len(result.steps) == 4
     assert result.float_nodes == ("n0", "n1", "n2", "n3")  # meets the budget, not yet minimal
+
+
+def test_accuracy_metric_counts_correct_predictions() -> None:
+    from edgeopt.quant_analysis import accuracy_metric
+
+    model = ir.from_onnx_text("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,3] x) => (float[N,3] y) { y = Identity(x) }
+    """)
+    batches = [{"x": np.eye(3, dtype=np.float32)}, {"x": np.eye(3, dtype=np.float32)[::-1].copy()}]
+    labels = [np.array([0, 1, 2]), np.array([2, 0, 0])]  # second batch predicts [2, 1, 0]: 2 of 3
+    assert accuracy_metric(batches, labels)(model) == 5 / 6
+    with pytest.raises(ValueError, match="2 batches but 1 label arrays"):
+        accuracy_metric(batches, labels[:1])
