@@ -169,6 +169,8 @@ def quantize(
     max_drop: Annotated[float | None, typer.Option(help="Keep sensitive nodes float until agreement "
                                                    "with fp32 drops at most this much.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Show the per-node sensitivity table.")] = False,
+    prepasses: Annotated[str, typer.Option(help="Static mode, comma-separated: equalize-cross-layer, "
+                                           "correct-bias, smooth-quant.")] = "",
     as_json: JsonFlag = False,
 ) -> None:
     """Quantize MODEL (static int8 with calibration, dynamic, or weight-only int4/int8)."""
@@ -179,7 +181,8 @@ def quantize(
                               bits=bits, block_size=block_size, weight_method=weight_method,
                               exclude=tuple(exclude),
                               op_types=tuple(t for t in op_types.split(",") if t),
-                              samples=samples, batch_size=batch_size, max_drop=max_drop)
+                              samples=samples, batch_size=batch_size, max_drop=max_drop,
+                              prepasses=tuple(p for p in prepasses.split(",") if p))
     with samples_progress(err, disable=as_json) as progress:
         result = quantize_file(model, output, config, calibration=calib, report=report,
                                progress=progress)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import CalibrationDataError
+from edgeopt.errors import CalibrationDataError, PassOptionError
 from edgeopt.inspect_model import ModelSummary, summarize
 from edgeopt.model_io import load_model, save_model
 from edgeopt.quant_analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
@@ -53,6 +53,9 @@ class QuantizeConfig:
     eval_samples: int = 256
     max_drop: float | None = None
     max_evaluations: int = 10
+    prepasses: tuple[str, ...] = ()
+    """Run before calibration (static mode): ``equalize-cross-layer``, ``correct-bias``,
+    ``smooth-quant`` (with an inserted Mul where no LayerNorm can absorb the scales)."""
 
 
 @dataclass
@@ -151,9 +154,11 @@ def _quantize_static(
     from edgeopt.observers import make_observer_factory
     from edgeopt.passes.quantize_common import prepare_for_quantization
     from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
+    from edgeopt.passes.smooth_quant import MUL_PREFIX
 
     prepared = model.clone()
     prepare_for_quantization(prepared)
+    _run_prepasses(prepared, config, reader)
     options = observer_options(config.method, percentile=config.percentile,
                                activation_type=config.activation_type,
                                symmetric=config.symmetric_activations)
@@ -168,7 +173,9 @@ def _quantize_static(
             prepared, calibrated.ranges, format=config.format, per_channel=config.per_channel,
             activation_type=config.activation_type, weight_type=config.weight_type,
             symmetric_activations=config.symmetric_activations, op_types=config.op_types,
-            exclude=[*config.exclude, *float_nodes])
+            exclude=[*config.exclude, *smoothing_muls, *float_nodes])
+
+    smoothing_muls = [n.name for n in prepared.graph if n.name and n.name.startswith(MUL_PREFIX)]
 
     quantized = emit(())
     extra: dict[str, Any] = {"calibration_seconds": calibrated.seconds}
@@ -186,6 +193,25 @@ def _quantize_static(
         extra["fallback"] = result
         quantized = result.model
     return quantized, extra
+
+
+PREPASSES = ("equalize-cross-layer", "correct-bias", "smooth-quant")
+
+
+def _run_prepasses(model: ir.Model, config: QuantizeConfig, reader: Any) -> None:
+    from edgeopt.passes import CorrectBiasPass, EqualizeCrossLayerPass, SmoothQuantPass
+
+    for name in config.prepasses:
+        if name not in PREPASSES:
+            raise PassOptionError(f"quantize: unknown pre-pass '{name}'; choose from {', '.join(PREPASSES)}.")
+    data = dict(calibration=reader, samples=config.samples, batch_size=config.batch_size)
+    # Order matters: equalize (exact), smooth (exact), then correct the biases of what is left.
+    if "equalize-cross-layer" in config.prepasses:
+        EqualizeCrossLayerPass()(model)
+    if "smooth-quant" in config.prepasses:
+        SmoothQuantPass(insert_mul=True, **data)(model)
+    if "correct-bias" in config.prepasses:
+        CorrectBiasPass(per_channel=config.per_channel, weight_type=config.weight_type, **data)(model)
 
 
 def _output_sqnr(float_model: ir.Model, quant_model: ir.Model, evaluation: list[Feeds]) -> float:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from edgeopt.passes.convert_opset import ConvertOpsetPass
+from edgeopt.passes.correct_bias import CorrectBiasPass
 from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass
+from edgeopt.passes.equalize_cross_layer import EqualizeCrossLayerPass
 from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
 from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
@@ -19,14 +21,17 @@ from edgeopt.passes.quantize_dynamic import QuantizeDynamicPass
 from edgeopt.passes.quantize_static import QuantizeStaticPass
 from edgeopt.passes.quantize_weights import QuantizeWeightsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
+from edgeopt.passes.smooth_quant import SmoothQuantPass
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
 PASSES: dict[str, type[ir.passes.PassBase]] = {
     cls.name: cls
     for cls in (
         ConvertOpsetPass,
+        CorrectBiasPass,
         DeduplicateInitializersPass,
         EliminateIdentityPass,
+        EqualizeCrossLayerPass,
         FoldBatchNormPass,
         FoldConstantsPass,
         InferShapesPass,
@@ -35,6 +40,7 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         QuantizeStaticPass,
         QuantizeWeightsPass,
         RemoveUnusedPass,
+        SmoothQuantPass,
         TopologicalSortPass,
     )
 }
@@ -64,8 +70,10 @@ __all__ = [
     "PASSES",
     "PRESETS",
     "ConvertOpsetPass",
+    "CorrectBiasPass",
     "DeduplicateInitializersPass",
     "EliminateIdentityPass",
+    "EqualizeCrossLayerPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
     "InferShapesPass",
@@ -74,6 +82,7 @@ __all__ = [
     "QuantizeStaticPass",
     "QuantizeWeightsPass",
     "RemoveUnusedPass",
+    "SmoothQuantPass",
     "TopologicalSortPass",
     "cleanup",
 ]
