@@ -162,6 +162,8 @@ def quantize(
     bits: Annotated[int, typer.Option(help="Weight-only: 4 or 8.")] = 4,
     block_size: Annotated[int, typer.Option(help="Weight-only: weights per scale.")] = 32,
     weight_method: Annotated[str, typer.Option(help="Weight-only: rtn | hqq")] = "rtn",
+    embedding_bits: Annotated[int, typer.Option(help="Weight-only: also quantize embedding tables "
+                                                "(Gather) to 8 or 4 bits; 0 keeps them float.")] = 0,
     exclude: Annotated[list[str], typer.Option(help="Node name to keep in float (repeatable).")] = [],  # noqa: B006
     op_types: Annotated[str, typer.Option(help="Comma-separated op types to quantize.")] = "",
     samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
@@ -179,6 +181,7 @@ def quantize(
     config = _quantize_config(QuantizeConfig, mode=mode, method=method, percentile=percentile,
                               per_channel=per_channel, format=fmt, activation_type=activation_type,
                               bits=bits, block_size=block_size, weight_method=weight_method,
+                              embedding_bits=embedding_bits,
                               exclude=tuple(exclude),
                               op_types=tuple(t for t in op_types.split(",") if t),
                               samples=samples, batch_size=batch_size, max_drop=max_drop,

@@ -48,6 +48,7 @@ class QuantizeConfig:
     bits: Literal[4, 8] = 4
     block_size: int = 32
     weight_method: Literal["rtn", "hqq"] = "rtn"
+    embedding_bits: Literal[0, 4, 8] = 0
     samples: int | None = None
     batch_size: int | None = None
     eval_samples: int = 256
@@ -140,7 +141,7 @@ def _quantize(
         return model, {}
     if config.mode == "weight-only":
         QuantizeWeightsPass(bits=config.bits, block_size=config.block_size, method=config.weight_method,
-                            exclude=config.exclude)(model)
+                            exclude=config.exclude, embedding_bits=config.embedding_bits)(model)
         return model, {}
     return _quantize_static(model, config, reader, report, metric, evaluation, progress)
 

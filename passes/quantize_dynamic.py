@@ -18,6 +18,9 @@ from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_qu
 logger = logging.getLogger(__name__)
 
 
+_QUANTIZED_OPS = {"DynamicQuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger"}
+
+
 class QuantizeDynamicPass(EdgeoptPass):
     """Quantize MatMul/Gemm (and the other IntegerOps ORT supports) weights to int8.
 
@@ -65,9 +68,10 @@ class QuantizeDynamicPass(EdgeoptPass):
         with quiet_root_logging():
             quantizer.quantize_model()
         quantized = ir_from_ort(quantizer.model.model)
-        count = sum(1 for n in quantized.graph if n.op_type == "DynamicQuantizeLinear")
+        # Gather-only quantization adds DequantizeLinear after the lookup, no DynamicQuantizeLinear
+        count = sum(1 for n in quantized.graph if n.op_type in _QUANTIZED_OPS)
         if count:
             adopt(model, quantized)
-        logger.info("quantize-dynamic: %d activation(s) quantized at run time, %s weights%s", count,
+        logger.info("quantize-dynamic: %d quantized node(s), %s weights%s", count,
                     self.weight_type, ", per channel" if self.per_channel else "")
         return ir.passes.PassResult(model, modified=count > 0)

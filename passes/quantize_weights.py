@@ -21,6 +21,7 @@ import onnx_ir as ir
 from edgeopt.errors import PassOptionError
 from edgeopt.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import import_quietly, ir_from_ort, prepare_for_quantization, quiet_root_logging
+from edgeopt.passes.quantize_dynamic import QuantizeDynamicPass
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class QuantizeWeightsPass(EdgeoptPass):
         symmetric: No zero points (slightly smaller, usually less accurate).
         accuracy_level: ORT's compute type for MatMulNBits (4 = int8 compute, faster on CPU).
         exclude: Node names that stay float.
+        embedding_bits: Also quantize constant 2-D Gather tables (word embeddings), which
+            are often the biggest tensors of a transformer: 8 = int8 per row with a
+            DequantizeLinear after the lookup, 4 = 4-bit blocks of 16 (GatherBlockQuantized),
+            0 = leave them float.
     """
 
     name = "quantize-weights"
@@ -49,8 +54,11 @@ class QuantizeWeightsPass(EdgeoptPass):
         symmetric: bool = False,
         accuracy_level: int | None = None,
         exclude: tuple[str, ...] = (),
+        embedding_bits: Literal[0, 4, 8] = 0,
     ) -> None:
         super().__init__()
+        if embedding_bits not in (0, 4, 8):
+            raise PassOptionError(f"quantize-weights: embedding_bits must be 0, 4 or 8, got {embedding_bits!r}.")
         if not 16 <= block_size <= 256 or block_size & (block_size - 1):
             raise PassOptionError(
                 f"quantize-weights: block_size must be a power of 2 from 16 to 256, got {block_size}.")
@@ -64,6 +72,7 @@ class QuantizeWeightsPass(EdgeoptPass):
         self.symmetric = symmetric
         self.accuracy_level = accuracy_level
         self.exclude = exclude
+        self.embedding_bits = embedding_bits
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         nbits = import_quietly("onnxruntime.quantization.matmul_nbits_quantizer")
@@ -78,10 +87,29 @@ class QuantizeWeightsPass(EdgeoptPass):
             quantizer.process()
         quantized = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
         adopt(model, ir_from_ort(quantized))
-        count = sum(1 for n in model.graph if n.op_type == "MatMulNBits")
+        if self.embedding_bits:
+            self._quantize_embeddings(model)
+        count = sum(1 for n in model.graph if n.op_type in ("MatMulNBits", "GatherBlockQuantized"))
+        count += sum(1 for n in model.graph if n.op_type == "DequantizeLinear")
         logger.info("quantize-weights: %d MatMul(s) to %d-bit %s, block %d", count, self.bits,
                     self.method, self.block_size)
         return ir.passes.PassResult(model, modified=count > 0)
+
+    def _quantize_embeddings(self, model: ir.Model) -> None:
+        if self.embedding_bits == 8:
+            QuantizeDynamicPass(op_types=("Gather",), per_channel=True, exclude=self.exclude)(model)
+            return
+        nbits = import_quietly("onnxruntime.quantization.matmul_nbits_quantizer")
+        axes = (("Gather", 1),)
+        config = nbits.DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=False, bits=4,
+                                                    op_types_to_quantize=("Gather",), quant_axes=axes)
+        quantizer = nbits.MatMulNBitsQuantizer(
+            ir.serde.serialize_model(model), bits=4, block_size=16, algo_config=config,
+            nodes_to_exclude=list(self.exclude), op_types_to_quantize=("Gather",), quant_axes=axes)
+        with quiet_root_logging():
+            quantizer.process()
+        quantized = quantizer.model.model if hasattr(quantizer.model, "model") else quantizer.model
+        adopt(model, ir_from_ort(quantized))
 
     def _algo_config(self) -> Any:
         nbits = import_quietly("onnxruntime.quantization.matmul_nbits_quantizer")
