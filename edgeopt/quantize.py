@@ -49,6 +49,7 @@ class QuantizeConfig:
     block_size: int = 32
     weight_method: Literal["rtn", "hqq"] = "rtn"
     embedding_bits: Literal[0, 4, 8] = 0
+    accuracy_level: int | None = 4
     samples: int | None = None
     batch_size: int | None = None
     eval_samples: int = 256
@@ -141,7 +142,8 @@ def _quantize(
         return model, {}
     if config.mode == "weight-only":
         QuantizeWeightsPass(bits=config.bits, block_size=config.block_size, method=config.weight_method,
-                            exclude=config.exclude, embedding_bits=config.embedding_bits)(model)
+                            exclude=config.exclude, embedding_bits=config.embedding_bits,
+                            accuracy_level=config.accuracy_level)(model)
         return model, {}
     return _quantize_static(model, config, reader, report, metric, evaluation, progress)
 

@@ -190,13 +190,17 @@ def quantize_with_ranges(
         "WeightSymmetric": weight_type == "int8",
         "ForceQuantizeNoInputCheck": True,
     }
+    kept_float = list(exclude)
+    if kept_float:
+        # ORT drops Relu/Clip after a quantized Conv when activations are asymmetric; a node
+        # kept in float would then read the un-clipped tensor.
+        extra["QDQKeepRemovableActivations"] = True
     if activation_type.endswith("16") and proto.opset_import[0].version < 21:
         extra["UseQDQContribOps"] = True  # 16-bit Q/DQ before opset 21 live in com.microsoft
     data = {name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
             for name, (low, high) in ranges.items()}
     tensors = TensorsData(CalibrationMethod.MinMax, data)
     types = list(op_types) or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-    kept_float = list(exclude)
     exclude = [*kept_float, *shape_nodes(model)]
     if format == "qoperator":
         quantizer: Any = ONNXQuantizer(proto, per_channel, False, QuantizationMode.QLinearOps, True,

@@ -34,7 +34,9 @@ class QuantizeWeightsPass(EdgeoptPass):
         block_size: Weights per scale along the input dimension (16 to 256, power of 2).
         method: ``rtn`` or ``hqq`` (4-bit).
         symmetric: No zero points (slightly smaller, usually less accurate).
-        accuracy_level: ORT's compute type for MatMulNBits (4 = int8 compute, faster on CPU).
+        accuracy_level: ORT's compute type for MatMulNBits: 4 (default) computes in int8,
+            measured 0.65-0.8x fp32 latency on MiniLM; ``None`` computes in fp32, slightly
+            more accurate but 3.4-3.8x slower than fp32 on CPU.
         exclude: Node names that stay float.
         embedding_bits: Also quantize constant 2-D Gather tables (word embeddings), which
             are often the biggest tensors of a transformer: 8 = int8 per row with a
@@ -52,7 +54,7 @@ class QuantizeWeightsPass(EdgeoptPass):
         block_size: int = 32,
         method: Literal["rtn", "hqq"] = "rtn",
         symmetric: bool = False,
-        accuracy_level: int | None = None,
+        accuracy_level: int | None = 4,
         exclude: tuple[str, ...] = (),
         embedding_bits: Literal[0, 4, 8] = 0,
     ) -> None:
