@@ -136,6 +136,11 @@ def optimize(
     with steps_progress(err, len(registry.expand(names)), disable=as_json) as advance:
         result = optimize_file(model, output, steps, verify=verify, targets=target,
                                in_place=in_place, external_data=external_data, on_step=advance)
+    _show_optimize_result(result, as_json)
+
+
+def _show_optimize_result(result: Any, as_json: bool) -> None:
+    """What `optimize` and `run` print: passes, before/after, written files (or JSON)."""
     if as_json:
         _emit_json({"output": str(result.output), "before": result.before.as_dict(),
                     "after": result.after.as_dict(), "steps": [asdict(s) for s in result.pipeline.steps],
@@ -298,16 +303,7 @@ def run(
     total = len(registry.expand([name for name, _ in parsed.passes]))
     with steps_progress(err, total, disable=as_json) as advance:
         result = run_recipe(parsed, on_step=advance)
-    if as_json:
-        _emit_json({"output": str(result.output), "steps": [asdict(s) for s in result.pipeline.steps],
-                    "before": result.before.as_dict(), "after": result.after.as_dict(),
-                    "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
-        return
-    out.print(steps_table(result.pipeline.steps))
-    out.print(summary_table(result.before, result.after))
-    out.print(f"wrote {result.output}")
-    for name, path in result.artifacts.items():
-        out.print(f"wrote {name} artifact {path}")
+    _show_optimize_result(result, as_json)
 
 
 @app.command()
