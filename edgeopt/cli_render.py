@@ -96,7 +96,8 @@ def sensitivity_table(errors: Sequence[NodeError], *, limit: int = 20) -> Table:
         table.add_column(column, justify="left" if column in ("node", "op") else "right")
     for e in errors[:limit]:
         sqnr = "inf" if math.isinf(e.sqnr_db) else f"{e.sqnr_db:.1f}"
-        table.add_row(e.node, e.op, f"{e.introduced_db:.1f}", sqnr, f"{e.cosine:.5f}")
+        node = f"{e.node} (+ {', '.join(e.fused)})" if e.fused else e.node
+        table.add_row(node, e.op, f"{e.introduced_db:.1f}", sqnr, f"{e.cosine:.5f}")
     return table
 
 

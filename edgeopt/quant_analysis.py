@@ -41,6 +41,9 @@ class NodeError:
     sqnr_db: float
     cosine: float
     introduced_db: float
+    fused: tuple[str, ...] = ()
+    """Nodes before this one whose outputs the quantized graph fused away (e.g. a Conv
+    absorbed into its Relu): the error shown here is theirs too; fallback floats them together."""
     """SQNR lost at this node: worst input SQNR minus output SQNR (capped at 100 dB; an input
     the quantized graph fused away counts as the worst SQNR measured upstream of it)."""
 
@@ -141,6 +144,20 @@ def _rank(model: ir.Model, acc: dict[str, _Accumulator]) -> list[NodeError]:
             inherited[name] = min(upstream, default=100.0)
         return inherited[name]
 
+    def fused_producers(node: ir.Node) -> list[str]:
+        """Producers of ``node``'s unmeasured inputs, transitively: fused into ``node``."""
+        found: list[str] = []
+        stack = [v for v in node.inputs if v is not None and not v.is_initializer()]
+        while stack:
+            value = stack.pop()
+            producer = value.producer()
+            is_float = value.dtype is not None and value.dtype.is_floating_point()
+            if not is_float or (value.name or "") in sqnr or producer is None or producer.name in found:
+                continue
+            found.append(producer.name or "")
+            stack.extend(v for v in producer.inputs if v is not None and not v.is_initializer())
+        return [name for name in found if name]
+
     errors = []
     for node in model.graph:
         out = node.outputs[0] if node.outputs else None
@@ -150,7 +167,8 @@ def _rank(model: ir.Model, acc: dict[str, _Accumulator]) -> list[NodeError]:
         worst_in = min(inputs, default=100.0)
         out_sqnr = min(sqnr[out.name], 100.0)
         errors.append(NodeError(node.name or out.name, node.op_type, out.name, sqnr[out.name],
-                                acc[out.name].cosine(), worst_in - out_sqnr))
+                                acc[out.name].cosine(), worst_in - out_sqnr,
+                                tuple(fused_producers(node))))
     return sorted(errors, key=lambda e: e.introduced_db, reverse=True)
 
 

@@ -190,7 +190,9 @@ def _quantize_static(
     if config.max_drop is not None:
         assert ranked is not None
         score = metric or agreement_metric(prepared, evaluation)
-        result = fallback(emit, [e.node for e in ranked if e.introduced_db > 0], score,
+        candidates = list(dict.fromkeys(
+            name for e in ranked if e.introduced_db > 0 for name in (*e.fused, e.node)))
+        result = fallback(emit, candidates, score,
                           float_score=score(prepared), max_drop=config.max_drop,
                           max_evaluations=config.max_evaluations)
         extra["fallback"] = result

@@ -154,6 +154,9 @@ def test_fused_node_is_not_charged_for_upstream_error() -> None:
 
     # 8-bit rounding of a layer costs a few dB; nothing in a clean MLP introduces 20.
     assert max(e.introduced_db for e in errors) < 20, errors
+    # the Relu absorbed mm1 (its input 'h' is gone): the Relu's row names mm1 as fused into it
+    relu = next(e for e in errors if e.node == "relu")
+    assert relu.fused == ("mm1",)
 
 
 # --- fallback -----------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def test_analyze_json_lists_nodes(runner: CliRunner, tmp_path: Path) -> None:
     assert [e["node"] for e in payload][0] == "mm_outlier"
     assert {e["node"] for e in payload} == {"mm_clean", "mm_outlier", "add"}
     for entry in payload:
-        assert set(entry) == {"node", "op", "tensor", "sqnr_db", "cosine", "introduced_db"}
+        assert set(entry) == {"node", "op", "tensor", "sqnr_db", "cosine", "introduced_db", "fused"}
 
 
 def test_analyze_table(runner: CliRunner, mlp: Path, calib: Path) -> None:
