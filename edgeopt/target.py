@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import onnx_ir as ir
 
+from edgeopt.calib_data import CalibrationReader
 from edgeopt.errors import PassOptionError, UnsupportedOpError
 from edgeopt.runtime import Feeds
-
-CalibrationReader = Iterable[Feeds]
-"""Any re-iterable of feeds (a list works); each iteration starts over."""
 
 
 @dataclass(frozen=True)
