@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,3 +209,32 @@ def _run_batch(session: ort.InferenceSession, feeds: Feeds, fetch: list[str], ob
 def _rows(array: np.ndarray) -> int:
     shape = np.shape(array)
     return int(shape[0]) if shape else 1
+
+
+def stream_outputs(
+    work: ir.Model, names: Sequence[str], calibration: str | Iterable[Feeds], *, model: ir.Model,
+    samples: int | None = None, batch_size: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``work`` (a copy of ``model`` with extra graph outputs) on the calibration data.
+
+    One ONNX Runtime session serves every batch; each yields that batch's feeds and
+    named outputs only, so memory does not grow with the number of samples. The feeds
+    are checked against ``model`` (names, dtypes, ranks, static dims).
+
+    Raises:
+        CalibrationDataError: unusable data, or a batch ONNX Runtime cannot run.
+    """
+    from edgeopt.calib_data import batches, open_reader
+
+    reader = open_reader(calibration, model) if isinstance(calibration, str) else calibration
+    try:
+        session = create_session(work)
+    except Exception as e:
+        raise CalibrationDataError(f"ONNX Runtime cannot load the model to calibrate: {e}") from e
+    inputs = [i.name for i in session.get_inputs()]
+    for number, feeds in enumerate(batches(reader, model, batch_size=batch_size, limit=samples)):
+        try:
+            arrays = session.run(list(names), {name: feeds[name] for name in inputs})
+        except Exception as e:
+            raise CalibrationDataError(f"calibration batch {number}: ONNX Runtime failed to run it: {e}") from e
+        yield {**feeds, **dict(zip(names, arrays, strict=True))}

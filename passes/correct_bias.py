@@ -23,19 +23,18 @@ every layer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.calibrate import stream_outputs
 from edgeopt.errors import CalibrationDataError, PassOptionError
 from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.equalize_cross_layer import ConstantWriter
-from edgeopt.passes.fold_batchnorm import _value_names
-from edgeopt.passes.rewire import const_array, is_default_domain
-from edgeopt.runtime import Feeds, create_session
+from edgeopt.passes.rewire import ConstantWriter, const_array, is_default_domain, value_names
+from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ class CorrectBiasPass(EdgeoptPass):
     def _mean_errors(self, model: ir.Model, layers: list[_Layer]) -> list[np.ndarray]:
         """``E[L(x; W - Wq)]`` per layer and output channel, streamed from one session."""
         work = model.clone()
-        taken = _value_names(work)
+        taken = value_names(work)
         index = {node: i for i, node in enumerate(model.graph)}
         work_nodes = list(work.graph)
         names = []
@@ -233,32 +232,3 @@ def _unique(name: str, taken: set[str]) -> str:
         unique = f"{name}_{n}"
     taken.add(unique)
     return unique
-
-
-def stream_outputs(
-    work: ir.Model, names: Sequence[str], calibration: str | Iterable[Feeds], *, model: ir.Model,
-    samples: int | None = None, batch_size: int | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Run ``work`` (a copy of ``model`` with extra graph outputs) on the calibration data.
-
-    One ONNX Runtime session serves every batch; each yields that batch's feeds and
-    named outputs only, so memory does not grow with the number of samples. The feeds
-    are checked against ``model`` (names, dtypes, ranks, static dims).
-
-    Raises:
-        CalibrationDataError: unusable data, or a batch ONNX Runtime cannot run.
-    """
-    from edgeopt.calib_data import batches, open_reader
-
-    reader = open_reader(calibration, model) if isinstance(calibration, str) else calibration
-    try:
-        session = create_session(work)
-    except Exception as e:
-        raise CalibrationDataError(f"ONNX Runtime cannot load the model to calibrate: {e}") from e
-    inputs = [i.name for i in session.get_inputs()]
-    for number, feeds in enumerate(batches(reader, model, batch_size=batch_size, limit=samples)):
-        try:
-            arrays = session.run(list(names), {name: feeds[name] for name in inputs})
-        except Exception as e:
-            raise CalibrationDataError(f"calibration batch {number}: ONNX Runtime failed to run it: {e}") from e
-        yield {**feeds, **dict(zip(names, arrays, strict=True))}

@@ -30,8 +30,7 @@ import onnx_ir as ir
 
 from edgeopt.errors import PassOptionError
 from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.fold_batchnorm import _Constants, _value_names
-from edgeopt.passes.rewire import const_array, is_default_domain
+from edgeopt.passes.rewire import ConstantWriter, const_array, is_default_domain
 
 logger = logging.getLogger(__name__)
 
@@ -281,41 +280,3 @@ def _equalize(first: _Layer, second: _Layer) -> float:
     first.scale_out(1.0 / s)
     second.scale_in(s)
     return float(np.abs(s - 1.0).max()) if s.size else 0.0
-
-
-class ConstantWriter:
-    """Gives nodes new constant inputs.
-
-    A constant only this input uses (an initializer, or a ``Constant`` node's output)
-    is rewritten in place and keeps its name. Otherwise a new constant is added under
-    an unused name: an initializer, or a ``Constant`` node when IR < 4; the old one
-    is left for ``remove-unused`` when nothing else uses it.
-    """
-
-    def __init__(self, model: ir.Model) -> None:
-        self._taken = _value_names(model)
-        self._as_nodes = model.ir_version < 4
-
-    def set(self, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
-        old = node.inputs[index] if index < len(node.inputs) else None
-        if old is not None and len(old.uses()) == 1 and not old.is_graph_output() and not old.is_graph_input():
-            if old.is_initializer():
-                old.const_value = ir.tensor(array, name=old.name)
-                old.shape = ir.Shape(array.shape)
-                return
-            producer = old.producer()
-            if producer is not None and producer.op_type == "Constant" and len(producer.outputs) == 1:
-                producer.attributes.clear()
-                producer.attributes["value"] = ir.AttrTensor("value", ir.tensor(array, name=old.name))
-                old.shape = ir.Shape(array.shape)
-                return
-        assert node.graph is not None
-        base = old.name if old is not None and old.name else f"{node.name or node.op_type}_{index}"
-        value = self.new(node.graph, f"{base}_{suffix}", array)
-        if index >= len(node.inputs):
-            node.resize_inputs(index + 1)
-        node.replace_input_with(index, value)
-
-    def new(self, graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-        """A new constant in ``graph`` named ``name`` or, when taken, ``name_N``."""
-        return _Constants(graph, self._taken, self._as_nodes).add(name, array)

@@ -14,13 +14,12 @@ For Gemm ``y = alpha * A @ B + beta_c * C``, the columns of ``B`` (rows when
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import bypass, const_array, is_default_domain
+from edgeopt.passes.rewire import Constants, bypass, const_array, is_default_domain, value_names
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ class FoldBatchNormPass(EdgeoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         folded = 0
-        taken = _value_names(model)
+        taken = value_names(model)
         as_nodes = model.ir_version < 4
         for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
             if _is_batchnorm(node):
@@ -73,7 +72,7 @@ def _try_fold(bn: ir.Node, taken: set[str], as_nodes: bool) -> bool:
     scale, beta, mean, var = (const_array(v).astype(np.float64) for v in bn.inputs[1:5])  # type: ignore[union-attr]
     epsilon = bn.attributes.get_float("epsilon", 1e-5)
     s = scale / np.sqrt(var + epsilon)
-    folded = _FOLDERS[layer.op_type](layer, s, beta - s * mean, _Constants(bn.graph, taken, as_nodes))
+    folded = _FOLDERS[layer.op_type](layer, s, beta - s * mean, Constants(bn.graph, taken, as_nodes))
     if not folded:
         logger.debug("fold-batchnorm: kept %s: %s weights have an unsupported layout",
                      bn.name, layer.op_type)
@@ -108,7 +107,7 @@ def _unfoldable_reason(bn: ir.Node) -> str | None:
     return None
 
 
-def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Constants) -> bool:
+def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: Constants) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     if weight.ndim < 3 or weight.shape[0] != s.size:
@@ -121,7 +120,7 @@ def _fold_conv(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Constants
     return True
 
 
-def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Constants) -> bool:
+def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: Constants) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     group = layer.attributes.get_int("group", 1)
@@ -138,7 +137,7 @@ def _fold_conv_transpose(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: 
     return True
 
 
-def _fold_gemm(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: _Constants) -> bool:
+def _fold_gemm(layer: ir.Node, s: np.ndarray, shift: np.ndarray, new: Constants) -> bool:
     weight = const_array(layer.inputs[1])
     assert weight is not None
     trans_b = layer.attributes.get_int("transB", 0)
@@ -170,7 +169,7 @@ def _bias(layer: ir.Node, index: int, channels: int) -> np.ndarray | None:
 
 def _set_layer_params(
     layer: ir.Node, weight: np.ndarray, bias: np.ndarray, s: np.ndarray,
-    shift: np.ndarray, new: _Constants,
+    shift: np.ndarray, new: Constants,
 ) -> None:
     old_weight = layer.inputs[1]
     assert old_weight is not None
@@ -180,43 +179,6 @@ def _set_layer_params(
     if len(layer.inputs) < 3:
         layer.resize_inputs(3)
     layer.replace_input_with(2, new.add(f"{layer.name or 'layer'}_bnfold_bias", new_bias))
-
-
-@dataclass
-class _Constants:
-    """Adds constants to ``graph`` under names no value of the model uses yet:
-    initializers, or ``Constant`` nodes at the start of the graph when ``as_nodes``."""
-
-    graph: ir.Graph
-    taken: set[str]
-    as_nodes: bool
-
-    def add(self, name: str, array: np.ndarray) -> ir.Value:
-        unique, n = name, 0
-        while unique in self.taken:
-            n += 1
-            unique = f"{name}_{n}"
-        self.taken.add(unique)
-        tensor = ir.tensor(array, name=unique)
-        value = ir.Value(name=unique, const_value=tensor)
-        value.shape = ir.Shape(array.shape)
-        value.dtype = ir.DataType.from_numpy(array.dtype)
-        if not self.as_nodes:
-            self.graph.register_initializer(value)
-            return value
-        node = ir.Node("", "Constant", inputs=(), outputs=[value],
-                       attributes=[ir.AttrTensor("value", tensor)])
-        self.graph.insert_before(self.graph.node(0), node)  # the layer is there: not empty
-        return value
-
-
-def _value_names(model: ir.Model) -> set[str]:
-    names: set[str] = set()
-    for graph in model.graphs():
-        names.update(v.name for v in graph.inputs if v.name)
-        names.update(graph.initializers)
-        names.update(v.name for node in graph for v in node.outputs if v.name)
-    return names
 
 
 _FOLDERS = {"Conv": _fold_conv, "ConvTranspose": _fold_conv_transpose, "Gemm": _fold_gemm}

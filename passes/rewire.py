@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_ir as ir
 
@@ -67,3 +69,78 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     except Exception:  # noqa: BLE001 - malformed Constant, unreadable external data
         return None
 
+
+@dataclass
+class Constants:
+    """Adds constants to ``graph`` under names no value of the model uses yet:
+    initializers, or ``Constant`` nodes at the start of the graph when ``as_nodes``."""
+
+    graph: ir.Graph
+    taken: set[str]
+    as_nodes: bool
+
+    def add(self, name: str, array: np.ndarray) -> ir.Value:
+        unique, n = name, 0
+        while unique in self.taken:
+            n += 1
+            unique = f"{name}_{n}"
+        self.taken.add(unique)
+        tensor = ir.tensor(array, name=unique)
+        value = ir.Value(name=unique, const_value=tensor)
+        value.shape = ir.Shape(array.shape)
+        value.dtype = ir.DataType.from_numpy(array.dtype)
+        if not self.as_nodes:
+            self.graph.register_initializer(value)
+            return value
+        node = ir.Node("", "Constant", inputs=(), outputs=[value],
+                       attributes=[ir.AttrTensor("value", tensor)])
+        self.graph.insert_before(self.graph.node(0), node)  # the layer is there: not empty
+        return value
+
+
+def value_names(model: ir.Model) -> set[str]:
+    """Every value name in the model's graphs (to pick names nobody uses yet)."""
+    names: set[str] = set()
+    for graph in model.graphs():
+        names.update(v.name for v in graph.inputs if v.name)
+        names.update(graph.initializers)
+        names.update(v.name for node in graph for v in node.outputs if v.name)
+    return names
+
+
+class ConstantWriter:
+    """Gives nodes new constant inputs.
+
+    A constant only this input uses (an initializer, or a ``Constant`` node's output)
+    is rewritten in place and keeps its name. Otherwise a new constant is added under
+    an unused name: an initializer, or a ``Constant`` node when IR < 4; the old one
+    is left for ``remove-unused`` when nothing else uses it.
+    """
+
+    def __init__(self, model: ir.Model) -> None:
+        self._taken = value_names(model)
+        self._as_nodes = model.ir_version < 4
+
+    def set(self, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
+        old = node.inputs[index] if index < len(node.inputs) else None
+        if old is not None and len(old.uses()) == 1 and not old.is_graph_output() and not old.is_graph_input():
+            if old.is_initializer():
+                old.const_value = ir.tensor(array, name=old.name)
+                old.shape = ir.Shape(array.shape)
+                return
+            producer = old.producer()
+            if producer is not None and producer.op_type == "Constant" and len(producer.outputs) == 1:
+                producer.attributes.clear()
+                producer.attributes["value"] = ir.AttrTensor("value", ir.tensor(array, name=old.name))
+                old.shape = ir.Shape(array.shape)
+                return
+        assert node.graph is not None
+        base = old.name if old is not None and old.name else f"{node.name or node.op_type}_{index}"
+        value = self.new(node.graph, f"{base}_{suffix}", array)
+        if index >= len(node.inputs):
+            node.resize_inputs(index + 1)
+        node.replace_input_with(index, value)
+
+    def new(self, graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+        """A new constant in ``graph`` named ``name`` or, when taken, ``name_N``."""
+        return Constants(graph, self._taken, self._as_nodes).add(name, array)

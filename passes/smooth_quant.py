@@ -30,11 +30,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.calibrate import stream_outputs
 from edgeopt.errors import CalibrationDataError, PassOptionError
 from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.correct_bias import stream_outputs
-from edgeopt.passes.equalize_cross_layer import ConstantWriter
-from edgeopt.passes.rewire import const_array, is_default_domain
+from edgeopt.passes.rewire import ConstantWriter, const_array, is_default_domain
 from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
