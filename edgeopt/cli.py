@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -334,6 +335,14 @@ def _quiet_torch() -> None:
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg)")
+
+
+# Commands that live in their own modules, one area each: each module's
+# ``register(app)`` adds its commands (they may import out/err/_emit_json from here).
+_COMMAND_MODULES: tuple[str, ...] = (
+)
+for _module in _COMMAND_MODULES:
+    importlib.import_module(f"edgeopt.{_module}").register(app)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from edgeopt.model_io import save_model
 from edgeopt.runtime import Feeds, create_session, run_session
-from edgeopt.target import CalibrationReader, Issue, raise_for_issues
+from edgeopt.target import CalibrationReader, Issue, Signature, TensorSpec, raise_for_issues
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,10 @@ class OrtCpuTarget:
 
     name: ClassVar[str] = "ort-cpu"
     description: ClassVar[str] = "ONNX Runtime on CPU (fp32 ONNX model)"
+    runtime: ClassVar[str] = "onnxruntime"
+    device: ClassVar[str] = "cpu"
+    precision: ClassVar[str] = "fp32"
+    needs_calibration: ClassVar[bool] = False
     artifact_name: ClassVar[str] = "model.onnx"
 
     def check(self, model: ir.Model) -> list[Issue]:
@@ -55,9 +59,42 @@ class OrtCpuTarget:
         raise_for_issues(self.name, self.check(model))
         return save_model(model, Path(out_dir) / self.artifact_name)
 
-    def run(self, artifact: Path, feeds: Feeds) -> Feeds:
+    def signature(self, artifact: Path) -> Signature:
+        return ort_signature(artifact)
+
+    def encode_inputs(self, artifact: Path, feeds: Feeds) -> Feeds:
+        del artifact
+        return dict(feeds)  # an ONNX artifact takes the model's own feeds
+
+    def run_native(self, artifact: Path, feeds: Feeds) -> Feeds:
         """Run with ORT's default graph optimizations, as it would be deployed."""
         return run_session(create_session(artifact, optimize=True), feeds)
+
+    def decode_outputs(self, artifact: Path, outputs: Feeds) -> Feeds:
+        del artifact
+        return dict(outputs)
+
+    def run(self, artifact: Path, feeds: Feeds) -> Feeds:
+        return self.decode_outputs(artifact, self.run_native(artifact, self.encode_inputs(artifact, feeds)))
+
+
+def ort_signature(artifact: Path) -> Signature:
+    """Inputs and outputs of an ONNX artifact (names, shapes with dynamic dims as str, dtypes)."""
+    model = onnx.load(str(artifact), load_external_data=False)
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                     for d in tensor.shape.dim)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name if tensor.elem_type else "?"
+        layout = "NCHW" if len(dims) == 4 else None
+        return TensorSpec(value.name, value.name, dims, dtype, layout)
+
+    return Signature(
+        tuple(spec(v) for v in model.graph.input if v.name not in initializers),
+        tuple(spec(v) for v in model.graph.output),
+    )
 
 
 @functools.cache
