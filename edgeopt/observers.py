@@ -36,14 +36,23 @@ class Observer(Protocol):
 
 
 class MinMaxObserver:
-    """The smallest and largest value seen (NaN and infinities are ignored)."""
+    """The smallest and largest value seen (NaN and infinities are ignored).
+
+    It needs only each batch's finite extent, so :func:`edgeopt.calibrate.calibrate`
+    computes that inside the ONNX Runtime graph (ReduceMin/ReduceMax) and calls
+    :meth:`update_extent` instead of fetching the whole tensor.
+    """
 
     def __init__(self) -> None:
         self.low, self.high = math.inf, -math.inf
 
     def update(self, x: np.ndarray) -> None:
         if (extent := _extent(x)) is not None:
-            self.low, self.high = min(self.low, extent[1]), max(self.high, extent[2])
+            self.update_extent(extent[1], extent[2])
+
+    def update_extent(self, low: float, high: float) -> None:
+        """One batch's finite minimum and maximum."""
+        self.low, self.high = min(self.low, low), max(self.high, high)
 
     def compute(self) -> tuple[float, float]:
         if self.low > self.high:
@@ -63,14 +72,12 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         super().__init__()
         self.momentum = float(momentum)
 
-    def update(self, x: np.ndarray) -> None:
-        if (extent := _extent(x)) is None:
-            return
+    def update_extent(self, low: float, high: float) -> None:
         if self.low > self.high:  # the first batch
-            self.low, self.high = extent[1], extent[2]
+            self.low, self.high = low, high
         else:
-            self.low += self.momentum * (extent[1] - self.low)
-            self.high += self.momentum * (extent[2] - self.high)
+            self.low += self.momentum * (low - self.low)
+            self.high += self.momentum * (high - self.high)
 
 
 class HistogramObserver:

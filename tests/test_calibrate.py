@@ -171,3 +171,50 @@ def test_errors() -> None:
         calibrate(model, [{"z": _data(4)}])
     with pytest.raises(CalibrationDataError, match="batch 1: ONNX Runtime failed"):
         calibrate(model, [{"x": _data(4)}, {"x": np.zeros((2, 4), dtype=np.int64)}])
+
+
+LOG = """
+<ir_version: 10, opset_import: ["" : 18]>
+log (float[N, 4] x) => (float[N, 4] y)
+<float c = {2.0}>
+{
+    a = Log(x)
+    y = Mul(a, c)
+}
+"""
+
+
+def test_minmax_extents_in_graph_equal_fetched_extents_and_skip_nonfinite() -> None:
+    """ReduceMin/Max in the graph give the same ranges as fetching whole tensors; a batch with
+    -inf/NaN (log of 0 and of negatives) falls back to the whole tensor, whose finite values count."""
+    rng = np.random.default_rng(3)
+    clean = rng.uniform(0.5, 4.0, size=(40, 4)).astype(np.float32)
+    dirty = clean.copy()
+    dirty[0, 0], dirty[1, 1] = 0.0, -1.0  # log: -inf and NaN
+    batches = [{"x": clean[:20]}, {"x": dirty[20:]}, {"x": dirty[:20]}]
+    model = ir.from_onnx_text(LOG)
+    in_graph = calibrate(model, batches).ranges
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(np.concatenate([clean, dirty[20:], dirty[:20]]))
+    finite = logs[np.isfinite(logs)]
+    assert in_graph["a"] == pytest.approx((finite.min(), finite.max()), rel=1e-6)
+    assert in_graph["y"] == pytest.approx((2 * finite.min(), 2 * finite.max()), rel=1e-6)
+
+    class WholeTensors:  # not a MinMaxObserver: gets whole tensors, the path the extents must agree with
+        def __init__(self) -> None:
+            self.inner = MinMaxObserver()
+
+        def update(self, x: np.ndarray) -> None:
+            self.inner.update(x)
+
+        def compute(self) -> tuple[float, float]:
+            return self.inner.compute()
+
+    assert calibrate(model, batches, observer=WholeTensors).ranges == in_graph
+    assert len(model.graph) == 2  # the caller's model is untouched
+
+
+def test_minmax_in_graph_handles_an_empty_tensor() -> None:
+    data = _data(8)
+    result = calibrate(ir.from_onnx_text(RELU), [{"x": data[:0]}, {"x": data}])
+    assert result.ranges["y"] == (0.0, data.max())
