@@ -74,6 +74,8 @@ def quantize_tables(result: QuantizeResult, *, show_report: bool) -> Group:
     fidelity.add_row("output SQNR", "inf" if math.isinf(result.sqnr_db) else f"{result.sqnr_db:.1f} dB")
     if result.calibration_seconds is not None:
         fidelity.add_row("calibration time", f"{result.calibration_seconds:.2f} s")
+    if result.op_types is not None:
+        fidelity.add_row("op types quantized", ", ".join(result.op_types))
     parts.append(fidelity)
     if result.fallback is not None:
         fb = result.fallback
@@ -106,6 +108,7 @@ def quantize_json(result: QuantizeResult) -> dict[str, Any]:
         "output": str(result.output), "before": result.before.as_dict(), "after": result.after.as_dict(),
         "agreement": result.score, "sqnr_db": result.sqnr_db,
         "calibration_seconds": result.calibration_seconds,
+        "op_types": result.op_types,
     }
     if result.report is not None:
         payload["sensitivity"] = [asdict(e) for e in result.report]

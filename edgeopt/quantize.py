@@ -44,6 +44,9 @@ class QuantizeConfig:
     weight_type: Literal["int8", "uint8"] = "int8"
     symmetric_activations: bool = False
     op_types: tuple[str, ...] = ()
+    """Op types static mode quantizes. Empty: every type ORT can, except in transformers
+    (:func:`~edgeopt.passes.quantize_common.is_transformer_like`), where only MatMul and
+    Gemm (``TRANSFORMER_OP_TYPES``); ``("all",)``: every type ORT can, always."""
     exclude: tuple[str, ...] = ()
     bits: Literal[4, 8] = 4
     block_size: int = 32
@@ -72,6 +75,8 @@ class QuantizeResult:
     calibration_seconds: float | None = None
     report: list[NodeError] | None = None
     fallback: FallbackResult | None = None
+    op_types: list[str] | None = None
+    """Static mode: the op types quantized (``["all"]``: every type ORT can)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -175,13 +180,14 @@ def _quantize_static(
         return quantize_with_ranges(
             prepared, calibrated.ranges, format=config.format, per_channel=config.per_channel,
             activation_type=config.activation_type, weight_type=config.weight_type,
-            symmetric_activations=config.symmetric_activations, op_types=config.op_types,
+            symmetric_activations=config.symmetric_activations, op_types=op_types,
             exclude=[*config.exclude, *smoothing_muls, *float_nodes])
 
     smoothing_muls = [n.name for n in prepared.graph if n.name and n.name.startswith(MUL_PREFIX)]
+    op_types = static_op_types(prepared, config.op_types)
 
     quantized = emit(())
-    extra: dict[str, Any] = {"calibration_seconds": calibrated.seconds}
+    extra: dict[str, Any] = {"calibration_seconds": calibrated.seconds, "op_types": list(op_types) or ["all"]}
     ranked: list[NodeError] | None = None
     if report or config.max_drop is not None:
         ranked = sensitivity(prepared, quantized, evaluation,
@@ -198,6 +204,21 @@ def _quantize_static(
         extra["fallback"] = result
         quantized = result.model
     return quantized, extra
+
+
+def static_op_types(model: ir.Model, requested: Sequence[str]) -> tuple[str, ...]:
+    """The op types static mode hands the quantizer (``()`` = every type ORT can)."""
+    from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like
+
+    if tuple(requested) == ("all",):
+        return ()
+    if requested:
+        return tuple(requested)
+    if is_transformer_like(model):
+        logger.info("quantize: transformer-like graph: static int8 of %s only (op_types=all to quantize every op)",
+                    ", ".join(TRANSFORMER_OP_TYPES))
+        return TRANSFORMER_OP_TYPES
+    return ()
 
 
 PREPASSES = ("equalize-cross-layer", "correct-bias", "smooth-quant")

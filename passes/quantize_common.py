@@ -17,6 +17,7 @@ from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.lift_constants import LiftConstantsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
+from edgeopt.passes.rewire import is_default_domain
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
 logger = logging.getLogger(__name__)
@@ -122,3 +123,35 @@ def shape_nodes(model: ir.Model) -> list[str]:
         if node.name and (first is None or first.dtype is None or not first.dtype.is_floating_point()):
             names.append(node.name)
     return names
+
+
+TRANSFORMER_OP_TYPES = ("MatMul", "Gemm")
+"""What static int8 quantizes by default in a transformer: quantizing LayerNorm, Softmax,
+residual Adds and GELU as well took all-MiniLM-L6-v2's embedding cosine from 0.94 to
+0.38 (bench/quantize_prepasses.py); the MatMuls hold nearly all the weights and MACs."""
+
+
+def is_transformer_like(model: ir.Model) -> bool:
+    """A LayerNormalization, or a Softmax fed by a MatMul of two computed tensors (attention)."""
+    for node in model.graph:
+        if node.op_type == "LayerNormalization" and is_default_domain(node):
+            return True
+        if node.op_type == "Softmax" and _attention_scores(node):
+            return True
+    return False
+
+
+def _attention_scores(softmax: ir.Node) -> bool:
+    seen, frontier = 0, [softmax.inputs[0]]
+    while frontier and seen < 8:  # a few elementwise steps (scale, mask Add) back from the Softmax
+        value = frontier.pop()
+        producer = value.producer() if value is not None else None
+        if producer is None:
+            continue
+        seen += 1
+        if producer.op_type == "MatMul":
+            return all(v is not None and v.const_value is None and not v.is_initializer()
+                       for v in producer.inputs)
+        if producer.op_type in ("Add", "Mul", "Div", "Sub", "Where", "Cast"):
+            frontier.extend(v for v in producer.inputs if v is not None)
+    return False
