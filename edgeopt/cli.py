@@ -36,7 +36,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(soft_wrap=True)  # paths and messages are never broken mid-word
 err = Console(stderr=True)
 _state = {"debug": False}
 
@@ -341,6 +341,10 @@ def _quiet_torch() -> None:
 # Commands that live in their own modules, one area each: each module's
 # ``register(app)`` adds its commands (they may import out/err/_emit_json from here).
 _COMMAND_MODULES: tuple[str, ...] = (
+    "cli_compress",
+    "cli_deploy",
+    "cli_drop",
+    "cli_prune",
 )
 for _module in _COMMAND_MODULES:
     importlib.import_module(f"edgeopt.{_module}").register(app)

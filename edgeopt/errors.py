@@ -50,3 +50,11 @@ class ExportError(EdgeoptError):
 
 class VerificationError(EdgeoptError):
     """A pass that must preserve semantics changed the model's outputs beyond tolerance."""
+
+
+class ConversionError(EdgeoptError):
+    """Converting an ONNX model to another runtime's format (TFLite, ...) failed."""
+
+
+class DeviceError(EdgeoptError):
+    """A device could not be reached, or running a bundle on it failed."""

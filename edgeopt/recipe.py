@@ -10,6 +10,7 @@ passes:
 verify: true                   # optional: check outputs after every pass
 tolerance: {rtol: 1.0e-4, atol: 1.0e-5}   # optional
 targets: [ort-cpu]             # optional: artifacts go to <output folder>/<target>/
+compile: {output: out/compiled, devices: [cpu]}   # optional: see edgeopt.recipe_compile
 ```
 
 Every key is validated; an error names the file and the exact key path.
@@ -29,9 +30,10 @@ import yaml
 from edgeopt import registry
 from edgeopt.errors import PassOptionError, RecipeError
 from edgeopt.pipeline import resolve
+from edgeopt.recipe_compile import CompileSpec, parse_compile
 from edgeopt.target import list_targets
 
-_KEYS = {"model", "output", "passes", "verify", "tolerance", "targets"}
+_KEYS = {"model", "output", "passes", "verify", "tolerance", "targets", "compile"}
 _REQUIRED = ("model", "output", "passes")
 
 
@@ -45,6 +47,7 @@ class Recipe:
     rtol: float = 1e-4
     atol: float = 1e-5
     targets: list[str] = field(default_factory=list)
+    compile: CompileSpec | None = None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -107,7 +110,8 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
     model, output = (base / raw["model"]).resolve(), (base / raw["output"]).resolve()
     if model == output:
         raise fail("output", "is the input model; write the result to another path.")
-    return Recipe(path, model, output, passes, verify, rtol, atol, list(targets))
+    compiled = parse_compile(fail, raw["compile"], base) if "compile" in raw else None
+    return Recipe(path, model, output, passes, verify, rtol, atol, list(targets), compiled)
 
 
 def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]:

@@ -23,6 +23,8 @@ class Issue:
     op: str
     message: str
     hint: str
+    fatal: bool = True
+    """False for what the runtime still runs, elsewhere (an NPU node that falls back to the CPU)."""
 
     def __str__(self) -> str:
         return f"node '{self.node}' ({self.op}): {self.message}. {self.hint}"
@@ -122,7 +124,8 @@ def _targets() -> dict[str, type[Target]]:
 
 
 def raise_for_issues(target: str, issues: list[Issue]) -> None:
-    """Raise one :class:`UnsupportedOpError` that lists every issue."""
+    """Raise one :class:`UnsupportedOpError` that lists every fatal issue (``Issue.fatal``)."""
+    issues = [i for i in issues if i.fatal]
     if issues:
         listed = "; ".join(str(i) for i in issues[:10])
         more = f"; and {len(issues) - 10} more" if len(issues) > 10 else ""

@@ -75,8 +75,16 @@ def export_target(model: ir.Model, target_name: str, out_dir: Path) -> Path:
 def run_recipe(
     recipe: Recipe, *, on_step: Callable[[StepResult], None] | None = None
 ) -> OptimizeResult:
-    """Execute a validated recipe."""
-    return optimize_file(
+    """Execute a validated recipe (and its ``compile:`` section, on the optimized model)."""
+    result = optimize_file(
         recipe.model, recipe.output, recipe.passes, verify=recipe.verify,
         rtol=recipe.rtol, atol=recipe.atol, targets=recipe.targets, on_step=on_step,
     )
+    if recipe.compile is not None:
+        from edgeopt.recipe_compile import run_compile
+
+        compiled = run_compile(recipe.compile, result.output)
+        result.artifacts.update({f"compile/{a.target}": compiled.out_dir / str(a.file)
+                                 for a in compiled.manifest.artifacts})
+        result.artifacts["compile/manifest"] = compiled.manifest_path
+    return result

@@ -8,38 +8,56 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from edgeopt.passes.clamp_mask_constants import ClampMaskConstantsPass
+from edgeopt.passes.cluster_weights import ClusterWeightsPass
+from edgeopt.passes.convert_fp16 import ConvertFloat16Pass
 from edgeopt.passes.convert_opset import ConvertOpsetPass
 from edgeopt.passes.correct_bias import CorrectBiasPass
 from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
+from edgeopt.passes.drop_layers import DropLayersPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass
 from edgeopt.passes.equalize_cross_layer import EqualizeCrossLayerPass
+from edgeopt.passes.factorize_low_rank import FactorizeLowRankPass
+from edgeopt.passes.fix_static_shapes import FixStaticShapesPass
 from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
 from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.lift_constants import LiftConstantsPass
+from edgeopt.passes.prune_channels import PruneChannelsPass
+from edgeopt.passes.prune_magnitude import PruneMagnitudePass
 from edgeopt.passes.quantize_dynamic import QuantizeDynamicPass
 from edgeopt.passes.quantize_static import QuantizeStaticPass
 from edgeopt.passes.quantize_weights import QuantizeWeightsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
+from edgeopt.passes.share_weights_across_layers import ShareWeightsAcrossLayersPass
 from edgeopt.passes.smooth_quant import SmoothQuantPass
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
 PASSES: dict[str, type[ir.passes.PassBase]] = {
     cls.name: cls
     for cls in (
+        ClampMaskConstantsPass,
+        ClusterWeightsPass,
+        ConvertFloat16Pass,
         ConvertOpsetPass,
         CorrectBiasPass,
         DeduplicateInitializersPass,
+        DropLayersPass,
         EliminateIdentityPass,
         EqualizeCrossLayerPass,
+        FactorizeLowRankPass,
+        FixStaticShapesPass,
         FoldBatchNormPass,
         FoldConstantsPass,
         InferShapesPass,
         LiftConstantsPass,
+        PruneChannelsPass,
+        PruneMagnitudePass,
         QuantizeDynamicPass,
         QuantizeStaticPass,
         QuantizeWeightsPass,
         RemoveUnusedPass,
+        ShareWeightsAcrossLayersPass,
         SmoothQuantPass,
         TopologicalSortPass,
     )
@@ -69,19 +87,28 @@ def cleanup() -> ir.passes.PassBase:
 __all__ = [
     "PASSES",
     "PRESETS",
+    "ClampMaskConstantsPass",
+    "ClusterWeightsPass",
+    "ConvertFloat16Pass",
     "ConvertOpsetPass",
     "CorrectBiasPass",
     "DeduplicateInitializersPass",
+    "DropLayersPass",
     "EliminateIdentityPass",
     "EqualizeCrossLayerPass",
+    "FactorizeLowRankPass",
+    "FixStaticShapesPass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
     "InferShapesPass",
     "LiftConstantsPass",
+    "PruneChannelsPass",
+    "PruneMagnitudePass",
     "QuantizeDynamicPass",
     "QuantizeStaticPass",
     "QuantizeWeightsPass",
     "RemoveUnusedPass",
+    "ShareWeightsAcrossLayersPass",
     "SmoothQuantPass",
     "TopologicalSortPass",
     "cleanup",

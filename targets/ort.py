@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import ClassVar
@@ -20,8 +21,21 @@ _ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nch
                 "ai.onnx.preview.training", "com.ms.internal.nhwc"}
 
 
+NOTES_KEY = "edgeopt.notes"
+"""Metadata key of an artifact's notes (a JSON list of strings), read back by ``notes()``."""
+
+
 class OrtCpuTarget:
-    """ONNX Runtime, CPU execution provider, fp32 (int8 artifacts come with quantization)."""
+    """ONNX Runtime, CPU execution provider, fp32 (int8 artifacts come with quantization).
+
+    The base of the other ONNX Runtime targets (``ort-cpu-int8``, ``ort-gpu``,
+    ``ort-npu``): they share the signature, running and notes; each writes its own
+    artifact.
+
+    Args:
+        ort_format: Also write ``model.ort`` beside ``model.onnx``, the ORT-format
+            model that ONNX Runtime Mobile loads (see :func:`to_ort_format`).
+    """
 
     name: ClassVar[str] = "ort-cpu"
     description: ClassVar[str] = "ONNX Runtime on CPU (fp32 ONNX model)"
@@ -30,6 +44,9 @@ class OrtCpuTarget:
     precision: ClassVar[str] = "fp32"
     needs_calibration: ClassVar[bool] = False
     artifact_name: ClassVar[str] = "model.onnx"
+
+    def __init__(self, *, ort_format: bool = False) -> None:
+        self.ort_format = ort_format
 
     def check(self, model: ir.Model) -> list[Issue]:
         """Nodes with no ORT CPU kernel (or function body) at the model's opset."""
@@ -57,7 +74,27 @@ class OrtCpuTarget:
         """Check, then write ``out_dir/model.onnx`` (``calibration`` is unused for fp32)."""
         del calibration
         raise_for_issues(self.name, self.check(model))
-        return save_model(model, Path(out_dir) / self.artifact_name)
+        return self.save(model, out_dir, [])
+
+    def save(self, model: ir.Model, out_dir: Path, notes: list[str]) -> Path:
+        """Write the artifact (atomically) with ``notes`` in its metadata, and ``model.ort``
+        beside it when ``ort_format`` is set."""
+        if notes:
+            model.metadata_props[NOTES_KEY] = json.dumps(notes)
+        else:
+            model.metadata_props.pop(NOTES_KEY, None)
+        artifact = save_model(model, Path(out_dir) / self.artifact_name)
+        if self.ort_format:
+            from edgeopt.targets.ort_format import to_ort_format
+
+            to_ort_format(artifact)
+        return artifact
+
+    def notes(self, artifact: Path) -> list[str]:
+        """What export measured or decided (kept in the artifact's metadata)."""
+        model = onnx.load(str(artifact), load_external_data=False)
+        props = {p.key: p.value for p in model.metadata_props}
+        return list(json.loads(props[NOTES_KEY])) if NOTES_KEY in props else []
 
     def signature(self, artifact: Path) -> Signature:
         return ort_signature(artifact)

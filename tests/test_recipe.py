@@ -194,8 +194,8 @@ ERROR_CASES = {
         "tolerance: expects {rtol: float, atol: float}, got 0.1.",
     ),
     "unknown target": (
-        BASE + "passes: [cleanup]\ntargets: [ort-cpu, ort-gpu]\n",
-        "targets[1]: unknown target 'ort-gpu'. Known: ort-cpu.",
+        BASE + "passes: [cleanup]\ntargets: [ort-cpu, ort-tpu]\n",
+        "targets[1]: unknown target 'ort-tpu'. Known: ort-cpu, ort-cpu-int8, ort-gpu, ort-npu",
     ),
     "targets not a list of names": (
         BASE + "passes: [cleanup]\ntargets: ort-cpu\n",
