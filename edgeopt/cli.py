@@ -323,7 +323,8 @@ def demo(
         _emit_json(result.as_dict())
         return
     out.print(demo_table(result))
-    out.print(f"artifacts and summary.json in {result.out_dir}")
+    out.print(f"artifacts and summary.json in {result.out_dir}; every target's artifact, manifest.json and "
+              f"report.html in {result.out_dir / 'compiled'}")
 
 
 def _quiet_torch() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -28,11 +29,19 @@ def validation_tables(report: ValidationReport) -> Group:
     ref = report.reference_scores
     value = "-" if ref is None or ref.metric_value is None else f"{ref.metric_value:.4f}"
     title = (f"{report.samples} samples on {report.where}; fp32 reference {report.metric}: {value}")
-    table = Table(title=title)
-    for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("target", "precision", "status") else "right")
+    # The terminal gets the columns that fit 80 characters; report.md/.html have every one.
+    shown = ["target", "precision", "metric", "top-1 agree", "cosine", "SQNR dB", "p50 ms", "size KiB"]
+    device_run = any(row.matches_host is not None for row in report.artifacts)
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)
+    for column in shown + (["= host"] if device_run else []):
+        table.add_column(column.replace(" ", "\n", 1) if column not in ("target", "precision") else column,
+                         justify="left" if column in ("target", "precision") else "right", no_wrap=True)
     for row in report.artifacts:
-        table.add_row(*cells(row))
+        values = dict(zip(COLUMNS, cells(row, digits=3), strict=True))
+        if row.status != "ok":
+            values["target"] = f"{row.target} [red]{row.status}: {row.error}[/]"
+        extra = [] if not device_run else ["yes" if row.matches_host else "[red]no[/]"]
+        table.add_row(*(values[c] for c in shown), *extra)
     parts: list[Table | Text] = [table]
     for row in report.artifacts:
         if row.per_layer:

@@ -208,4 +208,11 @@ def demo_table(result: DemoResult) -> Group:
         sqnr = "inf" if math.isinf(r.sqnr_db) else f"{r.sqnr_db:.1f}"
         table.add_row(r.stage, human_bytes(r.size_bytes), str(r.nodes or "-"),
                       f"{r.accuracy:.2%}", f"{r.top1_agreement:.2%}", sqnr, f"{r.latency_ms:.3f} ms")
-    return Group(export_line, steps_table(result.passes), table)
+    parts: list[Any] = [export_line, steps_table(result.passes), table]
+    if result.manifest is not None:
+        from edgeopt.cli_deploy_render import compile_table, validation_tables
+
+        parts.append(compile_table(result.manifest))
+    if result.validation is not None:
+        parts.append(validation_tables(result.validation))
+    return Group(*parts)

@@ -1,8 +1,11 @@
 """``edgeopt demo``: the whole road on the shipped digits CNN, measured, not stored.
 
 export (checked against torch) -> cleanup (verified after every pass) -> ORT CPU
-artifact -> accuracy, agreement with the PyTorch model, size, ops and latency of
-each stage on the held-out digits; artifacts and ``summary.json`` go to ``out_dir``.
+artifact and static int8 -> accuracy, agreement with the PyTorch model, size, ops and
+latency of each stage on the held-out digits -> every registered target's artifact
+(``compiled/``, ONNX Runtime and TFLite for CPU, GPU and NPU, calibrated on the same
+digits) validated in its own runtime; artifacts, ``summary.json`` and the validation
+report go to ``out_dir``.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import torch
 
 from edgeopt import demo_model
 from edgeopt.inspect_model import file_size, summarize
+from edgeopt.manifest import Manifest
 from edgeopt.measure import Fidelity, fidelity, median_latency_ms
 from edgeopt.model_io import load_model, save_model
 from edgeopt.pipeline import Pipeline, StepResult
 from edgeopt.runtime import create_session
 from edgeopt.target import Target, get_target
 from edgeopt.torch_export import ExportReport, export
+from edgeopt.validate import ValidationReport
 from edgeopt.workflow import export_target
 
 logger = logging.getLogger(__name__)
@@ -58,6 +63,10 @@ class DemoResult:
     passes: list[StepResult]
     eval_samples: int
     rows: list[StageRow] = field(default_factory=list)
+    manifest: Manifest | None = None
+    """What ``compile`` emitted for every registered target (``out_dir/compiled``)."""
+    validation: ValidationReport | None = None
+    """Every compiled artifact run in its own runtime on the held-out digits."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +74,8 @@ class DemoResult:
             "export": asdict(self.export),
             "passes": [asdict(s) for s in self.passes],
             "stages": [asdict(r) for r in self.rows],
+            "compiled": self.manifest.as_dict() if self.manifest else None,
+            "validation": self.validation.as_dict() if self.validation else None,
         }
 
 
@@ -103,8 +114,30 @@ def run_demo(
     result = DemoResult(out, exported.report, cleaned.steps, len(data.y_val))
     result.rows = _measure(module, data, out / "digits_cnn.onnx", optimized,
                            {**artifacts, "int8": int8})
+
+    result.manifest, result.validation = _compile_and_validate(optimized, calibration, data, out, say)
     _write_json(out / "summary.json", result.as_dict())
     return result
+
+
+def _compile_and_validate(
+    optimized: Path, calibration: Path, data: demo_model.DigitsData, out: Path, say: Callable[[str], None],
+) -> tuple[Manifest, ValidationReport]:
+    """Every registered target's artifact (CPU, GPU, NPU; ONNX Runtime and TFLite), validated."""
+    from edgeopt.compile import compile_model
+    from edgeopt.target import list_targets
+    from edgeopt.validate import validate
+    from edgeopt.validation_report import write_report
+
+    compiled = compile_model(optimized, out / "compiled", targets=list_targets(), calibration=str(calibration),
+                             on_target=lambda name, entry: say(f"compile: {name}") if entry is None else None)
+    held_out = out / "validation.npz"
+    arrays: dict[str, Any] = {demo_model.INPUT_NAME: data.x_val, "label": data.y_val.astype(np.int64)}
+    np.savez(held_out, **arrays)
+    say("validate every artifact in its own runtime")
+    report = validate(out / "compiled", data=held_out, reference=optimized, labels="label")
+    write_report(report, out / "compiled")
+    return compiled.manifest, report
 
 
 def _write_calibration(data: demo_model.DigitsData, folder: Path, *, batch: int = 64) -> Path:

@@ -54,16 +54,17 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def cells(row: ArtifactResult) -> list[str]:
-    """One artifact's values, in :data:`COLUMNS` order."""
+def cells(row: ArtifactResult, *, digits: int = 4) -> list[str]:
+    """One artifact's values, in :data:`COLUMNS` order, numbers to ``digits`` significant digits."""
     s = row.scores
     size = None if row.size_bytes is None else row.size_bytes / 1024
     status = row.status if row.status == "ok" else f"{row.status}: {row.error}"
     if row.matches_host is not None:
         status += " (= host)" if row.matches_host else " (differs from host)"
-    return [row.target, row.precision, status, fmt(s.metric_value if s else None),
-            fmt(s.top1_agreement if s else None), fmt(s.cosine if s else None, 6), fmt(s.sqnr_db if s else None),
-            fmt(s.max_abs if s else None), fmt(row.latency_p50_ms), fmt(row.latency_p90_ms), fmt(size)]
+    return [row.target, row.precision, status, fmt(s.metric_value if s else None, digits),
+            fmt(s.top1_agreement if s else None, digits), fmt(s.cosine if s else None, digits + 2),
+            fmt(s.sqnr_db if s else None, digits), fmt(s.max_abs if s else None, digits),
+            fmt(row.latency_p50_ms, digits), fmt(row.latency_p90_ms, digits), fmt(size, digits)]
 
 
 def _header(report: ValidationReport) -> list[str]:

@@ -110,3 +110,26 @@ def test_demo_artifact_runs_like_cleaned_model(demo_run: tuple[Path, dict[str, A
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     # Folding BatchNorm into Conv reorders float arithmetic: logits move by ~1e-5.
     np.testing.assert_allclose(outputs[0], outputs[2], rtol=1e-4, atol=1e-4)
+
+
+def test_demo_compiles_and_validates_every_target(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    """Every registered target (ONNX Runtime and TFLite, CPU/GPU/NPU) is emitted from the same
+    cleaned-up model and calibration data and scored in its own runtime on the held-out digits."""
+    from edgeopt.target import list_targets
+
+    out_dir, payload = demo_run
+    compiled = payload["compiled"]
+    assert [a["target"] for a in compiled["artifacts"]] == list_targets()
+    assert all(a["error"] is None for a in compiled["artifacts"]), compiled["artifacts"]
+    assert (out_dir / "compiled" / "manifest.json").is_file()
+    assert {p.name for p in (out_dir / "compiled").glob("report.*")} == {"report.json", "report.md", "report.html"}
+    validation = payload["validation"]
+    reference = validation["reference_scores"]["metric_value"]
+    assert validation["samples"] == len(demo_model.load_data().y_val)
+    for row in validation["artifacts"]:
+        scores = row["scores"]
+        assert row["status"] == "ok", row
+        assert abs(scores["metric_value"] - reference) <= 0.02, row  # accuracy on the labels
+        assert scores["top1_agreement"] >= 0.98, row
+        floor = 25 if row["precision"].startswith(("int8", "a8")) else 60  # dB vs the fp32 ONNX model
+        assert scores["sqnr_db"] > floor, row
