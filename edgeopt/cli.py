@@ -172,7 +172,7 @@ def quantize(
                                                 "(Gather) to 8 or 4 bits; 0 keeps them float.")] = 0,
     exclude: Annotated[list[str], typer.Option(help="Node name to keep in float (repeatable).")] = [],  # noqa: B006
     op_types: Annotated[str, typer.Option(help="Comma-separated op types to quantize (static default: all, but only "
-                                                 "MatMul,Gemm in transformers; 'all' forces every op).")] = "",
+                                                 "MatMul,Gemm,Gather in transformers; 'all' forces every op).")] = "",
     samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Re-batch calibration data.")] = None,
     max_drop: Annotated[float | None, typer.Option(help="Keep sensitive nodes float until agreement "

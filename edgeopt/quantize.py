@@ -45,8 +45,8 @@ class QuantizeConfig:
     symmetric_activations: bool = False
     op_types: tuple[str, ...] = ()
     """Op types static mode quantizes. Empty: every type ORT can, except in transformers
-    (:func:`~edgeopt.passes.quantize_common.is_transformer_like`), where only MatMul and
-    Gemm (``TRANSFORMER_OP_TYPES``); ``("all",)``: every type ORT can, always."""
+    (:func:`~edgeopt.passes.quantize_common.is_transformer_like`), where only MatMul, Gemm
+    and Gather (``TRANSFORMER_OP_TYPES``); ``("all",)``: every type ORT can, always."""
     exclude: tuple[str, ...] = ()
     bits: Literal[4, 8] = 4
     block_size: int = 32

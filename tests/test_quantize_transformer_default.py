@@ -1,4 +1,4 @@
-"""Static int8 of a transformer-like graph quantizes MatMul/Gemm only unless told otherwise."""
+"""Static int8 of a transformer-like graph quantizes MatMul/Gemm/Gather only unless told otherwise."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_transformer_default_quantizes_matmuls_only(tmp_path: Path, op_types: tu
     if op_types:
         assert result.op_types == ["all"] and "s4" in quantized_tensors  # the Softmax input too
     else:
-        assert result.op_types == ["MatMul", "Gemm"] and not {"s4", "y"} & quantized_tensors
+        assert result.op_types == ["MatMul", "Gemm", "Gather"] and not {"s4", "y"} & quantized_tensors
     test = {"x": rng.standard_normal((2, S, D)).astype(np.float32)}
     ref, got = run_model(load_model(model_path), test)["y"], run_model(quantized, test)["y"]
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
