@@ -18,7 +18,9 @@ Calibration (scoring and repair) uses 256 training images / 64 sentences; fideli
 measured on held-out data. Blocks are scored once; ``seconds`` of the first row of a model includes it.
 
 For each model and K in 1, 2, 3: the K blocks of lowest impact are dropped (``--count K``), without
-and with ``--repair``. Reported: parameters, MACs (``edgeopt.inspect_model.summarize``; symbolic
+and with ``--repair``; for K in 2, 3 also picked greedily (``greedy``: ``--rescore N`` with N = every
+droppable layer, i.e. each pick re-scores all remaining layers with the earlier picks dropped; its
+``seconds`` include that re-scoring). Reported: parameters, MACs (``edgeopt.inspect_model.summarize``; symbolic
 dims = 1), file size, latency ratio vs the original (ONNX Runtime with its default optimizations,
 same process, sessions built once, median of interleaved runs) and fidelity/accuracy.
 """
@@ -46,6 +48,7 @@ import drop_layers_models as dm  # noqa: E402
 from edgeopt.inspect_model import summarize  # noqa: E402
 from edgeopt.layer_drop import DropConfig, drop_layers  # noqa: E402
 from edgeopt.model_io import save_model  # noqa: E402
+from edgeopt.residual_blocks import find_blocks  # noqa: E402
 from edgeopt.runtime import Feeds  # noqa: E402
 
 
@@ -77,20 +80,25 @@ def bench_model(case: dm.Case, threads: int) -> list[dict[str, Any]]:
         base = summarize(case.model)
         rows.append(_row(case, "original", 0, False, base, original_path, original, None, None))
         ranking = None  # scored once (the first call), reused by the others
-        for count in (1, 2, 3):
-            for repair in (False, True):
-                config = DropConfig(count=count, repair=repair, output=case.output)
-                start = time.perf_counter()
-                result = drop_layers(case.model, lambda: iter(case.calibration), config, scores=ranking)
-                seconds = time.perf_counter() - start
-                ranking = result.scores
-                path = save_model(result.model, Path(tmp) / f"drop{count}{'r' if repair else ''}.onnx")
-                session = _session(path, threads)
-                row = _row(case, f"drop {count}" + (" + repair" if repair else ""), count, repair,
-                           summarize(result.model), path, session, original, base)
-                row.update(dropped=list(result.dropped), repaired=len(result.repaired), seconds=round(seconds, 2))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        width = sum(b.droppable for b in find_blocks(case.model, "layer"))
+        runs = [(count, repair, 0) for count in (1, 2, 3) for repair in (False, True)]
+        runs += [(count, repair, width) for count in (2, 3) for repair in (False, True)]
+        for count, repair, rescore in runs:
+            config = DropConfig(count=count, repair=repair, output=case.output, rescore=rescore)
+            start = time.perf_counter()
+            result = drop_layers(case.model, lambda: iter(case.calibration), config, scores=ranking)
+            seconds = time.perf_counter() - start
+            ranking = result.scores
+            path = save_model(result.model, Path(tmp) / f"drop{count}{'r' if repair else ''}{rescore}.onnx")
+            session = _session(path, threads)
+            label = f"drop {count}" + (" greedy" if rescore else "") + (" + repair" if repair else "")
+            row = _row(case, label, count, repair,
+                       summarize(result.model), path, session, original, base)
+            row.update(dropped=list(result.dropped), repaired=len(result.repaired), seconds=round(seconds, 2))
+            if result.greedy:  # each pick with the calibration cosine after it (earlier picks dropped too)
+                row["greedy"] = [(g.name, round(g.output_cosine, 5)) for g in result.greedy]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
         assert ranking is not None
         rows[0]["ranking (name, 1-output cos, 1-cos(in,out))"] = [
             (r.name, round(r.impact, 5), round(r.influence, 5)) for r in ranking]

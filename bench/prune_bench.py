@@ -9,9 +9,10 @@ channels rounded up to multiples of 8, no fine-tuning):
   ignored), exported and cleaned up the same way.
 - ``efficientnet-lite0``: the real pretrained ImageNet model (``bench/pretrained.py``);
   fidelity is top-1 agreement with the fp32 model on crops of scikit-learn's sample photos.
-- ``minilm``: all-MiniLM-L6-v2 (pretrained, 6 layers); its FFN neurons are pruned (the
-  attention heads are not: see docs/pruning.md); fidelity is the mean cosine of the sentence
-  embeddings with fp32.
+- ``minilm``: all-MiniLM-L6-v2 (pretrained, 6 layers); its FFN neurons are pruned
+  (``kinds="channels"``); fidelity is the mean cosine of the sentence embeddings with fp32.
+- ``minilm-heads``: the same model with 1/4 and 1/2 of its attention heads pruned (12 -> 9 and
+  12 -> 6 heads per layer: Q/K/V output features in blocks of 32, the O projection's rows).
 
 Every edgeopt point is measured without and with ``repair`` (least-squares refit on
 calibration data); kept counts are rounded *down* to multiples of 8 for resdw and MiniLM, as Torch-Pruning
@@ -88,9 +89,10 @@ def row(name: str, path: Path, base: Path, metric: Metric, feed: Feeds, rounds: 
 
 
 def prune_onnx(base: Path, out: Path, ratio: float, *, repair: bool, calibration: Iterable[Feeds],
-               criterion: str = "l1", rounding: str = "down") -> Path:
+               criterion: str = "l1", rounding: str = "down", kinds: str = "all") -> Path:
     model = load_model(base)
     PruneChannelsPass(ratio=ratio, criterion=criterion, round_to=8, rounding=rounding, repair=repair,  # type: ignore[arg-type]
+                      kinds=kinds,  # type: ignore[arg-type]
                       calibration=calibration if repair or criterion == "activation" else None)(model)
     return save_model(model, out)
 
@@ -98,7 +100,7 @@ def prune_onnx(base: Path, out: Path, ratio: float, *, repair: bool, calibration
 def _sweep(case: str, base: Path, ratios: list[float], metric: Metric, feed: Feeds, calibration: list[Feeds],
            rounds: int, extra: Callable[[float], Path] | None = None,
            variants: tuple[tuple[str, bool], ...] = (("l1", False), ("l1", True)),
-           rounding: str = "down") -> list[dict[str, Any]]:
+           rounding: str = "down", kinds: str = "all") -> list[dict[str, Any]]:
     rows = [row("original", base, base, metric, feed, rounds)]
     print(f"{case}: original {rows[0]}", flush=True)
     for ratio in ratios:
@@ -106,7 +108,7 @@ def _sweep(case: str, base: Path, ratios: list[float], metric: Metric, feed: Fee
             name = f"edgeopt {criterion} {ratio:.0%}{' +repair' if repair else ''}"
             started = time.perf_counter()
             path = prune_onnx(base, CACHE / f"{case}-{criterion}-{ratio}-{int(repair)}.onnx", ratio, repair=repair,
-                              calibration=calibration, criterion=criterion, rounding=rounding)
+                              calibration=calibration, criterion=criterion, rounding=rounding, kinds=kinds)
             rows.append({**row(name, path, base, metric, feed, rounds),
                          "prune_seconds": round(time.perf_counter() - started, 2)})
             print(f"{case}: {rows[-1]}", flush=True)
@@ -160,7 +162,8 @@ def efficientnet_case(ratios: list[float], rounds: int, n_eval: int) -> list[dic
                   variants=(("l1", False), ("l1", True), ("activation", True)), rounding="up")
 
 
-def minilm_case(ratios: list[float], rounds: int, n_eval: int) -> list[dict[str, Any]]:
+def minilm_case(ratios: list[float], rounds: int, n_eval: int, kinds: str = "channels") -> list[dict[str, Any]]:
+    """MiniLM's FFN neurons (``kinds="channels"``) or whole attention heads (``kinds="heads"``)."""
     base, _ = pretrained.minilm_onnx(RESULTS / "pretrained-cache", seq_len=None)
     tokenize = pretrained.minilm_tokenizer(64)
     texts = pretrained.sentences(256 + n_eval)
@@ -177,14 +180,14 @@ def minilm_case(ratios: list[float], rounds: int, n_eval: int) -> list[dict[str,
             sims.append(np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)))
         return float(np.mean(np.concatenate(sims)))
 
-    return _sweep("minilm", base, ratios, cosine, tokenize(texts[:1]), calibration, rounds,
-                  variants=(("l1", False), ("l1", True), ("activation", True)))
+    return _sweep("minilm" if kinds == "channels" else f"minilm-{kinds}", base, ratios, cosine, tokenize(texts[:1]),
+                  calibration, rounds, variants=(("l1", False), ("l1", True), ("activation", True)), kinds=kinds)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30%% only, fewer eval samples and timing rounds")
-    parser.add_argument("--cases", default="resdw,efficientnet-lite0,minilm")
+    parser.add_argument("--cases", default="resdw,efficientnet-lite0,minilm,minilm-heads")
     parser.add_argument("--out", type=Path, default=RESULTS / "prune.json")
     args = parser.parse_args()
     ratios = [0.3] if args.quick else [0.1, 0.2, 0.3, 0.5]
@@ -197,6 +200,7 @@ def main() -> None:
         "resdw": lambda: resdw_case(ratios, rounds),
         "efficientnet-lite0": lambda: efficientnet_case(ratios, rounds, n_eval),
         "minilm": lambda: minilm_case(ratios, rounds, n_eval),
+        "minilm-heads": lambda: minilm_case([0.25] if args.quick else [0.25, 0.5], rounds, n_eval, kinds="heads"),
     }
     for case in args.cases.split(","):
         results[case] = runners[case]()

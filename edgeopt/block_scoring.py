@@ -176,3 +176,54 @@ def fidelity_metric(reference: ir.Model, data: Batches, kind: MetricName = "cosi
 def reiterable(make: Callable[[], Iterable[Feeds]]) -> Batches:
     """Wrap a factory of feed iterables as :data:`Batches`."""
     return lambda: iter(make())
+
+
+def greedy_pick(
+    model: ir.Model,
+    blocks: Sequence[Block],
+    scores: Sequence[BlockScore],
+    data: Batches,
+    count: int,
+    *,
+    width: int,
+    output: str | None = None,
+    on_block: Callable[[int], None] | None = None,
+) -> list[BlockScore]:
+    """Pick ``count`` blocks one at a time, re-scoring after each pick; ``model`` is unchanged.
+
+    The first pick is the head of ``scores`` (the one-shot ranking of :func:`score_blocks`).
+    After each pick, the ``width`` best remaining blocks of the last ranking are re-scored by
+    the output cosine vs ``model`` of ``model`` with the picks so far *and* that block
+    dropped, and the best becomes the next pick: at most ``(count - 1) * width`` evaluations,
+    each one pass over ``data``. Blocks dropped together can interact (a later layer can
+    undo or compound an earlier one's absence), which a one-shot ranking misses.
+
+    Returns:
+        The picks in the order chosen; ``impact``/``output_cosine``/``agreement`` are those
+        of the model with that pick and all earlier ones dropped.
+    """
+    from edgeopt.passes.drop_layers import drop_blocks
+
+    if width < 1:
+        raise ValueError(f"width must be at least 1, got {width}")
+    by_name = {b.name: b for b in blocks}
+    order = {b.name: i for i, b in enumerate(blocks)}
+    ranking = list(scores)
+    picks: list[BlockScore] = []
+    evaluated = 0
+    while len(picks) < count and ranking:
+        if picks:
+            rescored = []
+            for s in ranking[:width]:
+                chosen = sorted([by_name[p.name] for p in picks] + [by_name[s.name]], key=lambda b: order[b.name])
+                dropped = model.clone()
+                drop_blocks(dropped, chosen)
+                cosine, agreement = compare(model, dropped, data, output=output)
+                rescored.append(BlockScore(s.name, 1.0 - cosine, cosine, agreement, s.influence, s.parameters))
+                evaluated += 1
+                if on_block is not None:
+                    on_block(evaluated)
+            ranking = sorted(rescored, key=lambda r: (r.impact, r.influence)) + ranking[width:]
+        picks.append(ranking.pop(0))
+        logger.debug("greedy pick %d: %s, output cosine %.5f", len(picks), picks[-1].name, picks[-1].output_cosine)
+    return picks

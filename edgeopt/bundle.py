@@ -2,7 +2,7 @@
 
 Layout::
 
-    bundle.json            what to run: per artifact its file, native input/output names, calls
+    bundle.json            what to run: per artifact its file and sha256, native I/O names, calls
     run_bundle.py          the runner (a copy of edgeopt/bundle_runner.py)
     README.md              how to run it by hand
     host_report.json       the scores of the same calls run on the host
@@ -32,6 +32,7 @@ import numpy as np
 
 from edgeopt.devices import Device
 from edgeopt.errors import ModelLoadError, ModelSaveError
+from edgeopt.manifest import sha256
 from edgeopt.runtime import Feeds
 from edgeopt.scoring import CustomMetric, Scorer, percentiles_ms
 from edgeopt.target import get_target
@@ -46,7 +47,9 @@ Runs every artifact on this machine with numpy and the artifact's runtime only
     python run_bundle.py . --out outputs
 
 Outputs land in outputs/<target>/<call>_<k>.npy with per-call timings in
-outputs/<target>/timings.json; bring the outputs folder back and score it with
+outputs/<target>/timings.json (an artifact that cannot run here, e.g. with its
+runtime missing, gets outputs/<target>/error.txt instead and the others still
+run); bring the outputs folder back and score it with
 `edgeopt validate BUNDLE --results outputs`, or let `edgeopt validate BUNDLE --device ...`
 do all of it. expected/ holds what the host computed for the same inputs.
 """
@@ -116,8 +119,11 @@ def write_bundle(
     ``limit`` bounds the samples (a bundle carries its inputs; default 64).
     """
     dest = Path(bundle_dir).resolve()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    except OSError as e:
+        raise ModelSaveError(f"{dest}: cannot create the bundle folder ({e}). Check the path is writable.") from e
     try:
         writer = _Writer(staging)
         host = validate(out_dir, data=data, reference=reference, labels=labels, metric=metric, custom=custom,
@@ -134,7 +140,8 @@ def write_bundle(
                 if extra.exists():
                     shutil.copy2(extra, staging / row.target / extra.name)
             inputs, outputs = writer.names[row.target]
-            artifacts.append({"target": row.target, "file": file, "inputs": inputs, "outputs": outputs,
+            artifacts.append({"target": row.target, "file": file, "sha256": sha256(staging / file),
+                              "inputs": inputs, "outputs": outputs,
                               "providers": list(providers(row.device)), "runs": writer.calls[row.target]})
         spec = {"format": BUNDLE_FORMAT, "warmup": warmup, "metric": metric, "batches": writer.batch_index + 1,
                 "reference_outputs": writer.reference_names, "labels": writer.has_labels, "artifacts": artifacts}
@@ -157,7 +164,12 @@ def read_bundle(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(bundle_dir).resolve() / "bundle.json"
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a bundle. Write one with edgeopt bundle OUT --data VAL -o BUNDLE.")
-    spec: dict[str, Any] = json.loads(path.read_text())
+    try:
+        spec: dict[str, Any] = json.loads(path.read_text())
+        spec["artifacts"], spec["batches"], spec["reference_outputs"]  # noqa: B018 - the keys every reader needs
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{path}: not a readable bundle ({type(e).__name__}: {e}). Write it again with "
+                             "edgeopt bundle.") from e
     return spec
 
 
@@ -165,9 +177,21 @@ def score_bundle(
     bundle_dir: str | os.PathLike[str], results: str | os.PathLike[str], *, where: str,
     custom: CustomMetric | None = None,
 ) -> ValidationReport:
-    """Score outputs a device wrote for a bundle, exactly as the host run scored its own."""
+    """Score outputs a device wrote for a bundle, exactly as the host run scored its own.
+
+    Raises:
+        ModelLoadError: the bundle or the outputs are incomplete or unreadable.
+    """
     root, got = Path(bundle_dir).resolve(), Path(results).resolve()
     spec = read_bundle(root)
+    try:
+        return _score(root, got, spec, where, custom)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{root}: cannot score the outputs in {got} ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())}). Run run_bundle.py again, or write the bundle again.") from e
+
+
+def _score(root: Path, got: Path, spec: dict[str, Any], where: str, custom: CustomMetric | None) -> ValidationReport:
     host = json.loads((root / "host_report.json").read_text())
     report = ValidationReport(host["out_dir"], host["reference"], host["data"], host["labels"], spec["metric"],
                               where, host["batch_size"], host["samples"])
@@ -191,12 +215,20 @@ def score_bundle(
             seconds = json.loads((got / name / "timings.json").read_text())["seconds"]
             result.scores, result.calls = scorers[name].result(), len(seconds)
             result.latency_p50_ms, result.latency_p90_ms = percentiles_ms(seconds)
-            result.matches_host = row["scores"] is not None and asdict(result.scores) == row["scores"]
+            result.matches_host = row["scores"] is not None and _same_scores(asdict(result.scores), row["scores"])
         elif name in scorers:
-            result.status, result.error = "run-failed", "NoOutputs"
-            result.message = f"no outputs came back from {where} for {name}; see the runner's log above."
+            error = got / name / "error.txt"
+            reason = error.read_text().strip() if error.is_file() else ""
+            result.status, result.error = "run-failed", reason.partition(":")[0] if reason else "NoOutputs"
+            result.message = (f"on {where}: {reason}" if reason
+                              else f"no outputs came back from {where} for {name}; see the runner's log above.")
         report.artifacts.append(result)
     return report
+
+
+def _same_scores(got: dict[str, Any], host: dict[str, Any]) -> bool:
+    """Equal scores, NaN included (a NaN score is the same result on both sides, and JSON keeps it)."""
+    return json.dumps(got, sort_keys=True) == json.dumps(host, sort_keys=True)
 
 
 def _score_calls(root: Path, got: Path, entry: dict[str, Any], batch: int, expected: Feeds,

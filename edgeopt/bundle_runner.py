@@ -7,11 +7,14 @@ it imports nothing from edgeopt, and the host uses the same :func:`load` for its
 in-process runs. For each artifact it warms up on the first run (untimed), then
 runs every stored input once, timing each call, and writes ``DIR/<target>/
 <run>_<k>.npy`` (output ``k`` in the bundle's order) and ``DIR/<target>/timings.json``.
+An artifact that fails (its runtime missing here, its file damaged) gets
+``DIR/<target>/error.txt`` and a line on stderr instead, and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -90,8 +93,19 @@ def _litert(path: str) -> Runner:
     return run
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run_artifact(bundle: Path, entry: dict, out: Path, *, warmup: int) -> None:
-    """Run every stored input of one artifact; write outputs and per-call timings."""
+    """Check the artifact's sha256, run every stored input; write outputs and per-call timings."""
+    if entry.get("sha256") and _sha256(bundle / entry["file"]) != entry["sha256"]:
+        raise ValueError(f"{bundle / entry['file']}: sha256 differs from bundle.json (damaged in transfer?). "
+                         "Copy the bundle again.")
     runner = load(bundle / entry["file"], tuple(entry.get("providers", ("CPUExecutionProvider",))))
     folder = out / entry["target"]
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for entry in spec["artifacts"]:
         if not args.only or entry["target"] in args.only:
-            run_artifact(args.bundle, entry, args.out, warmup=warmup)
+            try:
+                run_artifact(args.bundle, entry, args.out, warmup=warmup)
+            except Exception as e:  # noqa: BLE001 - one artifact failing (no runtime here, a bad file) stops no other
+                message = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                (args.out / entry["target"]).mkdir(parents=True, exist_ok=True)
+                (args.out / entry["target"] / "error.txt").write_text(message)
+                (args.out / entry["target"] / "timings.json").unlink(missing_ok=True)
+                print(f"{entry['target']}: {message}", file=sys.stderr)
     versions = {"python": sys.version.split()[0], "machine": platform.machine(), "numpy": np.__version__}
     (args.out / "device.json").write_text(json.dumps({"platform": platform.platform(), **versions}))
     return 0

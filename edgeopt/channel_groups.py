@@ -18,6 +18,7 @@ group that reaches a graph output is unprunable.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -82,14 +83,22 @@ class ChannelGroup:
     sinks: list[str] = field(default_factory=list)
     reason: str | None = None
     """Why the group is unprunable (None: it can be pruned)."""
+    head_dim: int | None = None
+    """Attention heads: each channel is one head of ``head_dim`` features (None: plain channels)."""
 
     @property
     def prunable(self) -> bool:
         return self.reason is None
 
+    @property
+    def width(self) -> int:
+        """Features per channel at the sources (``head_dim`` for heads, else 1)."""
+        return self.head_dim or 1
+
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "size": self.size, "sources": self.sources, "sinks": self.sinks,
-                "constants": sorted({str(m.value.name) for m in self.members}), "reason": self.reason}
+                "constants": sorted({str(m.value.name) for m in self.members}), "reason": self.reason,
+                "head_dim": self.head_dim}
 
 
 @dataclass
@@ -102,6 +111,9 @@ class ChannelGroups:
     """``(shape constant, index, layout)``: a Reshape target entry to recompute."""
     depthwise: list[tuple[ir.Node, Layout]] = field(default_factory=list)
     """Depthwise Convs whose ``group`` attribute is the channel count of the layout."""
+    targets: list[tuple[ir.Node, np.ndarray, Layout]] = field(default_factory=list)
+    """``(Reshape, new target, layout)``: Reshapes that get their own count-free target
+    (``0`` copies, ``-1`` infers) when a group of the layout is pruned (head splits and merges)."""
 
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
@@ -124,6 +136,8 @@ class GroupBuilder:
         self.layouts: dict[ir.Value, tuple[int, Layout]] = {}
         self.reshapes: list[tuple[ir.Value, int, Layout]] = []
         self.depthwise: list[tuple[ir.Node, Layout]] = []
+        self.targets: list[tuple[ir.Node, np.ndarray, Layout]] = []
+        self.head_dims: dict[int, int] = {}
 
     def new_group(self, size: int, source: str) -> int:
         self._parent.append(len(self._parent))
@@ -142,6 +156,35 @@ class GroupBuilder:
         if ra != rb:
             self._parent[rb] = ra
             self._sources[ra].extend(self._sources[rb])
+            if rb in self.head_dims:
+                self.head_dims.setdefault(ra, self.head_dims[rb])
+
+    def coarsen(self, group: int, factor: int) -> None:
+        """Make every ``factor`` consecutive channels of ``group`` one channel (attention heads of
+        ``factor`` features): every layout, member and shape entry recorded so far is rewritten.
+        Raises ValueError (nothing changed) when a layout does not split evenly."""
+        root = self.find(group)
+
+        def mine(raw: int | None) -> bool:
+            return raw is not None and self.find(raw) == root
+
+        layouts = [layout for _, layout in self.layouts.values()] + [layout for _, _, layout in self.reshapes]
+        layouts += [layout for _, _, layout in self.targets]
+        if any(any(mine(s.group) for s in layout) for _, layout in self.depthwise):
+            raise ValueError("a depthwise Conv carries the channels")
+        if any(s.count % factor for layout in layouts for s in layout if mine(s.group)):
+            raise ValueError(f"the channels do not split into blocks of {factor}")
+
+        def convert(layout: Layout) -> Layout:
+            return tuple(Segment(s.group, s.count // factor, s.block * factor) if mine(s.group) else s for s in layout)
+
+        self.layouts = {v: (axis, convert(layout)) for v, (axis, layout) in self.layouts.items()}
+        self.reshapes = [(v, i, convert(layout)) for v, i, layout in self.reshapes]
+        self.targets = [(n, t, convert(layout)) for n, t, layout in self.targets]
+        self.members = [(raw, dataclasses.replace(m, block=m.block * factor) if mine(raw) else m)
+                        for raw, m in self.members]
+        self._size[root] //= factor
+        self.head_dims[root] = self.head_dims.get(root, 1) * factor
 
     def block(self, layout: Layout, reason: str) -> None:
         """Mark every group of ``layout`` unprunable (the first reason is kept)."""
@@ -169,6 +212,8 @@ class GroupBuilder:
         roots = sorted({self.find(g) for g in range(len(self._parent))})
         groups = {r: ChannelGroup(id=r, size=self._size[r], sources=self._sources[r],
                                   reason=self.reasons.get(r)) for r in roots}
+        for raw, head_dim in self.head_dims.items():
+            groups[self.find(raw)].head_dim = head_dim
         for reason_root, reason in self.reasons.items():
             groups[self.find(reason_root)].reason = groups[self.find(reason_root)].reason or reason
         for raw, member in self.members:
@@ -182,7 +227,8 @@ class GroupBuilder:
         carriers = [Carrier(v, axis, layout) for v, (axis, layout) in remap.items()]
         reshapes = [(v, i, self.normalize(layout)) for v, i, layout in self.reshapes]
         depthwise = [(n, self.normalize(layout)) for n, layout in self.depthwise]
-        return ChannelGroups(list(groups.values()), carriers, reshapes, depthwise)
+        targets = [(n, t, self.normalize(layout)) for n, t, layout in self.targets]
+        return ChannelGroups(list(groups.values()), carriers, reshapes, depthwise, targets)
 
     def normalize(self, layout: Layout) -> Layout:
         return tuple(Segment(None if s.group is None else self.find(s.group), s.count, s.block) for s in layout)

@@ -9,6 +9,11 @@ Criteria:
   before ``fold-batchnorm``: a folded group has no BatchNorm and is left unpruned.
 - ``activation``: mean ``|x|`` of the channel at every sink's input on calibration
   data, streamed batch by batch (only per-position sums are kept).
+- ``reconstruction``: how much the sinks' outputs change when the channel is removed,
+  ``sum over sinks of ||W[:, c]||^2 * E[x_c^2]`` with ``W[:, c]`` the sink weights that read
+  the channel and ``E[x_c^2]`` its second moment on calibration data (streamed the same
+  way). Exact for removing one channel from a linear sink (``E||dy||^2``); cross terms
+  between removed channels are neglected.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
-Criterion = Literal["l1", "l2", "bn", "activation"]
+Criterion = Literal["l1", "l2", "bn", "activation", "reconstruction"]
+CALIBRATED: tuple[Criterion, ...] = ("activation", "reconstruction")
+"""Criteria that need calibration data."""
 
 
 def _per_channel(array: np.ndarray, member: Member, size: int, *, power: int) -> np.ndarray:
@@ -89,6 +96,46 @@ def activation_scores(
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[int, np.ndarray]:
     """Mean ``|x|`` of each channel where the group's sinks read it, over the calibration data."""
+    carriers, means = _sink_input_means(model, groups, calibration, power=1, samples=samples, on_batch=on_batch)
+    return _to_groups(groups, carriers, means)
+
+
+def reconstruction_scores(
+    model: ir.Model, groups: ChannelGroups, calibration: str | Iterable[Feeds], *, samples: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[int, np.ndarray]:
+    """``E||dy||^2`` of the sinks when one channel goes: ``||W[:, c]||^2 * E[x_c^2]`` summed over sinks."""
+    carriers, means = _sink_input_means(model, groups, calibration, power=2, samples=samples, on_batch=on_batch)
+    sinks = {name for g in groups.prunable() for name in g.sinks}
+    weighted = {}
+    for carrier in carriers:
+        norms = np.zeros(carrier.length)
+        for node, index in carrier.value.uses():
+            column = _sink_column_norms(node, index, sinks)
+            if column is not None and column.size == carrier.length:
+                norms += column
+        weighted[str(carrier.value.name)] = means[str(carrier.value.name)] * norms
+    return _to_groups(groups, carriers, weighted, reduce="sum")
+
+
+def _sink_column_norms(node: ir.Node, index: int, sinks: set[str]) -> np.ndarray | None:
+    """``||W[:, j]||^2`` per input position ``j`` of a sink (None: ``node`` is not a sink reading input 0)."""
+    if index != 0 or (node.name or node.op_type) not in sinks or len(node.inputs) < 2 or node.inputs[1] is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(node.inputs[1])
+    if tensor is None or (node.op_type == "Conv" and node.attributes.get_int("group", 1) != 1):
+        return None
+    weight = tensor.numpy().astype(np.float64)
+    axis = {"Conv": 1, "MatMul": 0}.get(node.op_type, 1 if node.attributes.get_int("transB", 0) else 0)
+    moved = np.moveaxis(weight ** 2, axis, 0)
+    return moved.reshape(moved.shape[0], -1).sum(axis=1)
+
+
+def _sink_input_means(
+    model: ir.Model, groups: ChannelGroups, calibration: str | Iterable[Feeds], *, power: int,
+    samples: int | None, on_batch: Callable[[int], None] | None,
+) -> tuple[list[Carrier], dict[str, np.ndarray]]:
+    """Mean ``|x|**power`` per position of every sink input, streamed over the calibration data."""
     from edgeopt.calibrate import stream_outputs
 
     carriers = sink_inputs(groups)
@@ -102,17 +149,18 @@ def activation_scores(
     seen = 0
     for batch in stream_outputs(work, names, calibration, model=model, samples=samples):
         for name, carrier in zip(names, carriers, strict=True):
-            moved = np.moveaxis(np.abs(np.asarray(batch[name], dtype=np.float64)), carrier.axis, -1)
+            moved = np.moveaxis(np.abs(np.asarray(batch[name], dtype=np.float64)) ** power, carrier.axis, -1)
             flat = moved.reshape(-1, moved.shape[-1])
             sums[name] += flat.sum(axis=0)
             rows[name] += flat.shape[0]
         seen += len(next(iter(batch.values())))
         if on_batch is not None:
             on_batch(seen)
-    return _to_groups(groups, carriers, {n: sums[n] / max(rows[n], 1) for n in names})
+    return carriers, {n: sums[n] / max(rows[n], 1) for n in names}
 
 
-def _to_groups(groups: ChannelGroups, carriers: list[Carrier], means: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+def _to_groups(groups: ChannelGroups, carriers: list[Carrier], means: dict[str, np.ndarray], *,
+               reduce: Literal["mean", "sum"] = "mean") -> dict[int, np.ndarray]:
     scores = {g.id: np.zeros(g.size) for g in groups.prunable()}
     for carrier in carriers:
         mean = means[str(carrier.value.name)]
@@ -120,7 +168,8 @@ def _to_groups(groups: ChannelGroups, carriers: list[Carrier], means: dict[str, 
         for segment in carrier.layout:
             width = segment.count * segment.block
             if segment.group in scores:
-                part = mean[offset:offset + width].reshape(segment.count, segment.block).mean(axis=1)
+                part = mean[offset:offset + width].reshape(segment.count, segment.block)
+                part = part.mean(axis=1) if reduce == "mean" else part.sum(axis=1)
                 scores[segment.group] += part
             offset += width
     return scores

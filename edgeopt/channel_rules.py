@@ -126,6 +126,9 @@ def _gemm(b: GroupBuilder, node: ir.Node, laid: list[int]) -> None:
 
 
 def _matmul(b: GroupBuilder, node: ir.Node, laid: list[int]) -> None:
+    if laid == [0, 1]:
+        _batched_matmul(b, node)
+        return
     weight = const_of(node.inputs[1])
     if 1 in laid or weight is None or weight.ndim != 2:
         if laid:
@@ -141,6 +144,18 @@ def _matmul(b: GroupBuilder, node: ir.Node, laid: list[int]) -> None:
     out = new_source(b, node, weight.shape[1])
     b.add_members(node.inputs[1], 1, out, "out")
     carry(b, node, -1, out)
+
+
+def _batched_matmul(b: GroupBuilder, node: ir.Node) -> None:
+    """Two activations (attention scores and context) that carry heads on the same batch axis."""
+    _, axis, layout = carried_input(b, node, 0)
+    _, other_axis, other = carried_input(b, node, 1)
+    if axis != other_axis or axis > -3 or not _same_structure(layout, other):
+        raise Unsafe(f"MatMul '{node.name}' multiplies two activations")
+    for x, y in zip(layout, other, strict=True):
+        if x.group is not None and y.group is not None:
+            b.union(x.group, y.group)
+    carry(b, node, axis, layout)
 
 
 def _same_structure(a: Layout, c: Layout) -> bool:

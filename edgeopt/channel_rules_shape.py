@@ -42,22 +42,57 @@ def _merge_tail(b: GroupBuilder, node: ir.Node, dims: list[int | None], p: int, 
 
 
 def reshape_rule(b: GroupBuilder, node: ir.Node, laid: list[int]) -> None:
-    """Reshape that merges the channel axis with the axes after it (a flatten into a Gemm)."""
+    """Reshape that merges the channel axis with the axes after it (a flatten into a Gemm, or
+    attention heads merged back), or that splits the last axis into heads (see :func:`_split_heads`)."""
     if not laid:
         return
     only_first(node, laid)
     value, axis, layout = carried_input(b, node)
     dims = static_dims(value)
     p = len(dims) + axis
-    target, shape_const = _reshape_target(node)
     out = node.outputs[0].shape
-    if out is None or len(out) != p + 1 or any(out[i] != value.shape[i] for i in range(p)):  # type: ignore[index]
-        raise Unsafe(f"Reshape '{node.name}' splits or moves the channels (e.g. attention heads)")
+    if out is not None and len(out) == p + 2 and p == len(dims) - 1 and _same_lead(value, out, p):
+        _split_heads(b, node, layout, out, p)
+        return
+    if out is None or len(out) != p + 1 or not _same_lead(value, out, p):
+        raise Unsafe(f"Reshape '{node.name}' splits or moves the channels")
     _merge_tail(b, node, dims, p, p, layout)
-    if target is not None and target[-1] > 0:
-        if shape_const is None or len(shape_const.uses()) > 1:
-            raise Unsafe(f"Reshape '{node.name}' has a shape entry for the channels that cannot be rewritten")
-        b.reshapes.append((shape_const, target.size - 1, b.layouts[node.outputs[0]][1]))
+    merged = b.layouts[node.outputs[0]][1]
+    try:
+        target, shape_const = _reshape_target(node)
+    except Unsafe:
+        target, shape_const = None, None
+    if target is not None and target[-1] <= 0:
+        return  # -1 or 0 in the channel entry: nothing to rewrite
+    if target is not None and shape_const is not None and len(shape_const.uses()) == 1:
+        b.reshapes.append((shape_const, target.size - 1, merged))
+    else:  # computed or shared target: this Reshape gets its own ``[0, .., 0, -1]``
+        b.targets.append((node, np.array([0] * p + [-1], dtype=np.int64), merged))
+
+
+def _same_lead(value: ir.Value, out: ir.Shape, p: int) -> bool:
+    """The first ``p`` axes of the Reshape's input and output are the same."""
+    assert value.shape is not None
+    return all(out[i] == value.shape[i] for i in range(p))
+
+
+def _split_heads(b: GroupBuilder, node: ir.Node, layout: Layout, out: ir.Shape, p: int) -> None:
+    """``[.., E] -> [.., H, D]``: the channel group becomes H heads of D features (coarsened in
+    place, so every projection, bias and shape entry met so far moves in blocks of D)."""
+    head_dim = out[p + 1]
+    if len(layout) != 1 or layout[0].group is None or layout[0].block != 1 or not isinstance(head_dim, int):
+        raise Unsafe(f"Reshape '{node.name}' splits channels that are not one group into heads")
+    segment = layout[0]
+    heads = segment.count // head_dim
+    if segment.count % head_dim or (isinstance(out[p], int) and out[p] != heads):
+        raise Unsafe(f"Reshape '{node.name}' splits the channels unevenly")
+    try:
+        b.coarsen(segment.group, head_dim)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise Unsafe(f"Reshape '{node.name}' splits channels into heads, but {e}") from e
+    split = (Segment(segment.group, heads),)
+    carry(b, node, -2, split)
+    b.targets.append((node, np.array([0] * p + [-1, head_dim], dtype=np.int64), split))
 
 
 def _reshape_target(node: ir.Node) -> tuple[np.ndarray | None, ir.Value | None]:

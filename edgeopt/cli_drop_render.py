@@ -61,6 +61,8 @@ def drop_tables(result: DropFileResult, *, show_report: bool) -> Group:
         fidelity.add_row("refitted projections", str(len(r.repaired)))
     if r.steps:
         fidelity.add_row("--max-drop evaluations", str(len(r.steps)))
+    for i, s in enumerate(r.greedy, start=1):
+        fidelity.add_row(f"greedy pick {i}: {s.name}", f"cosine {s.output_cosine:.4f}")
     parts.append(fidelity)
     parts.append(f"wrote {result.output}")
     return Group(*parts)
@@ -70,5 +72,5 @@ def drop_json(result: DropFileResult) -> dict[str, Any]:
     r = result.result
     return {"output": str(result.output), "before": result.before.as_dict(), "after": result.after.as_dict(),
             "dropped": list(r.dropped), "metric": r.metric, "score": r.score, "repaired": r.repaired,
-            "ranking": [asdict(s) for s in r.scores],
+            "ranking": [asdict(s) for s in r.scores], "greedy": [asdict(s) for s in r.greedy],
             "steps": [{"kept": list(s.float_nodes), "score": s.score, "drop": s.drop} for s in r.steps]}

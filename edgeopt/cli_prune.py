@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the result.")] = None,
         ratio: Annotated[float, typer.Option(help="Fraction of channels to remove (sparsity with "
                                              "--unstructured).")] = 0.3,
-        criterion: Annotated[str, typer.Option(help="l1 | l2 | bn | activation")] = "l1",
+        criterion: Annotated[str, typer.Option(help="l1 | l2 | bn | activation | reconstruction (the last two "
+                                               "need --calib)")] = "l1",
         scope: Annotated[str, typer.Option(help="uniform (same ratio per group) | global (one ranking)")] = "uniform",
         calib: Annotated[str | None, typer.Option(help="Sample data for activation/--repair: folder of "
                                                   ".npy/.npz or images, or random:N.")] = None,
@@ -34,8 +35,12 @@ def register(app: typer.Typer) -> None:
         rounding: Annotated[str, typer.Option(help="up (prune less than asked) | down (as Torch-Pruning)")] = "up",
         max_ratio: Annotated[float, typer.Option(help="Never remove more than this fraction of a group.")] = 0.9,
         exclude: Annotated[list[str], typer.Option(help="Node-name pattern whose channels stay (repeatable).")] = [],  # noqa: B006
+        kinds: Annotated[str, typer.Option(help="all | channels | heads: which groups to prune (heads: whole "
+                                           "attention heads, Q/K/V/O together).")] = "all",
         repair: Annotated[bool, typer.Option("--repair", help="Refit the next layers by least squares "
                                              "on --calib data.")] = False,
+        reestimate_bn: Annotated[bool, typer.Option("--reestimate-bn", help="Recompute the statistics of the "
+                                                    "BatchNorms left in the graph on --calib data.")] = False,
         unstructured: Annotated[bool, typer.Option("--unstructured", help="Zero the smallest weights instead "
                                                    "(no speed-up; smaller zipped file).")] = False,
         plan: Annotated[bool, typer.Option("--plan", help="Print the channel groups; write nothing.")] = False,
@@ -50,8 +55,9 @@ def register(app: typer.Typer) -> None:
         if output is None and not plan:
             raise typer.BadParameter("give -o OUTPUT, or --plan to only print the groups.", param_hint="--output")
         config = _quantize_config(PruneConfig, ratio=ratio, criterion=criterion, scope=scope, round_to=round_to,
-                                  rounding=rounding, max_ratio=max_ratio, exclude=tuple(exclude), samples=samples,
-                                  repair=repair, unstructured=unstructured)
+                                  rounding=rounding, max_ratio=max_ratio, exclude=tuple(exclude), kinds=kinds,
+                                  samples=samples, repair=repair, reestimate_bn=reestimate_bn,
+                                  unstructured=unstructured)
         with samples_progress(err, disable=as_json) as progress:
             result = prune_file(model, output, config, calibration=calib, plan_only=plan, in_place=in_place,
                                 on_batch=lambda n: progress("calibration", n))
@@ -64,7 +70,8 @@ def register(app: typer.Typer) -> None:
 
 
 def plan_table(plan: PrunePlan) -> Table:
-    """One row per group: sources, channels kept, sinks, and why a group is left alone."""
+    """One row per group: sources, channels (or attention heads of D features) kept, sinks, and
+    why a group is left alone."""
     before, after = plan.channels
     table = Table(title=f"channel groups ({plan.criterion}, {plan.scope}, ratio {plan.ratio:g}): "
                         f"{before} -> {after} channels")
@@ -72,7 +79,8 @@ def plan_table(plan: PrunePlan) -> Table:
         table.add_column(column, justify="right" if column in ("group", "channels") else "left")
     for g in plan.groups:
         status = g.reason or ("pruned" if g.keep < g.size else "kept (rounding or cap)")
-        table.add_row(str(g.id), _names(g.sources), f"{g.size} -> {g.keep}", _names(g.sinks), status)
+        size = f"{g.size} -> {g.keep}" + (f" heads ({g.head_dim})" if g.head_dim else "")
+        table.add_row(str(g.id), _names(g.sources), size, _names(g.sinks), status)
     return table
 
 

@@ -3,8 +3,8 @@
 Each target gets its own copy of the model, runs its ``prepare()`` passes, is
 checked, and exports into ``OUT/<target>/`` (staged in a temporary folder and
 moved into place, so a failed export leaves nothing half-written). A target
-that fails is recorded in the manifest with its error class and message, and
-the others go on.
+that fails is recorded in the manifest with its error class and message, its
+folder (say, from an earlier compile) is removed, and the others go on.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def compile_model(
     reader, described = _reader(calibration, model)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # writable, before any target runs
     except OSError as e:
-        raise ModelSaveError(f"{out}: cannot create the output folder ({e}).") from e
+        raise ModelSaveError(f"{out}: cannot create the output folder ({e}). Check the path is writable.") from e
     entries = []
     for target in chosen:
         if on_target:
@@ -152,6 +153,8 @@ def _compile_one(target: Target, model: ir.Model, out: Path, reader: Calibration
         if not isinstance(e, EdgeoptError):
             logger.debug("target %s failed unexpectedly", target.name, exc_info=True)
         message = " ".join(str(e).split()) or type(e).__name__
+        # no artifact may sit beside a manifest that says the target failed (an earlier run's, or this one's)
+        shutil.rmtree(out / target.name, ignore_errors=True)
         return ArtifactEntry(*base, error=type(e).__name__, message=message,
                              seconds=round(time.perf_counter() - start, 3))
     finally:

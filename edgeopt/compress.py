@@ -115,8 +115,8 @@ def _compress(
         pass_(model)
     out = save_model(model, output)
     reader = _reader(calibration, model_path)
-    evaluation = list(batches(reader, reference, limit=samples)) if reader is not None \
-        else [random_feeds(reference, seed=i, default_dim=8) for i in range(2)]
+    evaluation: Iterable[Feeds] = batches(reader, reference, limit=samples) if reader is not None \
+        else (random_feeds(reference, seed=i, default_dim=8) for i in range(2))  # one batch at a time
     changes = [dict(vars(row)) for pass_ in passes for row in getattr(pass_, "last_report", [])]
     return CompressResult(out, before, summarize(load_model(out)), file_size(model_path), file_size(out),
                           output_fidelity(reference, model, evaluation), changes)

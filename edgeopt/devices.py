@@ -8,12 +8,12 @@ into a local folder. ``parse_device`` reads the ``--device`` spec:
 
 from __future__ import annotations
 
-import io
 import shlex
 import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,11 +117,10 @@ class SshDevice:
             raise DeviceError(f"{self.spec}: mktemp -d answered {remote!r}, not a folder. Check the remote shell.")
         folder = shlex.quote(remote)
         try:
-            _run(self._ssh(f"tar -C {folder} -xf -"), f"{self.spec}: push", stdin=_tar(bundle))
+            _stream(self._ssh(f"tar -C {folder} -xf -"), f"{self.spec}: push", send=bundle)
             log = _run(self._ssh(f"cd {folder} && {shlex.quote(self.python)} run_bundle.py . --out outputs"),
                        f"{self.spec}: run_bundle.py").stdout.decode(errors="replace")
-            pulled = _run(self._ssh(f"tar -C {folder}/outputs -cf - ."), f"{self.spec}: pull").stdout
-            _untar(pulled, results)
+            _stream(self._ssh(f"tar -C {folder}/outputs -cf - ."), f"{self.spec}: pull", receive=results)
         finally:
             subprocess.run(self._ssh(f"rm -rf {folder}"), capture_output=True, timeout=120, check=False)
         return log
@@ -162,15 +161,32 @@ class AdbDevice:
         return log
 
 
-def _tar(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in sorted(folder.iterdir()):
-            archive.add(path, arcname=path.name)
-    return buffer.getvalue()
-
-
-def _untar(data: bytes, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as archive:
-        archive.extractall(dest, filter="data")
+def _stream(command: list[str], what: str, *, send: Path | None = None, receive: Path | None = None) -> None:
+    """Run ``command`` with the contents of ``send`` tarred into its stdin, or its stdout untarred into
+    ``receive``, a block at a time: memory stays bounded whatever the bundle's size."""
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE if send else subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE if receive else subprocess.DEVNULL, stderr=errors)
+        except FileNotFoundError as e:
+            raise DeviceError(f"{what}: '{command[0]}' is not installed or not on PATH. Install it first.") from e
+        broken = ""
+        try:
+            if send is not None:
+                assert process.stdin is not None
+                with process.stdin, tarfile.open(fileobj=process.stdin, mode="w|") as archive:
+                    for path in sorted(send.iterdir()):
+                        archive.add(path, arcname=path.name)
+            if receive is not None:
+                assert process.stdout is not None
+                receive.mkdir(parents=True, exist_ok=True)
+                with process.stdout, tarfile.open(fileobj=process.stdout, mode="r|") as archive:
+                    archive.extractall(receive, filter="data")
+            code = process.wait(timeout=_TIMEOUT_S)
+        except (OSError, tarfile.TarError, subprocess.TimeoutExpired) as e:
+            process.kill()
+            code, broken = process.wait() or 1, f"{type(e).__name__}: {e}"
+        if code != 0:
+            errors.seek(0)
+            tail = errors.read().decode(errors="replace").strip().splitlines()[-3:] or [broken]
+            raise DeviceError(f"{what} failed (exit {code}): {' | '.join(t for t in tail if t) or 'no output'}.")

@@ -4,6 +4,9 @@ Shared by ``edgeopt drop-layers``, the benchmark and the docs. ``--max-drop`` is
 same greedy search as quantization's fallback (:func:`edgeopt.quant_analysis.fallback`):
 blocks are kept in order of impact, most harmful first, and the fewest kept (so the
 most dropped) whose metric stays within budget wins, in a bounded number of evaluations.
+``--count K --rescore N`` picks the K blocks greedily instead of from the one-shot ranking:
+after each pick, the N best remaining blocks are re-scored on the model with the picks so
+far dropped (:func:`edgeopt.block_scoring.greedy_pick`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from edgeopt.block_scoring import Batches, BlockScore, Metric, MetricName, fidelity_metric, score_blocks
+from edgeopt.block_scoring import Batches, BlockScore, Metric, MetricName, fidelity_metric, greedy_pick, score_blocks
 from edgeopt.errors import PassOptionError
 from edgeopt.inspect_model import ModelSummary, summarize
 from edgeopt.model_io import load_model, save_model
@@ -41,6 +44,9 @@ class DropConfig:
     samples: int | None = None
     batch_size: int | None = None
     max_evaluations: int = 10
+    rescore: int = 0
+    """With ``count``: after each pick, re-score this many of the best remaining blocks on the
+    model with the picks so far dropped, and pick the best (0: the one-shot ranking)."""
 
 
 @dataclass
@@ -56,6 +62,8 @@ class DropResult:
     repaired: list[str] = field(default_factory=list)
     steps: list[FallbackStep] = field(default_factory=list)
     """``--max-drop`` evaluations; ``float_nodes`` lists the blocks *kept*."""
+    greedy: list[BlockScore] = field(default_factory=list)
+    """``rescore``: the picks in order, each scored with all earlier picks dropped too."""
 
 
 @dataclass
@@ -93,6 +101,8 @@ def drop_layers(
     """
     if (config.count is None) == (config.max_drop is None):
         raise PassOptionError("drop-layers: give exactly one of --count K and --max-drop X.")
+    if config.rescore < 0 or (config.rescore and config.count is None):
+        raise PassOptionError(f"drop-layers: --rescore {config.rescore} needs --count K and must be 0 or more.")
     blocks = find_blocks(model, config.granularity)
     if scores is None:
         scores = score_blocks(model, blocks, data, output=config.output, on_block=on_block)
@@ -110,9 +120,19 @@ def drop_layers(
         if not 0 <= config.count <= len(scores):
             raise PassOptionError(f"drop-layers: --count {config.count}, but {len(scores)} "
                                   f"{config.granularity}(s) can be dropped. Use 0 to {len(scores)}.")
-        kept = [s.name for s in scores[config.count:]]
+        greedy: list[BlockScore] = []
+        if config.rescore and config.count > 1:
+            done = len(scores)
+            greedy = greedy_pick(model, blocks, scores, data, config.count, width=config.rescore,
+                                 output=config.output, on_block=None if on_block is None else
+                                 lambda i: on_block(done + i))
+            picked = {s.name for s in greedy}
+            kept = [s.name for s in scores if s.name not in picked]
+        else:
+            kept = [s.name for s in scores[config.count:]]
         result, repaired = build(kept)
-        return DropResult(result, blocks, scores, _dropped(blocks, kept, scores), metric(result), name, repaired)
+        return DropResult(result, blocks, scores, _dropped(blocks, kept, scores), metric(result), name, repaired,
+                          greedy=greedy)
     assert config.max_drop is not None
     repaired_by_model: dict[int, list[str]] = {}
 

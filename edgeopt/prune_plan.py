@@ -4,7 +4,8 @@
 channel of every prunable group together (scores divided by their group's mean,
 so layers of different scale compare) and removes the lowest ``ratio`` of all.
 Either way a group keeps at least ``1 - max_ratio`` of its channels, and the kept
-count is rounded *up* to a multiple of ``round_to`` (never above the group size),
+count is rounded *up* to a multiple of ``round_to`` features (never above the group size;
+a group of attention heads of ``head_dim`` features rounds its head count accordingly),
 so rounding prunes less rather than more; ``rounding="down"`` rounds as Torch-Pruning
 does (prunes more, but keeps at least ``round_to``).
 """
@@ -21,6 +22,8 @@ from edgeopt.channel_groups import ChannelGroup
 
 Scope = Literal["uniform", "global"]
 Rounding = Literal["up", "down"]
+Kinds = Literal["all", "channels", "heads"]
+"""Which groups a run prunes: every group, plain channels only, or attention heads only."""
 
 
 @dataclass
@@ -34,10 +37,12 @@ class GroupPlan:
     sinks: list[str]
     reason: str | None = None
     removed: list[int] = field(default_factory=list)
+    head_dim: int | None = None
+    """Attention heads of this many features (None: plain channels)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "size": self.size, "keep": self.keep, "sources": self.sources,
-                "sinks": self.sinks, "reason": self.reason}
+                "sinks": self.sinks, "reason": self.reason, "head_dim": self.head_dim}
 
 
 @dataclass
@@ -92,7 +97,8 @@ def select(
         wanted = {g.id: g.size - int(np.sum(normalized[g.id] <= threshold)) for g in scored}
     removed: dict[int, np.ndarray] = {}
     for group in scored:
-        keep = keep_count(group.size, wanted[group.id], round_to=round_to, max_ratio=max_ratio, rounding=rounding)
+        unit = round_to // math.gcd(round_to, group.width)  # heads of 32 features are aligned already
+        keep = keep_count(group.size, wanted[group.id], round_to=unit, max_ratio=max_ratio, rounding=rounding)
         if keep < group.size:
             order = np.argsort(scores[group.id], kind="stable")  # lowest first
             removed[group.id] = np.sort(order[:group.size - keep]).astype(np.int64)
@@ -105,7 +111,7 @@ def make_plan(
     rows = [
         GroupPlan(id=g.id, size=g.size, keep=g.size - int(removed.get(g.id, np.zeros(0)).size),
                   sources=list(g.sources), sinks=list(g.sinks), reason=g.reason,
-                  removed=[int(i) for i in removed.get(g.id, np.zeros(0, dtype=np.int64))])
+                  removed=[int(i) for i in removed.get(g.id, np.zeros(0, dtype=np.int64))], head_dim=g.head_dim)
         for g in groups
     ]
     return PrunePlan(rows, criterion, ratio, scope)

@@ -17,7 +17,7 @@ from typing import Any
 from edgeopt.channel_importance import Criterion
 from edgeopt.inspect_model import ModelSummary, summarize
 from edgeopt.model_io import load_model, save_model
-from edgeopt.prune_plan import PrunePlan, Rounding, Scope
+from edgeopt.prune_plan import Kinds, PrunePlan, Rounding, Scope
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,10 @@ class PruneConfig:
     max_ratio: float = 0.9
     rounding: Rounding = "up"
     exclude: tuple[str, ...] = ()
+    kinds: Kinds = "all"
     samples: int | None = None
     repair: bool = False
+    reestimate_bn: bool = False
     unstructured: bool = False
 
 
@@ -90,9 +92,9 @@ def prune_file(
     else:
         channels = PruneChannelsPass(
             ratio=config.ratio, criterion=config.criterion, scope=config.scope, round_to=config.round_to,
-            max_ratio=config.max_ratio, rounding=config.rounding, exclude=config.exclude, calibration=calibration,
-            samples=config.samples, repair=config.repair and not plan_only, plan_only=plan_only,
-            on_batch=on_batch)
+            max_ratio=config.max_ratio, rounding=config.rounding, exclude=config.exclude, kinds=config.kinds,
+            calibration=calibration, samples=config.samples, repair=config.repair and not plan_only,
+            reestimate_bn=config.reestimate_bn and not plan_only, plan_only=plan_only, on_batch=on_batch)
         channels(model)
         result.plan = channels.plan
         if plan_only:

@@ -64,8 +64,8 @@ class Scorer:
             r, g = ref.astype(np.float64), got.astype(np.float64)
             self.signal += float((r * r).sum())
             self.noise += float(((r - g) ** 2).sum())
-            if r.size:
-                self.max_abs = max(self.max_abs, float(np.abs(r - g).max()))
+            if r.size:  # np.maximum keeps a NaN (Python's max would drop it and hide a broken output)
+                self.max_abs = float(np.maximum(self.max_abs, np.abs(r - g).max()))
         r2, g2 = primary_ref.reshape(rows, -1), primary.reshape(rows, -1)
         norms = np.linalg.norm(r2, axis=1) * np.linalg.norm(g2, axis=1)
         same = np.all(r2 == g2, axis=1)

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgeopt import bundle_runner
-from edgeopt.errors import CalibrationDataError, EdgeoptError
-from edgeopt.manifest import ArtifactEntry, artifact_path, read_manifest
+from edgeopt.errors import CalibrationDataError, EdgeoptError, ModelLoadError
+from edgeopt.manifest import ArtifactEntry, artifact_path, read_manifest, sha256
 from edgeopt.model_io import load_model
 from edgeopt.runtime import Feeds, run_session
 from edgeopt.scoring import CustomMetric, Scorer, Scores, percentiles_ms
@@ -149,6 +149,11 @@ def validate(
     folder = Path(out_dir).resolve()
     manifest = read_manifest(folder)
     reference_path = Path(reference).resolve()
+    if reference_path == Path(manifest.source) and reference_path.is_file() \
+            and sha256(reference_path) != manifest.source_sha256:
+        raise ModelLoadError(f"{reference_path}: changed since edgeopt compile (its sha256 differs from the "
+                             "manifest's), so it is not what the artifacts were built from. Re-run edgeopt "
+                             "compile, or give --reference the model compile used.")
     reference_model = load_model(reference_path)
     session = _reference_session(reference_path)
     report = ValidationReport(str(folder), str(reference_path), os.fspath(data), labels, metric, "host", batch_size)

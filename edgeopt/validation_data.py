@@ -70,6 +70,12 @@ def _with_label_key(data: str | os.PathLike[str], model: ir.Model, key: str, bat
             )
         feeds = {name: item[name] for name in names if name in item}
         check_feeds(model, feeds, source=str(reader.files[index]))
+        rows_here = {len(a) for a in feeds.values() if np.ndim(a)}
+        if np.ndim(item[key]) == 0 or rows_here != {len(item[key])}:
+            raise CalibrationDataError(
+                f"{reader.files[index]}: '{key}' holds {np.shape(item[key])} labels for inputs of "
+                f"{sorted(rows_here)} rows. Store one label per sample (as many rows as the inputs)."
+            )
         pending.append((feeds, item[key]))
         rows += len(item[key])
         while rows >= batch_size or (limit is not None and seen + rows >= limit):

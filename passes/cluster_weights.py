@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from edgeopt.errors import PassOptionError
 from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.codebook import Codebook, Init, cluster, decode_nodes
+from edgeopt.passes.codebook import DECODE_KEY, Codebook, Init, cluster, decode_nodes
 from edgeopt.passes.rewire import Constants, const_array, is_default_domain, value_names
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ class ClusterWeightsPass(EdgeoptPass):
         axes = set()
         for node, slot in value.uses():
             if node.op_type not in self.op_types or not is_default_domain(node) \
-                    or slot not in _WEIGHT_SLOTS[node.op_type] or node.graph is None:
+                    or slot not in _WEIGHT_SLOTS[node.op_type] or node.graph is None \
+                    or DECODE_KEY in node.metadata_props:  # a decode chain's own constant
                 return False
             axes.add(_channel_axis(node, slot, array.ndim))
         axis = axes.pop() if (self.per_channel or self.channel_scale) and len(axes) == 1 else None

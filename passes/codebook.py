@@ -41,6 +41,8 @@ import onnx_ir as ir
 from edgeopt.passes.rewire import Constants
 
 Init = Literal["optimal", "quantile", "linear"]
+DECODE_KEY = "edgeopt.codebook_decode"
+"""Node ``metadata_props`` key marking the decode chain (its constants are never weights to cluster)."""
 _BINS = 1024
 
 
@@ -218,6 +220,7 @@ def decode_nodes(
     def add(op: str, *inputs: ir.Value, **attributes: int | float) -> ir.Value:
         node = ir.Node("", op, inputs, attributes=[_attr(key, v) for key, v in attributes.items()],
                        name=f"{name}_decode_{len(nodes)}_{op}")
+        node.metadata_props[DECODE_KEY] = name
         nodes.append(node)
         return node.outputs[0]
 

@@ -70,6 +70,9 @@ class DropLayersPass(EdgeoptPass):
         calibration: Sample data (a re-iterable of feeds, or a path/spec for
             :func:`edgeopt.calib_data.open_reader`); needed by ``count`` and ``repair``.
         output: The graph output that scoring compares (default: the first).
+        rescore: With ``count``: pick greedily, re-scoring this many of the best remaining
+            blocks after each pick with the picks so far dropped (0: rank once; see
+            :func:`edgeopt.block_scoring.greedy_pick`).
         repair: Refit the projections right after each dropped block by least squares
             so that they reproduce the original model's (see :mod:`edgeopt.drop_repair`).
         samples: Use at most this many calibration samples.
@@ -89,6 +92,7 @@ class DropLayersPass(EdgeoptPass):
         granularity: Literal["layer", "block"] = "layer",
         calibration: str | Iterable[Feeds] | None = None,
         output: str | None = None,
+        rescore: int = 0,
         repair: bool = False,
         samples: int | None = None,
         batch_size: int | None = None,
@@ -103,7 +107,10 @@ class DropLayersPass(EdgeoptPass):
         self.count = count
         self.granularity = granularity
         self.calibration = calibration
+        if rescore < 0 or (rescore and not count):
+            raise PassOptionError(f"drop-layers: rescore {rescore} needs count and must be 0 or more.")
         self.output = output
+        self.rescore = rescore
         self.repair = repair
         self.samples = samples
         self.batch_size = batch_size
@@ -111,6 +118,7 @@ class DropLayersPass(EdgeoptPass):
 
     def _request(self) -> str:
         what = ",".join(self.blocks) if self.blocks else f"count={self.count}"
+        what += f" rescore={self.rescore}" if self.rescore else ""
         return f"{self.granularity}:{what}{' repaired' if self.repair else ''}"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -136,13 +144,16 @@ class DropLayersPass(EdgeoptPass):
                 raise PassOptionError(f"drop-layers: no {unknown[0]} in this model (it has "
                                       f"{', '.join(found) or 'no droppable blocks'}). See edgeopt drop-layers --plan.")
             return [found[name] for name in found if name in self.blocks]
-        from edgeopt.block_scoring import score_blocks
+        from edgeopt.block_scoring import greedy_pick, score_blocks
 
-        ranked = score_blocks(model, list(found.values()), self._data(model), output=self.output,
-                              on_block=self.on_block)
+        data = self._data(model)
+        ranked = score_blocks(model, list(found.values()), data, output=self.output, on_block=self.on_block)
         if len(ranked) < self.count:
             raise PassOptionError(f"drop-layers: count {self.count} but only {len(ranked)} {self.granularity}(s) "
                                   "can be dropped. Lower the count.")
+        if self.rescore and self.count > 1:
+            ranked = greedy_pick(model, list(found.values()), ranked, data, self.count, width=self.rescore,
+                                 output=self.output)
         names = {s.name for s in ranked[: self.count]}
         return [b for b in found.values() if b.name in names]
 

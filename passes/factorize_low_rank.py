@@ -42,6 +42,9 @@ from edgeopt.runtime import Feeds
 logger = logging.getLogger(__name__)
 
 _FLOATS = (np.float16, np.float32, np.float64)
+FACTOR_KEY = "edgeopt.low_rank_factor"
+"""Node ``metadata_props`` key on both factors of a factorized layer: never factorized again
+(a factor is full rank r, so an energy below 1 would shrink it on every run)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,8 @@ class FactorizeLowRankPass(EdgeoptPass):
 
 
 def _eligible(node: ir.Node, min_elements: int) -> bool:
+    if FACTOR_KEY in node.metadata_props:
+        return False
     matrix = _weight_matrix(node)
     return matrix is not None and matrix.size >= min_elements
 
@@ -261,6 +266,7 @@ def _rewrite_matmul(node: ir.Node, first: np.ndarray, second: np.ndarray, new: C
     node.graph.insert_before(node, inner)
     node.replace_input_with(0, inner.outputs[0])
     node.replace_input_with(1, new.add(f"{base}_lowrank_q", second))
+    inner.metadata_props[FACTOR_KEY] = node.metadata_props[FACTOR_KEY] = "first,second"
 
 
 def _rewrite_gemm(node: ir.Node, first: np.ndarray, second: np.ndarray, new: Constants) -> None:
@@ -280,6 +286,7 @@ def _rewrite_conv(node: ir.Node, first: np.ndarray, second: np.ndarray, new: Con
     node.graph.insert_before(node, reduce)
     node.replace_input_with(0, reduce.outputs[0])
     node.replace_input_with(1, new.add(f"{base}_lowrank_q", second.T.reshape(second.shape[::-1] + kernel)))
+    reduce.metadata_props[FACTOR_KEY] = node.metadata_props[FACTOR_KEY] = "first,second"
     for name in ("strides", "pads", "auto_pad", "dilations"):
         node.attributes.pop(name, None)
 

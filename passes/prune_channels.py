@@ -19,13 +19,13 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.channel_groups import ChannelGroups, build_groups, kept_length, positions
-from edgeopt.channel_importance import Criterion, activation_scores, weight_scores
+from edgeopt.channel_importance import CALIBRATED, Criterion, activation_scores, reconstruction_scores, weight_scores
 from edgeopt.errors import CalibrationDataError, PassOptionError
 from edgeopt.pass_base import EdgeoptPass
 from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.prune_common import write_constant
 from edgeopt.passes.topological_sort import TopologicalSortPass
-from edgeopt.prune_plan import PrunePlan, Rounding, Scope, make_plan, select
+from edgeopt.prune_plan import Kinds, PrunePlan, Rounding, Scope, make_plan, select
 from edgeopt.prune_repair import SinkFit, bias_add, fit_sinks, fittable
 from edgeopt.runtime import Feeds
 
@@ -45,15 +45,21 @@ class PruneChannelsPass(EdgeoptPass):
 
     Args:
         ratio: Fraction of channels to remove (per group, or of all channels with ``scope="global"``).
-        criterion: ``l1`` | ``l2`` weight magnitude, ``bn`` BatchNorm scale, ``activation`` (needs calibration).
+        criterion: ``l1`` | ``l2`` weight magnitude, ``bn`` BatchNorm scale, ``activation`` (mean ``|x|``) or
+            ``reconstruction`` (change of the next layer's output, ``||W[:, c]||^2 * E[x_c^2]``): these two need
+            calibration.
         scope: ``uniform`` (every group the same ratio) or ``global`` (one ranking of all channels).
         round_to: Round kept channel counts to a multiple of this.
         rounding: ``up`` (prune less than asked rather than more) or ``down`` (as Torch-Pruning).
         max_ratio: Never remove more than this fraction of a group.
         exclude: Node-name patterns (fnmatch): groups produced by a matching node are left alone.
+        kinds: Which groups to prune: ``all``, ``channels`` (not attention heads) or ``heads`` (only
+            whole attention heads: Q/K/V output features in blocks of head_dim and the O projection's rows).
         calibration: Sample data (path/spec or re-iterable of feeds) for ``activation`` and ``repair``.
         samples: Use at most this many calibration samples.
         repair: Refit the layers that lost input channels by least squares on calibration data.
+        reestimate_bn: Recompute the running mean/var of the BatchNorms left in the graph on calibration
+            data after pruning (:mod:`edgeopt.bn_reestimate`); for models not cleaned up, or BN that cannot fold.
         plan_only: Compute ``self.plan`` and change nothing.
         on_batch: Called with the samples seen so far while streaming calibration data (progress bars).
     """
@@ -65,27 +71,34 @@ class PruneChannelsPass(EdgeoptPass):
     def __init__(
         self, *, ratio: float = 0.3, criterion: Criterion = "l1", scope: Scope = "uniform", round_to: int = 8,
         max_ratio: float = 0.9, rounding: Rounding = "up", exclude: tuple[str, ...] = (),
+        kinds: Kinds = "all",
         calibration: str | Iterable[Feeds] | None = None,
-        samples: int | None = None, repair: bool = False, plan_only: bool = False,
+        samples: int | None = None, repair: bool = False, reestimate_bn: bool = False, plan_only: bool = False,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= ratio < 1.0 or not 0.0 <= max_ratio < 1.0:
             raise PassOptionError(f"prune-channels: ratio and max_ratio must be in [0, 1), got {ratio}, {max_ratio}.")
-        if criterion not in ("l1", "l2", "bn", "activation"):
-            raise PassOptionError(f"prune-channels: criterion must be l1, l2, bn or activation, got {criterion!r}.")
+        if criterion not in ("l1", "l2", "bn", "activation", "reconstruction"):
+            raise PassOptionError("prune-channels: criterion must be l1, l2, bn, activation or reconstruction, "
+                                  f"got {criterion!r}.")
         if scope not in ("uniform", "global"):
             raise PassOptionError(f"prune-channels: scope must be uniform or global, got {scope!r}.")
         if rounding not in ("up", "down"):
             raise PassOptionError(f"prune-channels: rounding must be up or down, got {rounding!r}.")
+        if kinds not in ("all", "channels", "heads"):
+            raise PassOptionError(f"prune-channels: kinds must be all, channels or heads, got {kinds!r}.")
         if round_to < 1:
             raise PassOptionError(f"prune-channels: round_to must be at least 1, got {round_to}.")
-        if calibration is None and (criterion == "activation" or repair):
-            raise CalibrationDataError("prune-channels: criterion 'activation' and repair need calibration data; "
+        if calibration is None and (criterion in CALIBRATED or repair or reestimate_bn):
+            raise CalibrationDataError("prune-channels: criteria 'activation', 'reconstruction', repair and "
+                                       "reestimate-bn need calibration data; "
                                        "pass --calib DATA (a folder of .npz/.npy or images, or random:N).")
         self.ratio, self.criterion, self.scope, self.round_to = ratio, criterion, scope, round_to
         self.max_ratio, self.exclude, self.calibration, self.samples = max_ratio, exclude, calibration, samples
         self.repair, self.plan_only, self.on_batch, self.rounding = repair, plan_only, on_batch, rounding
+        self.kinds, self.reestimate_bn = kinds, reestimate_bn
+        self.bn_reestimated = 0
         self.plan: PrunePlan | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -96,6 +109,8 @@ class PruneChannelsPass(EdgeoptPass):
             matched = [s for s in group.sources if any(fnmatch.fnmatchcase(s, p) for p in self.exclude)]
             if matched:
                 group.reason = f"excluded ({matched[0]})"
+            elif self.kinds != "all" and (group.head_dim is not None) != (self.kinds == "heads"):
+                group.reason = f"not selected (kinds={self.kinds})"
         removed = select(groups.groups, self._scores(model, groups), ratio=self.ratio, scope=self.scope,
                          round_to=self.round_to, max_ratio=self.max_ratio, rounding=self.rounding)
         self.plan = make_plan(groups.groups, removed, criterion=self.criterion, ratio=self.ratio, scope=self.scope)
@@ -117,16 +132,23 @@ class PruneChannelsPass(EdgeoptPass):
         for fit, (weight, bias) in zip(fits, solutions, strict=True):
             _write_fit(model, fit, weight, bias, removal)
         logger.info("prune-channels: refit %d layer(s)", len(fits))
+        if self.reestimate_bn:
+            from edgeopt.bn_reestimate import reestimate_batchnorm
+
+            InferShapesPass()(model)
+            self.bn_reestimated = reestimate_batchnorm(model, self.calibration,  # type: ignore[arg-type]
+                                                       samples=self.samples, on_batch=self.on_batch)
         return ir.passes.PassResult(model, modified=True)
 
     def _scores(self, model: ir.Model, groups: ChannelGroups) -> dict[int, np.ndarray]:
         prunable = groups.prunable()
-        if self.criterion != "activation":
+        if self.criterion not in CALIBRATED:
             return weight_scores(prunable, self.criterion)
         if not prunable or self.ratio == 0:
             return {}
         assert self.calibration is not None
-        return activation_scores(model, groups, self.calibration, samples=self.samples, on_batch=self.on_batch)
+        scores = activation_scores if self.criterion == "activation" else reconstruction_scores
+        return scores(model, groups, self.calibration, samples=self.samples, on_batch=self.on_batch)
 
 
 def _const(value: ir.Value) -> np.ndarray:
@@ -162,6 +184,17 @@ def _update_shapes(groups: ChannelGroups, removed: dict[int, np.ndarray]) -> Non
         target = _const(value).copy()
         target[index] = kept_length(layout, removed)
         write_constant(value, target)
+    for node, array, layout in groups.targets:
+        if positions(layout, removed).size:
+            assert node.graph is not None
+            base = name = f"{node.name or 'reshape'}_pruned_shape"
+            while name in node.graph.initializers:
+                name = f"{base}_{len(node.graph.initializers)}"
+            fresh = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+            fresh.shape, fresh.dtype = ir.Shape(array.shape), ir.DataType.INT64
+            node.graph.register_initializer(fresh)
+            node.replace_input_with(1, fresh)
+            node.attributes["allowzero"] = ir.AttrInt64("allowzero", 0)  # 0 copies the input's dimension
 
 
 _IN_AXIS = {"Conv": 1, "MatMul": 0}

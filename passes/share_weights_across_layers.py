@@ -24,6 +24,10 @@ from edgeopt.pass_base import EdgeoptPass
 logger = logging.getLogger(__name__)
 
 _FLOATS = (np.float16, np.float32, np.float64)
+SHARED_KEY = "edgeopt.shared_weights"
+"""``model.metadata_props`` key listing the initializers that hold a group's shared tensor. They
+take no further part: a later run would otherwise compare other weights with the group's mean,
+not its members, and could share again with errors beyond the tolerance (not idempotent)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,8 @@ class ShareWeightsAcrossLayersPass(EdgeoptPass):
     Only float initializers of rank >= 2 with at least ``min_elements`` elements
     that are not graph inputs or outputs take part; each graph (subgraphs
     included) on its own. The group's first initializer keeps its name and holds
-    the mean; the others are removed. ``last_report`` lists every share. With
+    the mean; the others are removed. Shared tensors (listed in the model's
+    ``edgeopt.shared_weights`` metadata) are left alone by later runs. ``last_report`` lists every share. With
     ``tolerance=0`` only exact copies are shared.
 
     Args:
@@ -126,9 +131,11 @@ class ShareWeightsAcrossLayersPass(EdgeoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.last_report = []
+        done = set(filter(None, model.metadata_props.get(SHARED_KEY, "").split(",")))
         for graph in model.graphs():
-            weights = shareable_weights(graph, self.min_elements)
+            weights = {k: v for k, v in shareable_weights(graph, self.min_elements).items() if k not in done}
             for names, shared, errors in sharing_groups(weights, self.tolerance):
+                done.add(names[0])
                 keeper = graph.initializers[names[0]]
                 keeper.const_value = ir.tensor(shared, name=keeper.name)
                 for name, error in zip(names, errors, strict=True):
@@ -138,5 +145,7 @@ class ShareWeightsAcrossLayersPass(EdgeoptPass):
                         del graph.initializers[name]
                     logger.debug("share-weights-across-layers: %s -> %s, rel error %.3g", name, names[0], error)
         merged = sum(1 for s in self.last_report if s.name != s.shared_with)
+        if merged:
+            model.metadata_props[SHARED_KEY] = ",".join(sorted(done))
         logger.info("share-weights-across-layers: %d weight(s) now share another's tensor", merged)
         return ir.passes.PassResult(model, modified=merged > 0)

@@ -12,6 +12,7 @@ can tell):
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -66,10 +67,15 @@ def supports(ep: Ep, node: ir.Node) -> bool:
     return node.domain == "com.microsoft" and node.op_type in microsoft
 
 
-def partition(model: ir.Model, ep: Ep) -> list[Placement]:
+FLOAT_NOTE = "left in float by the quantizer: runs in float (fp16 on QNN HTP), not in the QDQ precision"
+
+
+def partition(model: ir.Model, ep: Ep, *, unquantized: Collection[int] = ()) -> list[Placement]:
     """Every main-graph node with the device it lands on (nodes in subgraphs go with their parent).
 
     ``Constant`` nodes are left out: ORT turns them into initializers when it loads a model.
+    ``unquantized``: indices (in ``model.graph``) of nodes the QDQ artifact computes in float
+    (:func:`unquantized_nodes`); their NPU placements say so.
     """
     name = EP_NAMES[ep]
     table = []
@@ -79,15 +85,55 @@ def partition(model: ir.Model, ep: Ep) -> list[Placement]:
         label = node.name or f"#{index}"
         op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
         if supports(ep, node):
-            table.append(Placement(label, op, "npu"))
+            table.append(Placement(label, op, "npu", FLOAT_NOTE if index in unquantized else ""))
         else:
             table.append(Placement(label, op, "cpu", f"{name} has no builder for {op}"))
     return table
 
 
 def summary(table: list[Placement], ep: Ep) -> str:
-    """One line: how many nodes run on the NPU and which ops fall back."""
+    """One line: how many nodes run on the NPU, which ops fall back, which stay float."""
     on_cpu = sorted({p.op for p in table if p.device == "cpu"})
     npu = sum(p.device == "npu" for p in table)
     fallback = f"; CPU fallback: {', '.join(on_cpu)}" if on_cpu else "; no CPU fallback"
+    floats = sorted({p.op for p in table if p.device == "npu" and p.reason == FLOAT_NOTE})
+    if floats:
+        fallback += f"; not quantized (float on the NPU): {', '.join(floats)}"
     return f"{EP_NAMES[ep]} partition: {npu} of {len(table)} node(s) on the NPU{fallback}"
+
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
+
+
+def unquantized_nodes(float_model: ir.Model, quantized: ir.Model) -> set[int]:
+    """Indices (in ``float_model.graph``) of the nodes that ``quantized``, its QDQ form, still computes in float.
+
+    A node is float when a float activation reaches it from anything but a ``DequantizeLinear``, or a
+    float output of it goes anywhere but a ``QuantizeLinear``. The QDQ quantizer keeps the original
+    nodes in order, inserts Q/DQ pairs and drops a ``Relu``/``Clip`` it folds into the range before
+    it; so the nodes are paired in order, skipping float nodes with no counterpart. If the quantized
+    graph has a node left over, the pairing failed and nothing is claimed (empty set).
+    """
+    def compute(model: ir.Model) -> list[tuple[int, ir.Node]]:
+        return [(i, n) for i, n in enumerate(model.graph) if not (n.op_type in (*_QDQ, "Constant")
+                                                                  and n.domain in ("", "ai.onnx"))]
+
+    kept = iter(compute(quantized))
+    pairs, pending = [], next(kept, None)
+    for index, node in compute(float_model):
+        if pending is not None and pending[1].op_type == node.op_type:
+            pairs.append((index, pending[1]))
+            pending = next(kept, None)
+    if pending is not None:
+        return set()
+    outputs = set(quantized.graph.outputs)
+    floats = set()
+    for index, node in pairs:
+        inputs = [v for v in node.inputs if v is not None and v.dtype in _FLOATS and not v.is_initializer()
+                  and v.const_value is None]
+        if any(getattr(v.producer(), "op_type", None) != "DequantizeLinear" for v in inputs) or any(
+                o.dtype in _FLOATS and (o in outputs or any(c.op_type != "QuantizeLinear" for c, _ in o.uses()))
+                for o in node.outputs):
+            floats.add(index)
+    return floats

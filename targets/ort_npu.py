@@ -31,7 +31,7 @@ import onnx_ir as ir
 from edgeopt.errors import CalibrationDataError, PassOptionError
 from edgeopt.runtime import Feeds, create_session, run_model, run_session
 from edgeopt.target import CalibrationReader, Issue, raise_for_issues
-from edgeopt.targets.npu_ops import EP_NAMES, Ep, Placement, partition, summary
+from edgeopt.targets.npu_ops import EP_NAMES, Ep, Placement, partition, summary, unquantized_nodes
 from edgeopt.targets.ort import OrtCpuTarget
 
 logger = logging.getLogger(__name__)
@@ -137,11 +137,11 @@ class OrtNpuTarget(OrtCpuTarget):
         work = model.clone()
         self._static_shapes(strict=True, dims=_dims_from_data(work, calibration))(work)
         ClampMaskConstantsPass()(work)  # a -3.4e38 attention mask would make every range useless
-        table = partition(work, self.ep)
         float_model = work.clone()
         QuantizeStaticPass(calibration=calibration, per_channel=True, weight_type="int8",
                            activation_type="uint16" if self.activations == 16 else "uint8",
                            batch_size=_fixed_batch(work), samples=self.samples)(work)
+        table = partition(float_model, self.ep, unquantized=unquantized_nodes(float_model, work))
         shapes = ", ".join(f"{v.name}{list(v.shape or [])}" for v in work.graph.inputs if not v.is_initializer())
         notes = [summary(table, self.ep),
                  f"QDQ: uint{self.activations} activations (asymmetric), int8 symmetric per-channel weights",

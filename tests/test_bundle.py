@@ -120,3 +120,55 @@ def test_cli_bundle_then_validate_on_local_device(bundled: tuple[Path, Path], tm
     assert json.loads(scored.stdout)["artifacts"][0]["scores"] == payload["artifacts"][0]["scores"]
     with pytest.raises(ModelLoadError, match="not a bundle"):
         read_bundle(tmp_path)
+
+
+def test_a_broken_bundle_or_results_folder_is_a_one_line_error(bundled: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bundle = bundled
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    results = tmp_path / "results"
+    subprocess.run([sys.executable, str(copy / "run_bundle.py"), str(copy), "--out", str(results), "--only",
+                    "ort-cpu"], check=True, capture_output=True, timeout=300)
+    (results / "ort-cpu" / "000001_0.npy").unlink()  # a device that stopped half-way through copying
+    with pytest.raises(ModelLoadError, match=r"cannot score the outputs .*FileNotFoundError") as caught:
+        score_bundle(copy, results, where="test")
+    assert "\n" not in str(caught.value)
+    (copy / "host_report.json").unlink()
+    with pytest.raises(ModelLoadError, match="host_report.json"):
+        score_bundle(copy, results, where="test")
+    (copy / "bundle.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not a readable bundle"):
+        read_bundle(copy)
+
+
+def test_a_damaged_artifact_is_refused_on_the_device(bundled: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bundle = bundled
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    entry = read_bundle(copy)["artifacts"][0]
+    artifact = copy / entry["file"]
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"\0")  # one byte flipped on the way
+    done = subprocess.run([sys.executable, "run_bundle.py", ".", "--out", "outputs"], cwd=copy,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr  # the other artifacts still ran
+    expected = (f"{entry['target']}: ValueError: {artifact.relative_to(copy)}: sha256 differs from bundle.json "
+                "(damaged in transfer?). Copy the bundle again.")
+    assert [line for line in done.stderr.splitlines() if "sha256" in line] == [expected]
+    report = score_bundle(copy, copy / "outputs", where="test")
+    rows = {r.target: r for r in report.artifacts}
+    assert rows[entry["target"]].status == "run-failed" and rows[entry["target"]].error == "ValueError"
+    assert "sha256 differs" in str(rows[entry["target"]].message)
+    assert all(r.status == "ok" and r.matches_host for name, r in rows.items() if name != entry["target"])
+
+
+def test_an_unwritable_bundle_or_compile_folder_is_a_one_line_error(bundled: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    from edgeopt.errors import ModelSaveError
+
+    out, _ = bundled
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ModelSaveError, match="cannot create the bundle folder"):
+        write_bundle(out, tmp_path / "file" / "bundle", data=out.parent / "val.npz",
+                     reference=out.parent / "model.onnx")
+    with pytest.raises(ModelSaveError, match="cannot create the output folder"):  # /proc: exists, takes no files
+        compile_model(out.parent / "model.onnx", "/proc", targets=["ort-cpu"])

@@ -37,14 +37,26 @@ def test_residual_add_merges_branches_with_depthwise_concat_and_flatten() -> Non
     assert head.reason == "reaches graph output 'y'"
 
 
-def test_transformer_ffn_is_a_group_and_head_reshapes_are_refused() -> None:
+def test_transformer_ffn_is_a_group_and_heads_are_one_group_each() -> None:
     groups = _groups(prune_models.transformer_block())
-    by_source = {g.size: g for g in groups if g.prunable}
-    assert list(by_source) == [32]  # only the FFN's intermediate neurons
-    assert _members(by_source[32]) == {("w1", 1, 0, 1, "out"), ("b1", 0, 0, 1, "param"), ("w2", 0, 0, 1, "in")}
+    by_size = {g.size: g for g in groups if g.prunable}
+    assert sorted(by_size) == [2, 32]  # 2 heads of 8 features, the FFN's 32 intermediate neurons
+    assert _members(by_size[32]) == {("w1", 1, 0, 1, "out"), ("b1", 0, 0, 1, "param"), ("w2", 0, 0, 1, "in")}
+    assert by_size[2].head_dim == 8 and _members(by_size[2]) == {("wq", 1, 0, 8, "out"), ("wo", 0, 0, 8, "in")}
+    assert by_size[32].head_dim is None
     reasons = [g.reason for g in groups if not g.prunable]
-    assert any(r and "splits or moves the channels" in r for r in reasons)
     assert any(r and "operand 'x' spans the channels" in r for r in reasons)  # residual from a graph input
+
+
+def test_reshape_that_moves_the_channels_is_refused() -> None:
+    model = prune_models.build("""
+    net (float[N,6,16] x) => (float[N,16] y) {
+        q = MatMul(x, wq)
+        r = Reshape(q, shape)
+        y = MatMul(r, wo)
+    }""", {"wq": np.ones((16, 16)), "wo": np.ones((96, 16)), "shape": np.array([0, 96], np.int64)})
+    first = _groups(model)[0]
+    assert first.reason is not None and first.reason.endswith("splits or moves the channels")
 
 
 def test_op_without_rule_blocks_its_group_with_the_reason() -> None:

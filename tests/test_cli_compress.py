@@ -139,3 +139,29 @@ def test_errors_are_one_line(monkeypatch, capsys, tmp_path):
     assert "nothing to do with --clusters 0; give --clusters K or --across-layers" in capsys.readouterr().err
     result = CliRunner().invoke(cli.app, ["share-weights", str(model), "-o", "o.onnx", "--form", "zip"])
     assert result.exit_code == 2
+
+
+def test_fidelity_streams_the_sample_data(tmp_path):
+    """The fidelity check holds one batch of samples at a time, not the whole set."""
+    import weakref
+
+    from edgeopt.compress import share_weights_file
+
+    class Reader:
+        def __init__(self) -> None:
+            self.refs: list[weakref.ref] = []
+            self.most_alive = 0
+
+        def __iter__(self):
+            rng = np.random.default_rng(0)
+            for _ in range(8):
+                self.most_alive = max(self.most_alive, sum(r() is not None for r in self.refs))
+                x = rng.standard_normal((16, 64)).astype(np.float32)
+                self.refs.append(weakref.ref(x))
+                yield {"x": x}
+
+    reader = Reader()
+    result = share_weights_file(_mlp(tmp_path / "mlp.onnx"), tmp_path / "c.onnx", clusters=16,
+                                calibration=reader, samples=1000)
+    assert result.fidelity.samples == 8 * 16 and len(reader.refs) == 8
+    assert reader.most_alive <= 2  # held: the batch being compared and perhaps the one before

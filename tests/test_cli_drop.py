@@ -77,10 +77,23 @@ def test_max_drop_and_repair(model_path: Path, calib: Path, tmp_path: Path) -> N
     assert len(loose["dropped"]) == 4 and 0 < len(loose["steps"]) <= 10  # a cosine can drop at most 2
 
 
+def test_rescore_lists_the_greedy_picks(model_path: Path, calib: Path, tmp_path: Path) -> None:
+    out = tmp_path / "greedy.onnx"
+    payload = json.loads(_invoke("drop-layers", str(model_path), "-o", str(out), "--count", "2", "--rescore", "3",
+                                 "--calib", str(calib), "--json"))
+    picks = [p["name"] for p in payload["greedy"]]
+    assert picks[0] == "layer1" and len(picks) == 2 and sorted(picks) == payload["dropped"]
+    assert payload["greedy"][1]["output_cosine"] == pytest.approx(payload["score"])
+    table = _invoke("drop-layers", str(model_path), "-o", str(out), "--count", "2", "--rescore", "1",
+                    "--calib", str(calib))
+    assert "greedy pick 2" in table
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--count", "1", "--metric", "top5"], "--metric must be cosine or agreement"),
     (["--count", "1", "--max-drop", "0.1"], "exactly one of --count K and --max-drop X"),
     (["--count", "9"], "--count 9, but 4 layer(s) can be dropped"),
+    (["--max-drop", "0.1", "--rescore", "2"], "--rescore 2 needs --count K"),
 ])
 def test_errors_are_one_line(model_path: Path, calib: Path, tmp_path: Path, args: list[str], message: str,
                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

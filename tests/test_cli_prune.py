@@ -93,3 +93,25 @@ def test_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     assert code == 1 and "--criterion must be one of l1, l2, bn, activation" in message
     code, _ = _main(monkeypatch, capsys, "prune", str(ONNX_MODEL))
     assert code == 2
+
+
+def test_plan_lists_attention_heads_and_kinds_heads_prunes_them(runner: CliRunner, tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent / "passes"))
+    from test_prune_heads import attention
+
+    from edgeopt.model_io import save_model
+
+    path = save_model(attention(zero=(0, 1)), tmp_path / "attn.onnx")
+    planned = runner.invoke(cli.app, ["prune", str(path), "--plan", "--ratio", "0.5"])
+    assert planned.exit_code == 0, planned.output
+    assert "4 -> 2 heads (4)" in planned.output
+    result = runner.invoke(cli.app, ["prune", str(path), "-o", str(tmp_path / "out.onnx"), "--ratio", "0.5",
+                                     "--kinds", "heads", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["plan"]["groups"]
+    assert [(r["size"], r["keep"], r["head_dim"]) for r in rows if r["head_dim"]] == [(4, 2, 4)]
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 16)).astype(np.float32)}
+    np.testing.assert_allclose(run_model(str(tmp_path / "out.onnx"), feeds)["y"], run_model(str(path), feeds)["y"],
+                               rtol=1e-5, atol=1e-5)
+    weights = {t.name: list(t.dims) for t in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    assert weights["wq"] == [16, 8] and weights["wo"] == [8, 16]

@@ -90,6 +90,29 @@ def test_a_failing_target_is_recorded_and_the_others_go_on(digits: Path, tmp_pat
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left
 
 
+
+def test_a_target_that_fails_now_leaves_no_earlier_artifact(digits: Path, compiled: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "out"
+    shutil.copytree(compiled, copy)
+    assert (copy / "ort-cpu-int8").is_dir()
+    result = compile_model(digits / "model.onnx", copy, targets=["ort-cpu-int8"])  # no calibration this time
+    assert result.manifest.artifacts[0].error == "CalibrationDataError"
+    assert not (copy / "ort-cpu-int8").exists()  # the manifest says it failed; no stale model.onnx says otherwise
+
+
+def test_validate_refuses_a_source_model_changed_since_compile(digits: Path, tmp_path: Path) -> None:
+    from edgeopt.validate import validate
+
+    shutil.copy(digits / "model.onnx", tmp_path / "model.onnx")
+    compile_model(tmp_path / "model.onnx", tmp_path / "out", targets=["ort-cpu"])
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    onnx.helper.set_model_props(model, {"edited": "after compile"})
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(ModelLoadError, match="changed since edgeopt compile"):
+        validate(tmp_path / "out", data=digits / "val.npz", reference=tmp_path / "model.onnx", limit=2)
+    report = validate(tmp_path / "out", data=digits / "val.npz", reference=digits / "model.onnx", limit=2)
+    assert report.artifacts[0].status == "ok"  # an explicit other reference is the user's choice
+
 def test_unsupported_ops_are_listed_with_node_names(tmp_path: Path) -> None:
     model = onnx.parser.parse_model("""
         <ir_version: 8, opset_import: ["" : 17, "acme" : 1]>

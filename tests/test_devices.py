@@ -178,3 +178,28 @@ def test_adb_transport_with_a_fake_adb(bundle: Path, tmp_path: Path, monkeypatch
     calls = [line.split()[2] for line in (root / "calls.log").read_text().splitlines()]
     assert calls == ["shell", "push", "shell", "pull", "shell"]
     assert not (root / "data" / "local" / "tmp" / "edgeopt-bundle").exists()  # cleaned up on the device
+
+
+def test_ssh_transfers_stream_in_bounded_memory(tmp_path: Path) -> None:
+    """Push and pull go through tar a block at a time (here against a local tar, as ssh would run it)."""
+    import tracemalloc
+
+    from edgeopt.devices import _stream
+
+    source, device, back = tmp_path / "bundle", tmp_path / "device", tmp_path / "back"
+    source.mkdir()
+    device.mkdir()
+    payload = np.random.default_rng(0).integers(0, 255, 24 << 20, dtype=np.uint8)
+    np.save(source / "inputs.npy", payload)
+    del payload
+    tracemalloc.start()
+    try:
+        _stream(["tar", "-C", str(device), "-xf", "-"], "push", send=source)
+        _stream(["tar", "-C", str(device), "-cf", "-", "."], "pull", receive=back)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (back / "inputs.npy").read_bytes() == (source / "inputs.npy").read_bytes()
+    assert peak < 4 << 20, f"{peak / 2**20:.1f} MiB held for a 24 MiB bundle"
+    with pytest.raises(DeviceError, match=r"^pull failed \(exit 2\): tar: .*missing"):
+        _stream(["tar", "-C", str(tmp_path / "missing"), "-cf", "-", "."], "pull", receive=back)

@@ -88,6 +88,14 @@ def test_labels_file_and_batch_size_give_the_same_scores(digits: Path, report) -
         validate(digits / "out", data=digits / "val.npz", reference=digits / "model.onnx", labels="answer")
 
 
+def test_labels_that_do_not_line_up_with_the_inputs_are_refused(digits: Path, tmp_path: Path) -> None:
+    with np.load(digits / "val.npz") as val:
+        np.savez(tmp_path / "short.npz", image=val["image"][:10], label=val["label"][:9])
+    with pytest.raises(CalibrationDataError, match="9,\\) labels for inputs of \\[10\\] rows"):
+        validate(digits / "out", data=tmp_path / "short.npz", reference=digits / "model.onnx", labels="label",
+                 targets=("ort-cpu",))
+
+
 def test_scorer_streams_what_a_single_pass_computes() -> None:
     rng = np.random.default_rng(0)
     ref = rng.standard_normal((50, 10))
@@ -107,6 +115,14 @@ def test_scorer_streams_what_a_single_pass_computes() -> None:
     with pytest.raises(PassOptionError, match="unknown metric 'top3'"):
         Scorer("top3")
 
+
+
+def test_scorer_reports_a_nan_output_instead_of_hiding_it() -> None:
+    scorer = Scorer("cosine")
+    ref = np.ones((2, 3), np.float32)
+    scorer.update({"y": ref}, {"y": np.array([[1, np.nan, 1], [1, 1, 1]], np.float32)}, None)
+    scorer.update({"y": ref}, {"y": ref + 0.5}, None)  # a later finite batch must not replace the NaN
+    assert math.isnan(scorer.result().max_abs)
 
 def test_per_layer_comparison_names_reference_nodes(digits: Path) -> None:
     result = validate(digits / "out", data=digits / "val.npz", reference=digits / "model.onnx", limit=16,

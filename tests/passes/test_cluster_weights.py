@@ -245,3 +245,33 @@ def test_channel_scale_shares_one_codebook_across_scaled_channels(apply_pass):
     assert conv_report.bytes_after == 4 * conv.size // 8 + 16 * 4 + 16 * 4  # indices, codebook, scales
     assert not ClusterWeightsPass(clusters=16, min_elements=256, channel_scale=True,
                                   form="compressible")(dense).modified
+
+
+def test_second_run_leaves_the_decode_chain_alone_even_after_a_file_round_trip(tmp_path):
+    """The chain's own small constants (the bit-plane weights feed a MatMul) are never clustered."""
+    from edgeopt.model_io import load_model, save_model
+
+    conv, fc = _weights()
+    model = _model(conv, fc)
+    assert ClusterWeightsPass(clusters=16, min_elements=1)(model).modified
+    again = ClusterWeightsPass(clusters=16, min_elements=1)
+    assert not again(model).modified and again.last_report == []
+    reloaded = load_model(save_model(model, tmp_path / "clustered.onnx"))
+    assert not ClusterWeightsPass(clusters=16, min_elements=1)(reloaded).modified
+
+
+def test_codebook_form_survives_cleanup_and_ort_default_optimizations(tmp_path):
+    """After ``cleanup`` the file keeps the codebook; ORT, optimizing at load, computes the same."""
+    from edgeopt.model_io import load_model, save_model
+    from edgeopt.runtime import create_session, run_session
+
+    conv, fc = _weights()
+    model = _model(conv, fc)
+    ClusterWeightsPass(clusters=32, min_elements=128)(model)
+    feeds = random_feeds(model)
+    expected = run_model(model, feeds)["y"]
+    cleanup()(model)
+    reloaded = load_model(save_model(model, tmp_path / "clean.onnx"))
+    assert sum(n.op_type == "Gather" for n in reloaded.graph) == 2
+    got = run_session(create_session(reloaded, optimize=True), feeds)["y"]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -135,3 +135,19 @@ def test_bad_options_are_refused():
         FactorizeLowRankPass(energy=0.9, params=0.5)
     with pytest.raises(PassOptionError, match="energy must be in \\(0, 1\\]"):
         FactorizeLowRankPass(energy=1.5)
+
+
+def test_second_run_leaves_the_factors_alone_even_after_a_file_round_trip(tmp_path):
+    """A factor is full rank r: re-factorizing it at energy < 1 would compound the error on every run."""
+    from edgeopt.model_io import load_model, save_model
+
+    model = _layers()
+    first = FactorizeLowRankPass(energy=0.5, min_elements=256)
+    assert first(model).modified and {r.node for r in first.last_report} == {"conv", "gemm", "matmul"}
+    params, feeds = _params(model), {"x": np.random.default_rng(3).standard_normal((2, 24, 4, 4)).astype(np.float32)}
+    expected = run_model(model, feeds)["y"]
+    again = FactorizeLowRankPass(energy=0.5, min_elements=1)
+    assert not again(model).modified and again.last_report == [] and _params(model) == params
+    reloaded = load_model(save_model(model, tmp_path / "lr.onnx"))
+    assert not FactorizeLowRankPass(energy=0.5, min_elements=1)(reloaded).modified
+    np.testing.assert_array_equal(run_model(reloaded, feeds)["y"], expected)

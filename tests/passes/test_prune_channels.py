@@ -62,7 +62,7 @@ def test_residual_and_concat_groups_are_pruned_consistently(checker: Callable[[i
     assert out.shape == (4, 4) and np.isfinite(out).all()
 
 
-def test_transformer_ffn_neurons_are_pruned_and_heads_left_alone(checker: Callable[[ir.Model], None]) -> None:
+def test_transformer_ffn_neurons_and_heads_are_pruned(checker: Callable[[ir.Model], None]) -> None:
     model = prune_models.transformer_block()
     feeds = _feeds(model)
     expected = run_model(model, feeds)["y"]
@@ -71,7 +71,9 @@ def test_transformer_ffn_neurons_are_pruned_and_heads_left_alone(checker: Callab
     checker(model)
     shapes = _shapes(model)
     assert shapes["w1"] == (16, 16) and shapes["b1"] == (16,) and shapes["w2"] == (16, 16)
-    assert shapes["wq"] == (16, 16) and shapes["wo"] == (16, 16)
+    assert shapes["wq"] == (16, 8) and shapes["wo"] == (8, 16)  # one head of 8 features left
+    join = model.graph.initializers["join"].const_value
+    assert join is not None and join.numpy().tolist() == [0, 0, 8]
     got = run_model(model, feeds)["y"]
     assert got.shape == expected.shape and not np.allclose(got, expected)  # lossy, but runs
 
@@ -261,3 +263,27 @@ def test_squeeze_excite_pad_resize_transpose_reduce_keep_outputs(apply_pass: App
     assert pass_.plan is not None
     assert [(g.size, g.removed) for g in pass_.plan.groups if g.removed] == [(8, z), (4, zr)]
     assert _shapes(model)["ws2"] == (6, 3, 1, 1) and _shapes(model)["wf"] == (2, 6)
+
+
+def test_reconstruction_criterion_removes_the_channel_whose_removal_changes_the_output_least() -> None:
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((4, 3)) * np.array([10.0, 1.0, 1.0])  # channel 0: large weights in, and activations
+    w2 = rng.standard_normal((3, 2)) * np.array([[0.01], [1.0], [2.0]])  # ... but read with tiny weights
+    text = """
+    net (float[N,4] x) => (float[N,2] y) {
+        h = MatMul(x, w1)
+        y = MatMul(h, w2)
+    }"""
+    calibration = [{"x": rng.standard_normal((32, 4)).astype(np.float32)} for _ in range(3)]
+    x = np.concatenate([feeds["x"] for feeds in calibration]).astype(np.float64)
+    change = [np.mean((np.outer(x @ w1[:, c], w2[c])) ** 2) for c in range(3)]  # E||dy||^2 removing channel c
+
+    def removed(criterion: str) -> list[int]:
+        pass_ = PruneChannelsPass(ratio=0.34, criterion=criterion, round_to=1, plan_only=True,  # type: ignore[arg-type]
+                                  calibration=calibration)
+        pass_(prune_models.build(text, {"w1": w1, "w2": w2}))
+        assert pass_.plan is not None
+        return pass_.plan.groups[0].removed
+
+    assert removed("reconstruction") == [int(np.argmin(change))]
+    assert removed("l1") != removed("reconstruction")  # magnitude alone keeps the wrong channel

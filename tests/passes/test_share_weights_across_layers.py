@@ -79,3 +79,29 @@ def test_graph_outputs_other_shapes_and_small_tensors_are_left_alone(apply_pass)
 def test_bad_tolerance_is_refused():
     with pytest.raises(PassOptionError, match="tolerance must be in \\[0, 1\\)"):
         ShareWeightsAcrossLayersPass(tolerance=1.5)
+
+
+def test_second_run_does_not_share_the_mean_again(tmp_path):
+    """W2 is too far from the leader W0 but close to the mean of W0 and W1: a second run must not
+    pull it in (W0's error would grow past what the first run reported)."""
+    from edgeopt.model_io import load_model, save_model
+    from edgeopt.passes.share_weights_across_layers import SHARED_KEY
+
+    w = _weight(0).astype(np.float64)
+    rng = np.random.default_rng(1)
+    e1, e2 = rng.standard_normal(w.shape), rng.standard_normal(w.shape)
+    e2 -= (e2 * e1).sum() / (e1 * e1).sum() * e1  # orthogonal to e1
+    e1, e2 = (0.1 * np.linalg.norm(w) / np.linalg.norm(e) * e for e in (e1, e2))
+    weights = [w, w + e1, w + e1 + e2]  # W1 - W0: 0.10, W2 - W0: 0.14, W2 - mean(W0, W1): 0.11 (relative)
+    model = _blocks([a.astype(np.float32) for a in weights])
+    first = ShareWeightsAcrossLayersPass(tolerance=0.12, min_elements=16)
+    assert first(model).modified
+    assert [(s.name, s.shared_with) for s in first.last_report] == [("W0", "W0"), ("W1", "W0")]
+    assert model.metadata_props[SHARED_KEY] == "W0"
+    shared = model.graph.initializers["W0"].const_value.numpy()  # type: ignore[union-attr]
+    again = ShareWeightsAcrossLayersPass(tolerance=0.12, min_elements=16)
+    assert not again(model).modified and again.last_report == []
+    reloaded = load_model(save_model(model, tmp_path / "shared.onnx"))
+    assert not ShareWeightsAcrossLayersPass(tolerance=0.12, min_elements=16)(reloaded).modified
+    np.testing.assert_array_equal(reloaded.graph.initializers["W0"].const_value.numpy(), shared)  # type: ignore[union-attr]
+    assert sorted(reloaded.graph.initializers) == ["W0", "W2"]

@@ -17,7 +17,7 @@ from edgeopt.model_io import load_model
 from edgeopt.runtime import Feeds, run_model
 from edgeopt.target import get_target, raise_for_issues
 from edgeopt.targets import TARGETS, OrtNpuTarget
-from edgeopt.targets.npu_ops import NNAPI_OPS, QNN_OPS
+from edgeopt.targets.npu_ops import FLOAT_NOTE, NNAPI_OPS, QNN_OPS, partition
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,11 @@ def test_fallback_exports_with_its_partition_and_strict_refuses(tmp_path: Path) 
     assert [s.shape for s in target.signature(artifact).inputs] == [(1, 6, 8)]
     cpu = [(p.node, p.op) for p in target.partition_table(artifact) if p.device == "cpu"]
     assert cpu == [("erf_4", "Erf")]
-    assert target.notes(artifact)[0].endswith("on the NPU; CPU fallback: Erf")
+    # HardSwish has a QNN builder, but the QDQ quantizer leaves it float (DQ in, float graph output out)
+    floats = [p.node for p in target.partition_table(artifact) if p.device == "npu" and p.reason == FLOAT_NOTE]
+    assert floats == ["hardswish_9"]
+    assert target.notes(artifact)[0].endswith(
+        "on the NPU; CPU fallback: Erf; not quantized (float on the NPU): HardSwish")
     got, expected = target.run(artifact, calibration[0])["y"], run_model(_fallback_model(), calibration[0])["y"]
     assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
 
@@ -205,3 +209,31 @@ def test_low_fidelity_advises_16_bit_activations(tmp_path: Path) -> None:
 def test_digits_fidelity_note_needs_no_advice(artifacts: dict[int, Path]) -> None:
     notes = OrtNpuTarget().notes(artifacts[8])
     assert len(notes) == 4 and float(notes[3].split("SQNR ")[1].split(" dB")[0]) > 20
+
+
+def test_unquantized_nodes_pairs_around_a_folded_relu() -> None:
+    """The quantizer drops the Relu after a Conv (folded into its range) and leaves Abs in float."""
+    from edgeopt.passes import QuantizeStaticPass
+    from edgeopt.targets.npu_ops import unquantized_nodes
+
+    proto = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, 1, 4, 4] x) => (float[1, 2, 4, 4] y)
+        {
+            c = Conv<pads = [1, 1, 1, 1]>(x, W)
+            r = Relu(c)
+            y = Abs(r)
+        }
+    """)
+    weight = np.random.default_rng(0).standard_normal((2, 1, 3, 3)).astype(np.float32)
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(weight, "W"))
+    float_model = ir.serde.deserialize_model(proto)
+    quantized = float_model.clone()
+    rng = np.random.default_rng(1)
+    QuantizeStaticPass(calibration=[{"x": rng.standard_normal((1, 1, 4, 4)).astype(np.float32)} for _ in range(4)],
+                       per_channel=True, weight_type="int8", activation_type="uint8")(quantized)
+    assert "Relu" not in {n.op_type for n in quantized.graph}
+    assert unquantized_nodes(float_model, quantized) == {2}  # Abs; Conv (and its folded Relu) are QDQ
+    table = partition(float_model, "qnn", unquantized={2})
+    assert [(p.op, p.device, p.reason == FLOAT_NOTE) for p in table] == [
+        ("Conv", "npu", False), ("Relu", "npu", False), ("Abs", "npu", True)]
