@@ -13,6 +13,8 @@ from edgeopt.passes.cluster_weights import ClusterWeightsPass
 from edgeopt.passes.convert_fp16 import ConvertFloat16Pass
 from edgeopt.passes.convert_opset import ConvertOpsetPass
 from edgeopt.passes.correct_bias import CorrectBiasPass
+from edgeopt.passes.decompose_erf import DecomposeErfPass
+from edgeopt.passes.decompose_norms import DecomposeNormsPass
 from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
 from edgeopt.passes.drop_layers import DropLayersPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass
@@ -41,6 +43,8 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         ConvertFloat16Pass,
         ConvertOpsetPass,
         CorrectBiasPass,
+        DecomposeErfPass,
+        DecomposeNormsPass,
         DeduplicateInitializersPass,
         DropLayersPass,
         EliminateIdentityPass,
@@ -92,6 +96,8 @@ __all__ = [
     "ConvertFloat16Pass",
     "ConvertOpsetPass",
     "CorrectBiasPass",
+    "DecomposeErfPass",
+    "DecomposeNormsPass",
     "DeduplicateInitializersPass",
     "DropLayersPass",
     "EliminateIdentityPass",

@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from edgeopt.calib_data import CalibrationReader, batches
 from edgeopt.errors import BackendNotInstalledError, CalibrationDataError, ConversionError
-from edgeopt.runtime import model_inputs
+from edgeopt.runtime import Feeds, model_inputs
 from edgeopt.targets.tflite_io import FLOAT_FILES, INSTALL_HINT
 
 try:
@@ -118,11 +118,7 @@ def _write_calibration(model: ir.Model, calibration: CalibrationReader, folder: 
     """Write checked batches as ``NNNNNN.npz`` one at a time (bounded memory); return their hash."""
     digest = hashlib.sha256()
     count = 0
-    # A static batch (prepare() fixes it to 1) takes the samples re-batched to that size.
-    static = {v.shape[0] for v in model_inputs(model) if v.shape is not None and v.shape.rank() > 0
-              and isinstance(v.shape[0], int)}
-    batch_size = min(static) if static else None
-    for count, feeds in enumerate(batches(calibration, model, batch_size=batch_size, limit=limit), start=1):
+    for count, feeds in enumerate(calibration_batches(model, calibration, limit=limit), start=1):
         for name in sorted(feeds):
             digest.update(name.encode())
             digest.update(str(feeds[name].shape).encode())
@@ -131,6 +127,18 @@ def _write_calibration(model: ir.Model, calibration: CalibrationReader, folder: 
     if count == 0:
         raise CalibrationDataError("calibration data: the reader yielded no feeds. Give it at least one sample.")
     return digest.hexdigest()[:16]
+
+
+def calibration_batches(model: ir.Model, calibration: CalibrationReader, *, limit: int) -> Iterator[Feeds]:
+    """Checked calibration feeds re-batched to the model's static batch (``prepare()`` fixes it to 1).
+
+    The same rule as ort-npu: :func:`edgeopt.calib_data.batches` with ``batch_size`` = the static
+    batch, so a file of 64 rows calibrates a batch-1 model with 64 samples; samples past ``limit`` are
+    not read. A model with a dynamic batch takes the feeds as they come.
+    """
+    static = [v.shape[0] for v in model_inputs(model) if v.shape is not None and v.shape.rank() > 0
+              and isinstance(v.shape[0], int)]
+    return batches(calibration, model, batch_size=int(static[0]) if static else None, limit=limit)
 
 
 def cache_key(model: ir.Model) -> str:
@@ -173,7 +181,10 @@ def _base(model: ir.Model, key: str, *, int8: tuple[str, str] | None = None, int
         (work / "source.onnx").write_bytes(data)
         shapes = static_shapes(model)
         keep = [name for name, shape in shapes.items() if len(shape) != 4]
-        _run_worker({"onnx": str(work / "model.onnx"), "work_dir": str(work), "base": True,
+        # onnx2tf's own dummy inference feeds integer inputs random values, out of range for small
+        # embedding tables (BERT's 2-row token types): index 0 is valid for any table.
+        hints = [f"{v.name}:0" for v in model_inputs(model) if v.dtype is not None and v.dtype.is_integer()]
+        _run_worker({"onnx": str(work / "model.onnx"), "work_dir": str(work), "base": True, "value_hints": hints,
                      "input_shapes": shapes, "keep_shape": keep, "calibration": int8[0] if int8 else None,
                      "int8_out": str(work / int8[1]) if int8 else None, "int8_optional": int8_optional},
                     work, "onnx2tf")

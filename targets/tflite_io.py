@@ -73,33 +73,43 @@ def _root(artifact: Path) -> Any:
 
 
 def tensor_types(artifact: Path) -> dict[str, list[str]]:
-    """Tensor type names of the artifact: ``constants`` (with data) and ``io`` (graph inputs/outputs)."""
+    """Tensor type names of the artifact: ``constants`` (with data, in every subgraph: control-flow
+    bodies included) and ``io`` (the main graph's inputs/outputs)."""
     schema, model = _schema(), _root(Path(artifact))
     names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    graph = model.Subgraphs(0)
     constants, io = [], []
-    for i in range(graph.TensorsLength()):
-        tensor = graph.Tensors(i)
-        if model.Buffers(tensor.Buffer()).DataLength() > 0:
-            constants.append(names[tensor.Type()])
-    for i in [*graph.InputsAsNumpy(), *graph.OutputsAsNumpy()]:
-        io.append(names[graph.Tensors(int(i)).Type()])
+    for index in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(index)
+        for i in range(graph.TensorsLength()):
+            tensor = graph.Tensors(i)
+            if model.Buffers(tensor.Buffer()).DataLength() > 0:
+                constants.append(names[tensor.Type()])
+    main = model.Subgraphs(0)
+    for i in [*main.InputsAsNumpy(), *main.OutputsAsNumpy()]:
+        io.append(names[main.Tensors(int(i)).Type()])
     return {"constants": constants, "io": io}
 
 
 def float_ops(artifact: Path) -> list[tuple[str, str]]:
-    """``(op, output tensor)`` of every operator that reads or writes a float tensor."""
+    """``(op, output tensor)`` of every operator, in every subgraph, that reads or writes a float tensor.
+
+    Subgraphs past the main one (WHILE / IF bodies) name their tensors ``<subgraph name>/<tensor>``.
+    """
     schema, model = _schema(), _root(Path(artifact))
     builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     floats = {schema.TensorType.FLOAT32, schema.TensorType.FLOAT16}
-    graph, found = model.Subgraphs(0), []
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        tensors = [int(t) for t in (*op.InputsAsNumpy(), *op.OutputsAsNumpy()) if t >= 0]
-        if any(graph.Tensors(t).Type() in floats for t in tensors):
-            output = graph.Tensors(int(op.OutputsAsNumpy()[0])).Name().decode() if op.OutputsLength() else "?"
-            found.append((builtin.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM"), output))
+    found = []
+    for index in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(index)
+        prefix = f"{(graph.Name() or b'').decode() or f'subgraph{index}'}/" if index else ""
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            tensors = [int(t) for t in (*op.InputsAsNumpy(), *op.OutputsAsNumpy()) if t >= 0]
+            if any(graph.Tensors(t).Type() in floats for t in tensors):
+                output = graph.Tensors(int(op.OutputsAsNumpy()[0])).Name().decode() if op.OutputsLength() else "?"
+                found.append((builtin.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "CUSTOM"),
+                              prefix + output))
     return found
 
 
@@ -172,7 +182,9 @@ def io_mapping_from_probe(onnx_path: str, tflite_path: Path, shapes: dict[str, l
     model = ir.load(onnx_path)
     dims = {str(d.value): 1 for v in model.graph.inputs for d in (v.shape or ()) if not isinstance(d, int)}
     feeds = random_feeds(model, seed=0, dims=dims)
-    feeds = {k: np.asarray(v).reshape(shapes.get(k, v.shape)) for k, v in feeds.items()}
+    # Integers in [0, 2): valid indices even for BERT's 2-row token-type table (random_feeds gives [0, 4)).
+    feeds = {k: np.asarray(v if v.dtype.kind not in "iu" else v % 2).reshape(shapes.get(k, v.shape))
+             for k, v in feeds.items()}
     expected = run_model(model, feeds)
     runner = signature_runner(tflite_path)
     in_details, out_details = runner.get_input_details(), runner.get_output_details()

@@ -10,7 +10,8 @@ the worker writes ``result.json`` (or ``error.json``) into the job's folder.
 
 The job (JSON): ``onnx`` (a private copy: onnx2tf overwrites its input),
 ``work_dir``, ``input_shapes`` ({name: static shape}), ``keep_shape`` (inputs
-onnx2tf must not transpose), ``calibration`` (a folder of ``NNNNNN.npz`` batches
+onnx2tf must not transpose), ``value_hints`` (``name:value`` for onnx2tf's dummy
+inference), ``calibration`` (a folder of ``NNNNNN.npz`` batches
 in ONNX layout, or null), ``base`` (run onnx2tf; false when the SavedModel is
 already in ``work_dir``), ``int8_out`` (the full-integer file to write, or null) and
 ``int8_optional`` (a failed quantization is logged, not an error).
@@ -74,6 +75,7 @@ def _onnx2tf(job: dict[str, Any], work: Path) -> None:
             output_signaturedefs=True,
             overwrite_input_shape=[f"{n}:{','.join(map(str, s))}" for n, s in shapes.items()] or None,
             keep_shape_absolutely_input_names=job["keep_shape"] or None,
+            value_hints=job.get("value_hints") or None,
             non_verbose=True,
             verbosity="error",
         )

@@ -26,6 +26,7 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
+from edgeopt.calib_data import open_reader
 from edgeopt.demo_model import ONNX_MODEL, load_data
 from edgeopt.errors import CalibrationDataError, ModelLoadError, UnsupportedOpError
 from edgeopt.runtime import Feeds, run_model
@@ -263,6 +264,23 @@ def test_npu_needs_calibration(digits: Converted, tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_npu_rebatches_a_many_row_calibration_file_like_ort_npu(digits: Converted, tmp_path: Path) -> None:
+    # One 256-row file against the batch-1 model: re-batched to the static batch (calib_data.batches), the same
+    # samples as the fixture's 32-row feeds, so the same calibration hash and the cached int8 file, not an error.
+    np.savez(tmp_path / "calib.npz", image=load_data().x_train[:256])
+    reader = open_reader(tmp_path / "calib.npz", digits.model)
+    shape = digits.model.graph.inputs[0].shape
+    assert shape is not None and shape[0] == 1
+
+    artifact = get_target("tflite-npu").export(digits.model, tmp_path / "npu", calibration=reader)
+    ort_artifact = get_target("ort-npu").export(digits.model, tmp_path / "ort", calibration=reader)
+
+    assert artifact.read_bytes() == digits.artifacts["tflite-npu"].read_bytes()
+    assert ort_artifact.is_file()
+    rows = [len(f["image"]) for f in onnx2tf_convert.calibration_batches(digits.model, reader, limit=10)]
+    assert rows == [1] * 10
+
+
 def test_artifact_without_edgeopt_metadata_is_refused(digits: Converted, tflite_cache: Path) -> None:
     raw = next(tflite_cache.glob("*/saved_model/model_float32.tflite"))  # onnx2tf's own output
     with pytest.raises(ModelLoadError, match="no edgeopt I/O metadata"):
@@ -354,3 +372,48 @@ def test_prepare_fixes_batch_and_sequence_so_check_passes() -> None:
     assert TFLiteTarget().check(model) == []
     x = np.random.default_rng(0).standard_normal((1, 16, 4)).astype(np.float32)
     np.testing.assert_array_equal(run_model(model, {"x": x})["y"], np.maximum(x, 0))
+
+
+def _two_subgraph_tflite(path: Path) -> Path:
+    """A flatbuffer whose main graph is int8 and whose second subgraph (a WHILE body, say) has a float op."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT()
+    model.version = 3
+    model.buffers = [schema.BufferT(), schema.BufferT()]
+    model.buffers[1].data = np.frombuffer(np.float16([1, 2]).tobytes(), np.uint8)
+    codes = []
+    for op in (schema.BuiltinOperator.ADD, schema.BuiltinOperator.SIN):
+        code = schema.OperatorCodeT()
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = op, op, 1
+        codes.append(code)
+    model.operatorCodes = codes
+
+    def subgraph(name: str, dtype: int, opcode: int, weight_buffer: int) -> object:
+        graph = schema.SubGraphT()
+        graph.name = name
+        tensors = []
+        for tensor_name, buffer in (("x", 0), ("w", weight_buffer), ("y", 0)):
+            tensor = schema.TensorT()
+            tensor.name, tensor.type, tensor.buffer, tensor.shape = tensor_name, dtype, buffer, [2]
+            tensors.append(tensor)
+        graph.tensors, graph.inputs, graph.outputs = tensors, [0], [2]
+        op = schema.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = opcode, [0, 1], [2]
+        graph.operators = [op]
+        return graph
+
+    model.subgraphs = [subgraph("main", schema.TensorType.INT8, 0, 0),
+                       subgraph("body", schema.TensorType.FLOAT16, 1, 1)]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    return path
+
+
+def test_float_ops_and_tensor_types_look_at_every_subgraph(tmp_path: Path) -> None:
+    artifact = _two_subgraph_tflite(tmp_path / "two.tflite")
+
+    assert tflite_io.float_ops(artifact) == [("SIN", "body/y")]  # the main graph's int8 ADD is not listed
+    assert tflite_io.tensor_types(artifact) == {"constants": ["FLOAT16"], "io": ["INT8", "INT8"]}
