@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import Constants, is_default_domain, value_names
+from edgeopt.passes.rewire import Constants, is_default_domain, rewrite_matching
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +47,7 @@ class DecomposeErfPass(EdgeoptPass):
             from edgeopt.passes.infer_shapes import InferShapesPass
 
             InferShapesPass()(model)  # the constants need the input's float type
-        taken = value_names(model)
-        node_names = {n.name for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.name}
-        count = 0
-        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
-            if _matches(node):
-                assert node.graph is not None
-                _decompose(node, Constants(node.graph, taken, model.ir_version < 4), node_names)
-                count += 1
+        count = rewrite_matching(model, _matches, _decompose)
         logger.info("decompose-erf: rewrote %d Erf node(s)", count)
         return ir.passes.PassResult(model, modified=count > 0)
 

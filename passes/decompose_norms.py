@@ -17,7 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import Constants, is_default_domain, opset_version, value_names
+from edgeopt.passes.rewire import Constants, is_default_domain, opset_version, rewrite_matching
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,8 @@ class DecomposeNormsPass(EdgeoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opset = opset_version(model) or 0
-        taken = value_names(model)
-        node_names = {n.name for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.name}
-        count = 0
-        for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
-            if _matches(node):
-                assert node.graph is not None
-                _decompose(node, opset, Constants(node.graph, taken, model.ir_version < 4), node_names)
-                count += 1
+        count = rewrite_matching(
+            model, _matches, lambda node, constants, names: _decompose(node, opset, constants, names))
         logger.info("decompose-norms: rewrote %d reduction(s)", count)
         return ir.passes.PassResult(model, modified=count > 0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +107,27 @@ def value_names(model: ir.Model) -> set[str]:
         names.update(graph.initializers)
         names.update(v.name for node in graph for v in node.outputs if v.name)
     return names
+
+
+def rewrite_matching(
+    model: ir.Model,
+    matches: Callable[[ir.Node], bool],
+    rewrite: Callable[[ir.Node, Constants, set[str]], None],
+) -> int:
+    """Call ``rewrite(node, constants, node_names)`` on every matching node, subgraphs included.
+
+    ``constants`` adds new constants to the node's graph under unused names;
+    ``node_names`` holds the node names taken so far. Returns how many nodes matched.
+    """
+    taken = value_names(model)
+    node_names = {n.name for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.name}
+    count = 0
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if matches(node):
+            assert node.graph is not None
+            rewrite(node, Constants(node.graph, taken, model.ir_version < 4), node_names)
+            count += 1
+    return count
 
 
 class ConstantWriter:
