@@ -42,8 +42,8 @@ sys.path.insert(0, str(BENCH))
 import quantize_bench as qb  # noqa: E402  (fidelity, latencies, sessions)
 import quantize_models as qm  # noqa: E402
 
-from edgeopt.compression_report import file_size  # noqa: E402
-from edgeopt.model_io import load_model, save_model  # noqa: E402
+from edgeopt.core.model_io import load_model, save_model  # noqa: E402
+from edgeopt.sharing.report import file_size  # noqa: E402
 
 Build = Callable[[Path, Path, qm.ModelCase], dict[str, Any]]
 
@@ -69,7 +69,7 @@ def _cluster(clusters: int, *, form: str = "codebook", per_channel: bool = False
 
 def _int8(per_channel: bool, *, after: Build | None = None) -> Build:
     def build(src: Path, out: Path, case: qm.ModelCase) -> dict[str, Any]:
-        from edgeopt.quantize import QuantizeConfig, quantize_file
+        from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
         extra: dict[str, Any] = {}
         if after is not None:  # cluster first, then quantize the clustered model

@@ -1,7 +1,7 @@
 """Conversion matrix: every model of a suite x every registered target, compiled, validated, bundled.
 
-For each model: ``edgeopt.compile`` to every registered target (calibrated with
-the model's own calibration batches), ``edgeopt.validate`` in process (top-1
+For each model: ``edgeopt.deploy.compile`` to every registered target (calibrated with
+the model's own calibration batches), ``edgeopt.deploy.validate`` in process (top-1
 agreement, cosine, SQNR vs fp32, size, p50 latency at batch 1), then a device
 bundle run on ``local`` (a subprocess with only numpy + the runtime), checking
 that every score of the bundle run equals the in-process run's.
@@ -47,7 +47,7 @@ def _write_calibration(folder: Path, name: str, rows: np.ndarray) -> None:
 
 
 def _digits(folder: Path, samples: int) -> tuple[Path, str | None]:
-    from edgeopt import demo_model
+    from edgeopt.cli import demo_model
 
     data = demo_model.load_data()
     _write_calibration(folder, "image", data.x_train[:64])
@@ -84,7 +84,7 @@ def _dw_residual_module() -> Any:
 def _torch_model(folder: Path, samples: int, module: Any, shape: tuple[int, ...], exporter: str) -> tuple[Path, None]:
     import torch
 
-    from edgeopt.torch_export import export
+    from edgeopt.exporting.torch_export import export
 
     rng = np.random.default_rng(0)
     export(module, (torch.zeros(shape),), folder / "model.onnx", input_names=["x"], output_names=["y"],
@@ -124,10 +124,10 @@ MODELS: dict[str, Callable[[Path, int], tuple[Path, str | None]]] = {
 
 
 def run_model(name: str, folder: Path, samples: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    from edgeopt.bundle import run_on_device, write_bundle
-    from edgeopt.compile import compile_model
-    from edgeopt.devices import parse_device
-    from edgeopt.target import list_targets
+    from edgeopt.core.target import list_targets
+    from edgeopt.deploy.bundle import run_on_device, write_bundle
+    from edgeopt.deploy.compile import compile_model
+    from edgeopt.deploy.devices import parse_device
 
     model, labels = MODELS[name](folder, samples)
     start = time.perf_counter()

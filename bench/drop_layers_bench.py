@@ -20,7 +20,7 @@ measured on held-out data. Blocks are scored once; ``seconds`` of the first row 
 For each model and K in 1, 2, 3: the K blocks of lowest impact are dropped (``--count K``), without
 and with ``--repair``; for K in 2, 3 also picked greedily (``greedy``: ``--rescore N`` with N = every
 droppable layer, i.e. each pick re-scores all remaining layers with the earlier picks dropped; its
-``seconds`` include that re-scoring). Reported: parameters, MACs (``edgeopt.inspect_model.summarize``; symbolic
+``seconds`` include that re-scoring). Reported: parameters, MACs (``edgeopt.core.inspect_model.summarize``; symbolic
 dims = 1), file size, latency ratio vs the original (ONNX Runtime with its default optimizations,
 same process, sessions built once, median of interleaved runs) and fidelity/accuracy.
 """
@@ -45,11 +45,11 @@ sys.path.insert(0, str(BENCH))
 
 import drop_layers_models as dm  # noqa: E402
 
-from edgeopt.inspect_model import summarize  # noqa: E402
-from edgeopt.layer_drop import DropConfig, drop_layers  # noqa: E402
-from edgeopt.model_io import save_model  # noqa: E402
-from edgeopt.residual_blocks import find_blocks  # noqa: E402
-from edgeopt.runtime import Feeds  # noqa: E402
+from edgeopt.blocks.residual import find_blocks  # noqa: E402
+from edgeopt.core.inspect_model import summarize  # noqa: E402
+from edgeopt.core.model_io import save_model  # noqa: E402
+from edgeopt.core.runtime import Feeds  # noqa: E402
+from edgeopt.layers.drop import DropConfig, drop_layers  # noqa: E402
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:

@@ -13,9 +13,9 @@ import pretrained
 import torch
 from torch import nn
 
-from edgeopt.demo_model import load_data
-from edgeopt.runtime import Feeds
-from edgeopt.torch_export import export
+from edgeopt.cli.demo_model import load_data
+from edgeopt.core.runtime import Feeds
+from edgeopt.exporting.torch_export import export
 
 CACHE = Path(__file__).resolve().parent / "results" / "pretrained-cache"
 Run = Callable[[Feeds], list[np.ndarray]]

@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pretrained  # noqa: E402
 import prune_models  # noqa: E402
 
-from edgeopt.inspect_model import summarize  # noqa: E402
-from edgeopt.model_io import load_model, save_model  # noqa: E402
+from edgeopt.core.inspect_model import summarize  # noqa: E402
+from edgeopt.core.model_io import load_model, save_model  # noqa: E402
 from edgeopt.passes import PruneChannelsPass  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -122,7 +122,7 @@ def resdw_case(ratios: list[float], rounds: int) -> list[dict[str, Any]]:
     import torch
     import torch_pruning as tp
 
-    from edgeopt.demo_model import load_data
+    from edgeopt.cli.demo_model import load_data
 
     model, info = prune_models.trained(CACHE)
     print(f"resdw: {info}", flush=True)

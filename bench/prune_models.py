@@ -67,7 +67,7 @@ def upsample(x: np.ndarray) -> np.ndarray:
 
 def trained(cache: Path, log: Any = print) -> tuple[ResidualDWNet, dict[str, Any]]:
     """The trained network (cached state dict) and its training info."""
-    from edgeopt.demo_model import load_data
+    from edgeopt.cli.demo_model import load_data
 
     weights, info_path = cache / f"resdw-digits{SIZE}-e{EPOCHS}.pt", cache / f"resdw-digits{SIZE}-e{EPOCHS}.json"
     torch.manual_seed(SEED)
@@ -104,9 +104,9 @@ def trained(cache: Path, log: Any = print) -> tuple[ResidualDWNet, dict[str, Any
 
 def export_onnx(model: nn.Module, path: Path) -> Path:
     """Export (dynamo, dynamic batch) and run the cleanup preset (folds BatchNorm)."""
-    from edgeopt.model_io import load_model, save_model
+    from edgeopt.core.model_io import load_model, save_model
+    from edgeopt.exporting.torch_export import export
     from edgeopt.passes import cleanup
-    from edgeopt.torch_export import export
 
     export(model.eval(), (torch.zeros(1, 1, SIZE, SIZE),), path, input_names=["image"], output_names=["logits"],
            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})

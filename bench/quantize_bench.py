@@ -133,7 +133,7 @@ def child_main(job: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.ERROR)
     import onnxruntime as ort  # noqa: F401  (imported before the baseline is read)
 
-    import edgeopt.calibrate  # noqa: F401
+    import edgeopt.calibration.calibrate  # noqa: F401
     import edgeopt.passes  # noqa: F401
 
     files = [Path(f) for f in job["files"]]
@@ -161,9 +161,9 @@ def _child_calibrate(job: dict[str, Any], files: list[Path]) -> dict[str, Any]:
     reader = qm.FileFeeds(files)
     started = time.perf_counter()
     if tool == "edgeopt":
-        from edgeopt.calibrate import calibrate
-        from edgeopt.model_io import load_model
-        from edgeopt.observers import make_observer_factory
+        from edgeopt.calibration.calibrate import calibrate
+        from edgeopt.calibration.observers import make_observer_factory
+        from edgeopt.core.model_io import load_model
         from edgeopt.passes.quantize_common import prepare_for_quantization
 
         model = load_model(model_path)
@@ -249,7 +249,7 @@ def _ort_dynamic(per_channel: bool) -> Callable[[Ctx, Path], dict[str, Any]]:
 
 def _eo_file(**config: Any) -> Callable[[Ctx, Path], dict[str, Any]]:
     def build(ctx: Ctx, out: Path) -> dict[str, Any]:
-        from edgeopt.quantize import QuantizeConfig, quantize_file
+        from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
         options = dict(config)
         fallback = options.pop("fallback", False)
@@ -277,7 +277,7 @@ def _eo_chain(*steps: Callable[[Any], Any]) -> Callable[[Ctx, Path], dict[str, A
         import onnx
         import onnx_ir as ir
 
-        from edgeopt.model_io import load_model, save_model
+        from edgeopt.core.model_io import load_model, save_model
 
         model: Any = load_model(ctx.model)
         for step in steps:
@@ -398,10 +398,10 @@ def _gather8(proto: Any, block: int) -> Any:
 
 def _dynamic_fallback(ctx: Ctx, out: Path) -> dict[str, Any]:
     """Dynamic per-channel, then keep the most sensitive MatMuls float (library sensitivity + fallback)."""
-    from edgeopt.model_io import load_model, save_model
+    from edgeopt.core.model_io import load_model, save_model
     from edgeopt.passes import QuantizeDynamicPass
     from edgeopt.passes.quantize_common import prepare_for_quantization
-    from edgeopt.quant_analysis import fallback, sensitivity
+    from edgeopt.quantization.sensitivity import fallback, sensitivity
 
     prepared = load_model(ctx.model)
     prepare_for_quantization(prepared)
@@ -557,7 +557,7 @@ def latencies(sessions: dict[str, Any], feed: Feeds, runs: int, seed: int = 0) -
 
 def _embedding_metric(case: qm.ModelCase, files: list[Path]) -> Callable[[Any], float]:
     """Mean cosine of ``sentence_embedding`` vs fp32 on the calibration batches (for fallback)."""
-    from edgeopt.runtime import create_session
+    from edgeopt.core.runtime import create_session
 
     feeds = list(qm.FileFeeds(files))
     ref_session = _session(case.path, 0)
@@ -606,8 +606,8 @@ def bench_model(name: str, st: Settings, console: Any) -> dict[str, Any]:
                  "calib_samples": st.calib_samples}
     metric = _embedding_metric(case, files) if case.kind == "embedding" else None
     if metric is None:
-        from edgeopt.model_io import load_model
-        from edgeopt.quant_analysis import agreement_metric
+        from edgeopt.core.model_io import load_model
+        from edgeopt.quantization.sensitivity import agreement_metric
 
         float_model = load_model(case.path)
         metric = agreement_metric(float_model, list(qm.FileFeeds(files)))

@@ -144,8 +144,8 @@ def dwcnn_onnx(cache: Path, log: Any = print) -> tuple[Path, dict[str, Any]]:
     import torch
     from torch import nn
 
-    from edgeopt.demo_model import load_data
-    from edgeopt.torch_export import export
+    from edgeopt.cli.demo_model import load_data
+    from edgeopt.exporting.torch_export import export
 
     data = load_data()
     x_train, x_val = upsample_digits(data.x_train), upsample_digits(data.x_val)
@@ -238,7 +238,7 @@ def model_path(name: str, cache: Path) -> Path:
         return pretrained.pretrained_cnn_onnx(cache, "efficientnet-lite0")[0]
     if name == "dwcnn":
         return dwcnn_onnx(cache)[0]
-    from edgeopt.demo_model import ONNX_MODEL
+    from edgeopt.cli.demo_model import ONNX_MODEL
 
     return ONNX_MODEL
 
@@ -291,7 +291,7 @@ def _efficientnet(cache: Path, n_eval: int) -> ModelCase:
 
 
 def _digits_like(cache: Path, name: str, n_eval: int | None, log: Any) -> ModelCase:
-    from edgeopt.demo_model import ONNX_MODEL, load_data
+    from edgeopt.cli.demo_model import ONNX_MODEL, load_data
 
     data = load_data()
     if name == "dwcnn":

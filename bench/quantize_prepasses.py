@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.measure import fidelity
+from edgeopt.core.measure import fidelity
+from edgeopt.core.runtime import Feeds, create_session
 from edgeopt.passes import cleanup
 from edgeopt.passes.correct_bias import CorrectBiasPass
 from edgeopt.passes.equalize_cross_layer import EqualizeCrossLayerPass
 from edgeopt.passes.quantize_static import QuantizeStaticPass
 from edgeopt.passes.smooth_quant import MUL_PREFIX, SmoothQuantPass
-from edgeopt.runtime import Feeds, create_session
 
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -295,7 +295,7 @@ def _smooth_rows(model: ir.Model, calib: list[Feeds], test: list[Feeds], output:
 def bench_minilm(calib_sentences: int = 64, test_sentences: int = 200) -> dict[str, Any] | None:
     from pretrained import MissingModelPackage, minilm_onnx, sentences
 
-    from edgeopt.passes.rewire import const_array
+    from edgeopt.core.rewire import const_array
 
     try:
         path, tokenize = minilm_onnx(RESULTS / "pretrained-cache", seq_len=None)

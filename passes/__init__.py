@@ -83,7 +83,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 
 def cleanup() -> ir.passes.PassBase:
     """The ``cleanup`` preset as one onnx-ir pass (repeated until nothing changes)."""
-    from edgeopt.pipeline import PresetPass
+    from edgeopt.pipeline.runner import PresetPass
 
     return PresetPass("cleanup")
 

@@ -18,8 +18,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import PassOptionError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
 
 logger = logging.getLogger(__name__)
 

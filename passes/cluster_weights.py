@@ -21,10 +21,10 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import PassOptionError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import Constants, const_array, is_default_domain, value_names
 from edgeopt.passes.codebook import DECODE_KEY, Codebook, Init, cluster, decode_nodes
-from edgeopt.passes.rewire import Constants, const_array, is_default_domain, value_names
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.passes.rewire import Constants
+from edgeopt.core.rewire import Constants
 
 Init = Literal["optimal", "quantile", "linear"]
 DECODE_KEY = "edgeopt.codebook_decode"

@@ -29,7 +29,7 @@ import logging
 
 import onnx_ir as ir
 
-from edgeopt.pass_base import EdgeoptPass, adopt
+from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import ir_from_ort, quiet_root_logging
 
 logger = logging.getLogger(__name__)

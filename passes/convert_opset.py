@@ -9,8 +9,8 @@ import onnx.helper
 import onnx_ir as ir
 import onnxscript.version_converter
 
-from edgeopt.errors import UnsupportedOpsetError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.errors import UnsupportedOpsetError
+from edgeopt.core.pass_base import EdgeoptPass
 
 logger = logging.getLogger(__name__)
 

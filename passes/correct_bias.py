@@ -30,11 +30,11 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibrate import stream_outputs
-from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import ConstantWriter, const_array, is_default_domain, value_names
-from edgeopt.runtime import Feeds
+from edgeopt.calibration.calibrate import stream_outputs
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import ConstantWriter, const_array, is_default_domain, value_names
+from edgeopt.core.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class CorrectBiasPass(EdgeoptPass):
 
     Args:
         calibration: Sample data: a re-iterable of feeds, or a spec for
-            :func:`edgeopt.calib_data.open_reader` (folder of .npy/.npz or images, ``random:N``).
+            :func:`edgeopt.data.readers.open_reader` (folder of .npy/.npz or images, ``random:N``).
         per_channel: Weights will be quantized per output channel (else per tensor),
             as ``quantize-static --per-channel``.
         weight_type: ``int8`` (symmetric, quantize-static's default) or ``uint8``.

@@ -18,8 +18,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import Constants, is_default_domain, rewrite_matching
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import Constants, is_default_domain, rewrite_matching
 
 logger = logging.getLogger(__name__)
 

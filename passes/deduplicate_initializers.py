@@ -7,7 +7,7 @@ import logging
 
 import onnx_ir as ir
 
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.pass_base import EdgeoptPass
 
 logger = logging.getLogger(__name__)
 

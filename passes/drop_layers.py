@@ -1,6 +1,6 @@
 """Drop residual blocks or whole transformer layers from the graph.
 
-A block found by :func:`edgeopt.residual_blocks.find_blocks` spans ``start -> end``;
+A block found by :func:`edgeopt.blocks.residual.find_blocks` spans ``start -> end``;
 dropping it makes every use of ``end`` read ``start`` (a graph output keeps its
 name), then ``remove-unused`` deletes the nodes and weights nothing uses any more.
 """
@@ -13,12 +13,12 @@ from typing import ClassVar, Literal
 
 import onnx_ir as ir
 
-from edgeopt import residual_blocks  # a module, not names: it imports edgeopt.passes.rewire
-from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.blocks import residual as residual_blocks  # a module, not names: it imports edgeopt.core.rewire
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import bypass
+from edgeopt.core.runtime import Feeds
 from edgeopt.passes.remove_unused import RemoveUnusedPass
-from edgeopt.passes.rewire import bypass
-from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +68,13 @@ class DropLayersPass(EdgeoptPass):
         granularity: ``"layer"`` (transformer layer / residual block with its trailing
             norm) or ``"block"`` (each ``x + f(x)`` alone: attention and FFN separately).
         calibration: Sample data (a re-iterable of feeds, or a path/spec for
-            :func:`edgeopt.calib_data.open_reader`); needed by ``count`` and ``repair``.
+            :func:`edgeopt.data.readers.open_reader`); needed by ``count`` and ``repair``.
         output: The graph output that scoring compares (default: the first).
         rescore: With ``count``: pick greedily, re-scoring this many of the best remaining
             blocks after each pick with the picks so far dropped (0: rank once; see
-            :func:`edgeopt.block_scoring.greedy_pick`).
+            :func:`edgeopt.blocks.scoring.greedy_pick`).
         repair: Refit the projections right after each dropped block by least squares
-            so that they reproduce the original model's (see :mod:`edgeopt.drop_repair`).
+            so that they reproduce the original model's (see :mod:`edgeopt.blocks.repair`).
         samples: Use at most this many calibration samples.
         batch_size: Re-batch the calibration data to this size.
         on_block: Called with the number of blocks scored so far (progress bars).
@@ -129,7 +129,7 @@ class DropLayersPass(EdgeoptPass):
         original = model.clone() if self.repair else None
         drop_blocks(model, chosen)
         if original is not None:
-            from edgeopt.drop_repair import repair
+            from edgeopt.blocks.repair import repair
 
             repair(original, model, chosen, self._data(original))
         model.metadata_props[DROPPED_KEY] = f"{self._request()} -> {','.join(b.name for b in chosen)}"
@@ -144,7 +144,7 @@ class DropLayersPass(EdgeoptPass):
                 raise PassOptionError(f"drop-layers: no {unknown[0]} in this model (it has "
                                       f"{', '.join(found) or 'no droppable blocks'}). See edgeopt drop-layers --plan.")
             return [found[name] for name in found if name in self.blocks]
-        from edgeopt.block_scoring import greedy_pick, score_blocks
+        from edgeopt.blocks.scoring import greedy_pick, score_blocks
 
         data = self._data(model)
         ranked = score_blocks(model, list(found.values()), data, output=self.output, on_block=self.on_block)
@@ -158,7 +158,7 @@ class DropLayersPass(EdgeoptPass):
         return [b for b in found.values() if b.name in names]
 
     def _data(self, model: ir.Model) -> Callable[[], Iterator[Feeds]]:
-        from edgeopt.calib_data import batches, open_reader
+        from edgeopt.data.readers import batches, open_reader
 
         assert self.calibration is not None
         reader = open_reader(self.calibration, model) if isinstance(self.calibration, str) else self.calibration

@@ -6,8 +6,8 @@ import logging
 
 import onnx_ir as ir
 
-from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import bypass, const_array, is_default_domain, opset_version
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import bypass, const_array, is_default_domain, opset_version
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import PassOptionError
-from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import ConstantWriter, const_array, is_default_domain
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import ConstantWriter, const_array, is_default_domain
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 
 import onnx_ir as ir
 
-from edgeopt.errors import PassOptionError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
 from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass

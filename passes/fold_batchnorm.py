@@ -18,8 +18,8 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import Constants, bypass, const_array, is_default_domain, value_names
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import Constants, bypass, const_array, is_default_domain, value_names
 
 logger = logging.getLogger(__name__)
 

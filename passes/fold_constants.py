@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.pass_base import EdgeoptPass
 
 logger = logging.getLogger(__name__)
 

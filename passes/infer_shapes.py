@@ -8,7 +8,7 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.pass_base import EdgeoptPass
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Structured channel pruning on the ONNX graph: remove whole channels of coupled groups.
 
-Builds the coupled-channel groups (:mod:`edgeopt.channel_groups`), scores their
-channels (:mod:`edgeopt.channel_importance`), picks the channels to remove
-(:mod:`edgeopt.prune_plan`) and slices every member constant along its axis, so
+Builds the coupled-channel groups (:mod:`edgeopt.channels.builder`), scores their
+channels (:mod:`edgeopt.channels.importance`), picks the channels to remove
+(:mod:`edgeopt.channels.plan`) and slices every member constant along its axis, so
 the sources produce fewer channels and the sinks read fewer. Tensor shapes on the
 way and Reshape targets are updated. With ``repair``, the sinks are refit by least
-squares on calibration data (:mod:`edgeopt.prune_repair`).
+squares on calibration data (:mod:`edgeopt.channels.repair`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.channel_groups import ChannelGroups, build_groups, kept_length, positions
-from edgeopt.channel_importance import CALIBRATED, Criterion, activation_scores, reconstruction_scores, weight_scores
-from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.channels.builder import ChannelGroups, build_groups, kept_length, positions
+from edgeopt.channels.importance import CALIBRATED, Criterion, activation_scores, reconstruction_scores, weight_scores
+from edgeopt.channels.plan import Kinds, PrunePlan, Rounding, Scope, make_plan, select
+from edgeopt.channels.repair import SinkFit, bias_add, fit_sinks, fittable
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.runtime import Feeds
 from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.prune_common import write_constant
 from edgeopt.passes.topological_sort import TopologicalSortPass
-from edgeopt.prune_plan import Kinds, PrunePlan, Rounding, Scope, make_plan, select
-from edgeopt.prune_repair import SinkFit, bias_add, fit_sinks, fittable
-from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ class PruneChannelsPass(EdgeoptPass):
         samples: Use at most this many calibration samples.
         repair: Refit the layers that lost input channels by least squares on calibration data.
         reestimate_bn: Recompute the running mean/var of the BatchNorms left in the graph on calibration
-            data after pruning (:mod:`edgeopt.bn_reestimate`); for models not cleaned up, or BN that cannot fold.
+            data after pruning (:mod:`edgeopt.channels.bn_reestimate`); for models not cleaned up,
+            or BN that cannot fold.
         plan_only: Compute ``self.plan`` and change nothing.
         on_batch: Called with the samples seen so far while streaming calibration data (progress bars).
     """
@@ -133,7 +134,7 @@ class PruneChannelsPass(EdgeoptPass):
             _write_fit(model, fit, weight, bias, removal)
         logger.info("prune-channels: refit %d layer(s)", len(fits))
         if self.reestimate_bn:
-            from edgeopt.bn_reestimate import reestimate_batchnorm
+            from edgeopt.channels.bn_reestimate import reestimate_batchnorm
 
             InferShapesPass()(model)
             self.bn_reestimated = reestimate_batchnorm(model, self.calibration,  # type: ignore[arg-type]

@@ -15,8 +15,8 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import PassOptionError
-from edgeopt.pass_base import EdgeoptPass
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
 from edgeopt.passes.prune_common import write_constant
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
+from edgeopt.core.rewire import is_default_domain
 from edgeopt.passes.convert_opset import ConvertOpsetPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass
 from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
@@ -17,7 +18,6 @@ from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
 from edgeopt.passes.lift_constants import LiftConstantsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
-from edgeopt.passes.rewire import is_default_domain
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
 logger = logging.getLogger(__name__)

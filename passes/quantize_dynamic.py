@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from edgeopt.pass_base import EdgeoptPass, adopt
+from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization, quiet_root_logging
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Static int8 (or 16-bit) quantization with our streaming calibration and ORT's emitters.
 
-Calibration is ours (``edgeopt.calibrate``): statistics are collected batch by
+Calibration is ours (``edgeopt.calibration.calibrate``): statistics are collected batch by
 batch from one ONNX Runtime session, so memory does not grow with the number
 of samples, and percentile / entropy / MSE ranges come from fixed-size
 histograms. The QDQ and QOperator graphs are emitted by ONNX Runtime's own
@@ -17,8 +17,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import CalibrationDataError
-from edgeopt.pass_base import EdgeoptPass, adopt
+from edgeopt.core.errors import CalibrationDataError
+from edgeopt.core.pass_base import EdgeoptPass, adopt
+from edgeopt.core.runtime import Feeds
 from edgeopt.passes.quantize_common import (
     ir_from_ort,
     ort_type,
@@ -28,7 +29,6 @@ from edgeopt.passes.quantize_common import (
     unquantize_inputs,
 )
 from edgeopt.passes.remove_unused import RemoveUnusedPass
-from edgeopt.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ class QuantizeStaticPass(EdgeoptPass):
 
     Args:
         calibration: Sample data: a re-iterable of feeds, or a path/spec for
-            :func:`edgeopt.calib_data.open_reader` (folder of .npy/.npz or images,
+            :func:`edgeopt.data.readers.open_reader` (folder of .npy/.npz or images,
             ``random:N``). Not needed when ``ranges`` is given.
-        ranges: Precomputed ``tensor name -> (low, high)``, e.g. from ``edgeopt.calibrate``.
+        ranges: Precomputed ``tensor name -> (low, high)``, e.g. from ``edgeopt.calibration.calibrate``.
         method: How ranges are computed from the data.
         percentile: For ``method="percentile"``.
         format: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs) or ``"qoperator"``
@@ -124,9 +124,9 @@ class QuantizeStaticPass(EdgeoptPass):
         return ir.passes.PassResult(model, modified=True)
 
     def _calibrate(self, model: ir.Model) -> dict[str, tuple[float, float]]:
-        from edgeopt.calib_data import batches, open_reader
-        from edgeopt.calibrate import calibrate
-        from edgeopt.observers import make_observer_factory
+        from edgeopt.calibration.calibrate import calibrate
+        from edgeopt.calibration.observers import make_observer_factory
+        from edgeopt.data.readers import batches, open_reader
 
         assert self.calibration is not None
         reader = (open_reader(self.calibration, model) if isinstance(self.calibration, str)

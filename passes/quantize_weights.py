@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
-from edgeopt.errors import PassOptionError
-from edgeopt.pass_base import EdgeoptPass, adopt
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import import_quietly, ir_from_ort, prepare_for_quantization, quiet_root_logging
 from edgeopt.passes.quantize_dynamic import QuantizeDynamicPass
 

@@ -30,11 +30,11 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibrate import stream_outputs
-from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.pass_base import EdgeoptPass
-from edgeopt.passes.rewire import ConstantWriter, const_array, is_default_domain
-from edgeopt.runtime import Feeds
+from edgeopt.calibration.calibrate import stream_outputs
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import ConstantWriter, const_array, is_default_domain
+from edgeopt.core.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class SmoothQuantPass(EdgeoptPass):
 
     Args:
         calibration: Sample data: a re-iterable of feeds, or a spec for
-            :func:`edgeopt.calib_data.open_reader` (folder of .npy/.npz or images, ``random:N``).
+            :func:`edgeopt.data.readers.open_reader` (folder of .npy/.npz or images, ``random:N``).
         alpha: Migration strength in [0, 1]: 0 leaves activations alone, 1 moves all
             of their range into the weights.
         insert_mul: Smooth inputs that no normalization can absorb with an inserted

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calib_data import CalibrationReader, batches
-from edgeopt.errors import BackendNotInstalledError, CalibrationDataError, ConversionError
-from edgeopt.runtime import Feeds, model_inputs
+from edgeopt.core.errors import BackendNotInstalledError, CalibrationDataError, ConversionError
+from edgeopt.core.runtime import Feeds, model_inputs
+from edgeopt.data.readers import CalibrationReader, batches
 from edgeopt.targets.tflite_io import FLOAT_FILES, INSTALL_HINT
 
 try:
@@ -132,7 +132,7 @@ def _write_calibration(model: ir.Model, calibration: CalibrationReader, folder: 
 def calibration_batches(model: ir.Model, calibration: CalibrationReader, *, limit: int) -> Iterator[Feeds]:
     """Checked calibration feeds re-batched to the model's static batch (``prepare()`` fixes it to 1).
 
-    The same rule as ort-npu: :func:`edgeopt.calib_data.batches` with ``batch_size`` = the static
+    The same rule as ort-npu: :func:`edgeopt.data.readers.batches` with ``batch_size`` = the static
     batch, so a file of 64 rows calibrates a batch-1 model with 64 samples; samples past ``limit`` are
     not read. A model with a dynamic batch takes the feeds as they come.
     """

@@ -11,9 +11,9 @@ from typing import ClassVar
 import onnx
 import onnx_ir as ir
 
-from edgeopt.model_io import save_model
-from edgeopt.runtime import Feeds, create_session, run_session
-from edgeopt.target import CalibrationReader, Issue, Signature, TensorSpec, raise_for_issues
+from edgeopt.core.model_io import save_model
+from edgeopt.core.runtime import Feeds, create_session, run_session
+from edgeopt.core.target import CalibrationReader, Issue, Signature, TensorSpec, raise_for_issues
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from edgeopt.errors import ExportError
+from edgeopt.core.errors import ExportError
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import ExportError
-from edgeopt.runtime import Feeds, create_session, random_feeds, run_session
-from edgeopt.target import CalibrationReader, raise_for_issues
+from edgeopt.core.errors import ExportError
+from edgeopt.core.runtime import Feeds, create_session, random_feeds, run_session
+from edgeopt.core.target import CalibrationReader, raise_for_issues
 from edgeopt.targets.ort import OrtCpuTarget
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,6 @@ def _computes_fp16(node: ir.Node) -> bool:
 def _verification_feeds(model: ir.Model, calibration: CalibrationReader | None) -> Feeds:
     if calibration is None:
         return random_feeds(model, default_dim=2)
-    from edgeopt.calib_data import batches
+    from edgeopt.data.readers import batches
 
     return next(iter(batches(calibration, model, limit=64)))

@@ -29,9 +29,9 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.errors import CalibrationDataError, ExportError, PassOptionError
-from edgeopt.runtime import Feeds, random_feeds, run_model
-from edgeopt.target import CalibrationReader, raise_for_issues
+from edgeopt.core.errors import CalibrationDataError, ExportError, PassOptionError
+from edgeopt.core.runtime import Feeds, random_feeds, run_model
+from edgeopt.core.target import CalibrationReader, raise_for_issues
 from edgeopt.targets.ort import OrtCpuTarget
 from edgeopt.targets.ort_latency import side_by_side_ms
 
@@ -166,8 +166,8 @@ def _one_sample(model: ir.Model, calibration: CalibrationReader | None) -> Feeds
     or random inputs without data."""
     if calibration is None:
         return random_feeds(model)
-    from edgeopt.calib_data import batches
-    from edgeopt.runtime import model_inputs
+    from edgeopt.core.runtime import model_inputs
+    from edgeopt.data.readers import batches
 
     fixed = [v.shape[0] for v in model_inputs(model) if v.shape and isinstance(v.shape[0], int)]
     size = int(fixed[0]) if fixed else 1

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import onnx_ir as ir
 
-from edgeopt.runtime import Feeds, create_session
+from edgeopt.core.runtime import Feeds, create_session
 
 
 def side_by_side_ms(

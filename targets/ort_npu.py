@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.runtime import Feeds, create_session, run_model, run_session
-from edgeopt.target import CalibrationReader, Issue, raise_for_issues
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.runtime import Feeds, create_session, run_model, run_session
+from edgeopt.core.target import CalibrationReader, Issue, raise_for_issues
 from edgeopt.targets.npu_ops import EP_NAMES, Ep, Placement, partition, summary, unquantized_nodes
 from edgeopt.targets.ort import OrtCpuTarget
 
@@ -152,7 +152,7 @@ class OrtNpuTarget(OrtCpuTarget):
 
     def _fidelity_notes(self, float_model: ir.Model, quantized: ir.Model, calibration: CalibrationReader) -> list[str]:
         """SQNR of the QDQ model vs float on the first calibration batch, with advice when it is low."""
-        from edgeopt.calib_data import batches
+        from edgeopt.data.readers import batches
 
         size = _fixed_batch(float_model)
         feeds = next(iter(batches(calibration, float_model, batch_size=size, limit=size)))
@@ -191,7 +191,7 @@ class OrtNpuTarget(OrtCpuTarget):
 def _dims_from_data(model: ir.Model, calibration: CalibrationReader) -> dict[str, int]:
     """Sizes of named non-batch dynamic dims, read off the first calibration feed (the data
     the artifact is calibrated on has the shapes it will run)."""
-    from edgeopt.calib_data import batches
+    from edgeopt.data.readers import batches
     from edgeopt.passes.fix_static_shapes import dynamic_dims
 
     wanted = [(name, axis, dim) for name, axis, dim in dynamic_dims(model) if axis > 0 and dim != "?"]
@@ -211,7 +211,7 @@ def _fixed_batch_of(artifact: Path) -> int | None:
 
 
 def _fixed_batch(model: ir.Model) -> int | None:
-    from edgeopt.runtime import model_inputs
+    from edgeopt.core.runtime import model_inputs
 
     fixed = [v.shape[0] for v in model_inputs(model) if v.shape and isinstance(v.shape[0], int)]
     return int(fixed[0]) if fixed else None

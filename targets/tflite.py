@@ -22,10 +22,10 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calib_data import CalibrationReader
-from edgeopt.errors import CalibrationDataError, UnsupportedOpError
-from edgeopt.runtime import Feeds, model_inputs
-from edgeopt.target import Issue, Signature, TensorSpec, raise_for_issues
+from edgeopt.core.errors import CalibrationDataError, UnsupportedOpError
+from edgeopt.core.runtime import Feeds, model_inputs
+from edgeopt.core.target import Issue, Signature, TensorSpec, raise_for_issues
+from edgeopt.data.readers import CalibrationReader
 from edgeopt.targets import onnx2tf_convert, tflite_io
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeopt.errors import BackendNotInstalledError, ModelLoadError
-from edgeopt.runtime import Feeds
+from edgeopt.core.errors import BackendNotInstalledError, ModelLoadError
+from edgeopt.core.runtime import Feeds
 
 METADATA_NAME = "edgeopt_io"
 FLOAT_FILES = {"float32": "model_float32.tflite", "float16": "model_float16.tflite",
@@ -177,7 +177,7 @@ def io_mapping_from_probe(onnx_path: str, tflite_path: Path, shapes: dict[str, l
     """
     import onnx_ir as ir
 
-    from edgeopt.runtime import random_feeds, run_model
+    from edgeopt.core.runtime import random_feeds, run_model
 
     model = ir.load(onnx_path)
     dims = {str(d.value): 1 for v in model.graph.inputs for d in (v.shape or ()) if not isinstance(d, int)}

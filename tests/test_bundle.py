@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt import demo_model
-from edgeopt.bundle import read_bundle, run_on_device, score_bundle, write_bundle
-from edgeopt.cli import app
-from edgeopt.compile import compile_model
-from edgeopt.devices import parse_device
-from edgeopt.errors import ModelLoadError
-from edgeopt.target import list_targets
+from edgeopt.cli import app, demo_model
+from edgeopt.core.errors import ModelLoadError
+from edgeopt.core.target import list_targets
+from edgeopt.deploy.bundle import read_bundle, run_on_device, score_bundle, write_bundle
+from edgeopt.deploy.compile import compile_model
+from edgeopt.deploy.devices import parse_device
 
 SAMPLES = 24
 
@@ -90,7 +89,7 @@ def test_missing_outputs_are_a_run_failure(bundled: tuple[Path, Path], tmp_path:
 
 
 def test_runner_needs_only_numpy_and_the_runtimes() -> None:
-    import edgeopt.bundle_runner as runner
+    import edgeopt.deploy.bundle_runner as runner
 
     tree = ast.parse(Path(runner.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
@@ -163,7 +162,7 @@ def test_a_damaged_artifact_is_refused_on_the_device(bundled: tuple[Path, Path],
 
 def test_an_unwritable_bundle_or_compile_folder_is_a_one_line_error(bundled: tuple[Path, Path],
                                                                       tmp_path: Path) -> None:
-    from edgeopt.errors import ModelSaveError
+    from edgeopt.core.errors import ModelSaveError
 
     out, _ = bundled
     (tmp_path / "file").write_text("not a folder")

@@ -1,4 +1,4 @@
-"""Tests for edgeopt.calib_data and edgeopt.calib_images: readers, checks, batching."""
+"""Tests for edgeopt.data.readers and edgeopt.data.images: readers, checks, batching."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ import onnx_ir as ir
 import pytest
 from PIL import Image
 
-from edgeopt.calib_data import (
+from edgeopt.core.errors import CalibrationDataError
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import Feeds, run_model
+from edgeopt.data.images import load_image
+from edgeopt.data.readers import (
     CallableReader,
     ImageFolderReader,
     ImagePreprocess,
@@ -25,10 +29,6 @@ from edgeopt.calib_data import (
     default_preprocess,
     open_reader,
 )
-from edgeopt.calib_images import load_image
-from edgeopt.errors import CalibrationDataError
-from edgeopt.model_io import load_model
-from edgeopt.runtime import Feeds, run_model
 
 
 def parse(text: str) -> ir.Model:
@@ -179,7 +179,7 @@ def test_batches_over_1000_files_opens_only_what_it_needs(tmp_path: Path, monkey
 def test_batches_fixed_batch_dim(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(CalibrationDataError, match=r"batch_size 3 does not fit input 'x', whose batch dim is fixed to"):
         batches([{"x": rows(3)}], FIXED, batch_size=3)
-    with caplog.at_level(logging.WARNING, logger="edgeopt.calib_data"):
+    with caplog.at_level(logging.WARNING, logger="edgeopt.data.readers"):
         out = list(batches([{"x": rows(1)}, {"x": rows(4, 1)}], FIXED, batch_size=2))
     assert [b["x"].tolist() for b in out] == [rows(2).tolist(), rows(2, 2).tolist()]
     assert "dropped the last 1 sample(s)" in caplog.text

@@ -22,8 +22,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt import cli, registry
-from edgeopt.errors import ModelLoadError
+from edgeopt.cli import commands as cli
+from edgeopt.core.errors import ModelLoadError
+from edgeopt.pipeline import registry
 
 EDGEOPT = Path(sys.executable).parent / "edgeopt"
 PASS_NAMES = [info.name for info in registry.list_passes()]

@@ -14,8 +14,8 @@ from onnx import numpy_helper as nh
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt import cli
-from edgeopt.runtime import create_session
+from edgeopt.cli import commands as cli
+from edgeopt.core.runtime import create_session
 
 
 def _mlp(path: Path, *, repeat: bool = False) -> Path:
@@ -145,7 +145,7 @@ def test_fidelity_streams_the_sample_data(tmp_path):
     """The fidelity check holds one batch of samples at a time, not the whole set."""
     import weakref
 
-    from edgeopt.compress import share_weights_file
+    from edgeopt.sharing.compress import share_weights_file
 
     class Reader:
         def __init__(self) -> None:

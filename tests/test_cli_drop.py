@@ -11,9 +11,9 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt import cli
-from edgeopt.model_io import load_model
-from edgeopt.runtime import run_model
+from edgeopt.cli import commands as cli
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import run_model
 from edgeopt.testing.residual_models import residual_mlp
 
 

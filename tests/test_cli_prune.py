@@ -12,9 +12,9 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt import cli
-from edgeopt.demo_model import DATA, ONNX_MODEL, preprocess
-from edgeopt.runtime import run_model
+from edgeopt.cli import commands as cli
+from edgeopt.cli.demo_model import DATA, ONNX_MODEL, preprocess
+from edgeopt.core.runtime import run_model
 
 
 @pytest.fixture
@@ -99,7 +99,7 @@ def test_plan_lists_attention_heads_and_kinds_heads_prunes_them(runner: CliRunne
     sys.path.insert(0, str(Path(__file__).parent / "passes"))
     from test_prune_heads import attention
 
-    from edgeopt.model_io import save_model
+    from edgeopt.core.model_io import save_model
 
     path = save_model(attention(zero=(0, 1)), tmp_path / "attn.onnx")
     planned = runner.invoke(cli.app, ["prune", str(path), "--plan", "--ratio", "0.5"])

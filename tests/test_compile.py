@@ -12,13 +12,12 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt import demo_model
-from edgeopt.cli import app
-from edgeopt.compile import compile_model, select_targets
-from edgeopt.errors import ModelLoadError, PassOptionError
-from edgeopt.manifest import read_manifest
-from edgeopt.runtime import run_model
-from edgeopt.target import get_target, list_targets
+from edgeopt.cli import app, demo_model
+from edgeopt.core.errors import ModelLoadError, PassOptionError
+from edgeopt.core.runtime import run_model
+from edgeopt.core.target import get_target, list_targets
+from edgeopt.deploy.compile import compile_model, select_targets
+from edgeopt.deploy.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,7 @@ def test_a_target_that_fails_now_leaves_no_earlier_artifact(digits: Path, compil
 
 
 def test_validate_refuses_a_source_model_changed_since_compile(digits: Path, tmp_path: Path) -> None:
-    from edgeopt.validate import validate
+    from edgeopt.deploy.validate import validate
 
     shutil.copy(digits / "model.onnx", tmp_path / "model.onnx")
     compile_model(tmp_path / "model.onnx", tmp_path / "out", targets=["ort-cpu"])
@@ -155,9 +154,9 @@ def test_cli_compile_exits_1_and_lists_failed_targets(digits: Path, tmp_path: Pa
 
 
 def test_recipe_compile_section(digits: Path, tmp_path: Path) -> None:
-    from edgeopt.errors import RecipeError
-    from edgeopt.recipe import load_recipe
-    from edgeopt.workflow import run_recipe
+    from edgeopt.core.errors import RecipeError
+    from edgeopt.workflow.optimize import run_recipe
+    from edgeopt.workflow.recipe import load_recipe
 
     shutil.copy(digits / "model.onnx", tmp_path / "model.onnx")
     shutil.copy(digits / "calib.npz", tmp_path / "calib.npz")

@@ -8,9 +8,9 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.conv_refit import conv_projection
-from edgeopt.passes.rewire import ConstantWriter
-from edgeopt.runtime import run_model
+from edgeopt.blocks.conv_refit import conv_projection
+from edgeopt.core.rewire import ConstantWriter
+from edgeopt.core.runtime import run_model
 
 
 def _conv_model(group: int, strides: list[int], pads: list[int], dilations: list[int], seed: int) -> ir.Model:

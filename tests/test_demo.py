@@ -1,7 +1,7 @@
 """End-to-end test of ``edgeopt demo`` (export, clean-up, ORT artifact, measurements).
 
 The demo takes several seconds, so it runs once per module: through the CLI
-(``edgeopt demo --out DIR --json``, which calls ``edgeopt.demo.run_demo``), and
+(``edgeopt demo --out DIR --json``, which calls ``edgeopt.cli.demo.run_demo``), and
 every test reads what that one run wrote.
 """
 
@@ -17,9 +17,10 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt import cli, demo_model
-from edgeopt.inspect_model import summarize
-from edgeopt.model_io import load_model
+from edgeopt.cli import commands as cli
+from edgeopt.cli import demo_model
+from edgeopt.core.inspect_model import summarize
+from edgeopt.core.model_io import load_model
 
 ONNX_STAGES = ("exported", "cleaned up", "ort-cpu artifact")
 INT8_STAGE = "int8 (static QDQ)"
@@ -115,7 +116,7 @@ def test_demo_artifact_runs_like_cleaned_model(demo_run: tuple[Path, dict[str, A
 def test_demo_compiles_and_validates_every_target(demo_run: tuple[Path, dict[str, Any]]) -> None:
     """Every registered target (ONNX Runtime and TFLite, CPU/GPU/NPU) is emitted from the same
     cleaned-up model and calibration data and scored in its own runtime on the held-out digits."""
-    from edgeopt.target import list_targets
+    from edgeopt.core.target import list_targets
 
     out_dir, payload = demo_run
     compiled = payload["compiled"]

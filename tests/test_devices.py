@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeopt import demo_model
-from edgeopt.bundle import run_on_device, write_bundle
-from edgeopt.compile import compile_model
-from edgeopt.devices import AdbDevice, LocalDevice, SshDevice, parse_device
-from edgeopt.errors import DeviceError
+from edgeopt.cli import demo_model
+from edgeopt.core.errors import DeviceError
+from edgeopt.deploy.bundle import run_on_device, write_bundle
+from edgeopt.deploy.compile import compile_model
+from edgeopt.deploy.devices import AdbDevice, LocalDevice, SshDevice, parse_device
 
 SSHD = Path("/usr/sbin/sshd")
 
@@ -184,7 +184,7 @@ def test_ssh_transfers_stream_in_bounded_memory(tmp_path: Path) -> None:
     """Push and pull go through tar a block at a time (here against a local tar, as ssh would run it)."""
     import tracemalloc
 
-    from edgeopt.devices import _stream
+    from edgeopt.deploy.devices import _stream
 
     source, device, back = tmp_path / "bundle", tmp_path / "device", tmp_path / "back"
     source.mkdir()

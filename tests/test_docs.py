@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeopt.demo_model import ASSETS
+from edgeopt.cli.demo_model import ASSETS
 
 ROOT = Path(__file__).resolve().parents[1]
 EDGEOPT = Path(sys.executable).with_name("edgeopt")

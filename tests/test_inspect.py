@@ -1,4 +1,4 @@
-"""Tests for edgeopt.inspect_model.summarize: signature, ops, parameters, bytes and MACs."""
+"""Tests for edgeopt.core.inspect_model.summarize: signature, ops, parameters, bytes and MACs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.inspect_model import TensorInfo, file_size, summarize
-from edgeopt.model_io import load_model, save_model
-from edgeopt.runtime import run_model
+from edgeopt.core.inspect_model import TensorInfo, file_size, summarize
+from edgeopt.core.model_io import load_model, save_model
+from edgeopt.core.runtime import run_model
 
 rng = np.random.default_rng(0)
 

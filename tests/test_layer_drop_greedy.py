@@ -12,10 +12,10 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgeopt.block_scoring import compare
-from edgeopt.errors import PassOptionError
-from edgeopt.layer_drop import DropConfig, DropResult, drop_layers
-from edgeopt.runtime import Feeds, run_model
+from edgeopt.blocks.scoring import compare
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.runtime import Feeds, run_model
+from edgeopt.layers.drop import DropConfig, DropResult, drop_layers
 from edgeopt.testing.residual_models import residual_mlp
 
 WIDTH, HALF = 16, 8

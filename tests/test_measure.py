@@ -1,4 +1,4 @@
-"""Tests for edgeopt.measure: fidelity against a reference, and latency."""
+"""Tests for edgeopt.core.measure: fidelity against a reference, and latency."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import onnx.numpy_helper
 import onnx.parser
 import pytest
 
-from edgeopt.measure import Fidelity, fidelity, median_latency_ms
-from edgeopt.runtime import create_session
+from edgeopt.core.measure import Fidelity, fidelity, median_latency_ms
+from edgeopt.core.runtime import create_session
 
 # Reference logits for four samples (x is the sample index), and a run that differs
 # from it only on sample 2, by (-sqrt 2, +sqrt 2), which flips that sample's argmax.

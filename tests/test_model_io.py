@@ -1,4 +1,4 @@
-"""Tests for edgeopt.model_io: loading, external data checks and atomic saving."""
+"""Tests for edgeopt.core.model_io: loading, external data checks and atomic saving."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import onnx.numpy_helper
 import onnx_ir as ir
 import pytest
 
-from edgeopt import model_io
-from edgeopt.errors import ModelLoadError, ModelSaveError
-from edgeopt.model_io import (
+from edgeopt.core import model_io
+from edgeopt.core.errors import ModelLoadError, ModelSaveError
+from edgeopt.core.model_io import (
     SOURCE_FILES_KEY,
     SOURCE_PATH_KEY,
     load_model,
     save_model,
     tensor_bytes,
 )
-from edgeopt.runtime import random_feeds, run_model
+from edgeopt.core.runtime import random_feeds, run_model
 
 ADD_TEXT = """
 <ir_version: 10, opset_import: ["" : 18]>

@@ -1,4 +1,4 @@
-"""Tests for edgeopt.observers: streaming observers, factories and quantization parameters."""
+"""Tests for edgeopt.calibration.observers: streaming observers, factories and quantization parameters."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.observers import (
+from edgeopt.calibration.observers import (
     OBSERVERS,
     HistogramObserver,
     MinMaxObserver,
@@ -19,6 +18,7 @@ from edgeopt.observers import (
     per_channel_weight_qparams,
     qparams_from_range,
 )
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
 
 
 def _feed(observer: Observer, data: np.ndarray, parts: int = 7) -> tuple[float, float]:

@@ -1,4 +1,4 @@
-"""Tests for edgeopt.pipeline: step reports, verification and rollback.
+"""Tests for edgeopt.pipeline.runner: step reports, verification and rollback.
 
 The passes here are test-only, some of them wrong on purpose; ``register_passes`` puts
 them in the registry for one test.
@@ -14,16 +14,16 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from edgeopt.errors import (
+from edgeopt.core.errors import (
     ModelSaveError,
     PassOptionError,
     UnsupportedOpError,
     UnsupportedOpsetError,
     VerificationError,
 )
-from edgeopt.model_io import SOURCE_PATH_KEY, load_model, save_model
-from edgeopt.pipeline import PRESET_ROUNDS, Pipeline, StepResult, run_passes
-from edgeopt.runtime import compare_outputs, random_feeds, run_model
+from edgeopt.core.model_io import SOURCE_PATH_KEY, load_model, save_model
+from edgeopt.core.runtime import compare_outputs, random_feeds, run_model
+from edgeopt.pipeline.runner import PRESET_ROUNDS, Pipeline, StepResult, run_passes
 
 MODEL_TEXT = """
 <ir_version: 10, opset_import: ["" : 18]>
@@ -347,7 +347,7 @@ def test_verify_with_input_model_ort_cannot_run(caplog: pytest.LogCaptureFixture
         """
     )
 
-    with caplog.at_level(logging.WARNING, logger="edgeopt.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="edgeopt.pipeline.runner"):
         result = Pipeline(["remove-identity"], verify=True).run(model)
 
     assert "does not run in ONNX Runtime" in caplog.text

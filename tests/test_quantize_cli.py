@@ -20,8 +20,8 @@ from onnx import numpy_helper as nh
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt import cli
-from edgeopt.runtime import create_session
+from edgeopt.cli import commands as cli
+from edgeopt.core.runtime import create_session
 
 OUTLIER_CHANNELS = [0, 5, 9]
 

@@ -11,10 +11,10 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.model_io import load_model
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import run_model
 from edgeopt.passes.quantize_common import is_transformer_like
-from edgeopt.quantize import QuantizeConfig, quantize_file
-from edgeopt.runtime import run_model
+from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
 S, D = 8, 16
 

@@ -12,9 +12,9 @@ import onnx.parser
 import onnxruntime as ort
 import pytest
 
-from edgeopt.errors import RecipeError
-from edgeopt.recipe import load_recipe
-from edgeopt.workflow import run_recipe
+from edgeopt.core.errors import RecipeError
+from edgeopt.workflow.optimize import run_recipe
+from edgeopt.workflow.recipe import load_recipe
 
 MODEL_TEXT = """
 <ir_version: 10, opset_import: ["" : 17]>
@@ -260,7 +260,7 @@ def test_quantize_step_with_calibration_relative_to_the_recipe(
 ) -> None:
     import onnx_ir as ir
 
-    from edgeopt.runtime import run_model
+    from edgeopt.core.runtime import run_model
 
     folder = tmp_path / "project"
     (folder / "calib").mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""Tests for edgeopt.registry: lookup, suggestions, typed options and presets.
+"""Tests for edgeopt.pipeline.registry: lookup, suggestions, typed options and presets.
 
 The passes here are test-only; ``register_passes`` puts them in the registry for one test.
 """
@@ -11,8 +11,8 @@ from typing import Literal
 import onnx_ir as ir
 import pytest
 
-from edgeopt import registry
-from edgeopt.errors import PassOptionError
+from edgeopt.core.errors import PassOptionError
+from edgeopt.pipeline import registry
 
 
 class ScaleWeightsPass(ir.passes.InPlacePass):

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 from torch import nn
 
-from edgeopt.residual_blocks import find_blocks
+from edgeopt.blocks.residual import find_blocks
+from edgeopt.exporting.torch_export import export
 from edgeopt.testing.residual_models import residual_mlp
-from edgeopt.torch_export import export
 
 LAYERS = 3
 

@@ -1,4 +1,4 @@
-"""Tests for edgeopt.runtime: sessions, random inputs and output comparison."""
+"""Tests for edgeopt.core.runtime: sessions, random inputs and output comparison."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from edgeopt import runtime
-from edgeopt.errors import CalibrationDataError
-from edgeopt.model_io import load_model, save_model
-from edgeopt.runtime import (
+from edgeopt.core import runtime
+from edgeopt.core.errors import CalibrationDataError
+from edgeopt.core.model_io import load_model, save_model
+from edgeopt.core.runtime import (
     compare_outputs,
     create_session,
     model_inputs,

@@ -10,10 +10,10 @@ import onnx
 import pytest
 import torch
 
-from edgeopt.errors import ExportError
-from edgeopt.model_io import load_model, to_proto
-from edgeopt.runtime import run_model
-from edgeopt.torch_export import ExportResult, export
+from edgeopt.core.errors import ExportError
+from edgeopt.core.model_io import load_model, to_proto
+from edgeopt.core.runtime import run_model
+from edgeopt.exporting.torch_export import ExportResult, export
 
 
 class ConvNet(torch.nn.Module):
@@ -163,7 +163,7 @@ def test_module_failing_on_grown_axes_names_them() -> None:
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_auto_falls_back_to_torchscript(caplog: pytest.LogCaptureFixture) -> None:
     module = AlwaysTrueBranch()
-    with caplog.at_level(logging.WARNING, logger="edgeopt.torch_export"):
+    with caplog.at_level(logging.WARNING, logger="edgeopt.exporting.torch_export"):
         result = export(module, torch.randn(2, 3))
     assert result.report.exporter == "torchscript"
     assert result.report.fallback_reason

@@ -15,13 +15,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from edgeopt import demo_model
-from edgeopt.cli import app
-from edgeopt.compile import compile_model
-from edgeopt.errors import CalibrationDataError, PassOptionError
-from edgeopt.scoring import Scorer, load_custom_metric
-from edgeopt.validate import validate
-from edgeopt.validation_report import write_report
+from edgeopt.cli import app, demo_model
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.scoring import Scorer, load_custom_metric
+from edgeopt.deploy.compile import compile_model
+from edgeopt.deploy.report import write_report
+from edgeopt.deploy.validate import validate
 
 SAMPLES = 90
 
@@ -145,7 +144,7 @@ def test_custom_metric(digits: Path, tmp_path: Path) -> None:
     result = validate(digits / "out", data=digits / "val.npz", reference=digits / "model.onnx", metric="custom",
                       custom=metric, batch_size=30, warmup=0, targets=("ort-cpu",))
     x = np.load(digits / "val.npz")["image"]
-    from edgeopt.runtime import run_model
+    from edgeopt.core.runtime import run_model
 
     logits = np.sort(run_model(str(digits / "model.onnx"), {"image": x})["logits"], axis=1)
     assert result.artifacts[0].scores.metric_value == pytest.approx((logits[:, -1] - logits[:, -2]).mean(), rel=1e-4)
@@ -179,7 +178,7 @@ def test_cli_validate(digits: Path, tmp_path: Path) -> None:
 
 def test_tflite_int8_per_layer_comparison(digits: Path) -> None:
     pytest.importorskip("ai_edge_litert")
-    from edgeopt.target import list_targets
+    from edgeopt.core.target import list_targets
 
     if not {"tflite-cpu", "tflite-npu"} <= set(list_targets()):
         pytest.skip("the TFLite targets are not registered")

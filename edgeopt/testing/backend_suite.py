@@ -20,8 +20,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from edgeopt.model_io import load_model
-from edgeopt.runtime import compare_outputs, create_session
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import compare_outputs, create_session
 from edgeopt.testing.backend_cases import BackendCase, collect_cases, node_cases_dir
 
 __all__ = [
@@ -57,7 +57,7 @@ class CaseOutcome:
 
 def cleanup_transform(model: ir.Model) -> ir.Model:
     """The ``cleanup`` preset, raising instead of rolling back a failing pass."""
-    from edgeopt.pipeline import Pipeline
+    from edgeopt.pipeline.runner import Pipeline
 
     return Pipeline(["cleanup"], on_error="raise").run(model).model
 

@@ -17,7 +17,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from edgeopt.runtime import compare_outputs, random_feeds, run_model
+from edgeopt.core.runtime import compare_outputs, random_feeds, run_model
 
 
 def check_model(model: ir.Model) -> None:

@@ -11,9 +11,9 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.errors import PassOptionError
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import ClampMaskConstantsPass, QuantizeStaticPass
-from edgeopt.runtime import run_model
 
 # Masked attention scores over 6 keys: scores + where(mask, 0, MIN), then softmax.
 TEXT = """

@@ -8,9 +8,9 @@ import onnx_ir as ir
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
+from edgeopt.core.runtime import compare_outputs, random_feeds, run_model
 from edgeopt.passes import PRESETS, cleanup
-from edgeopt.pipeline import Pipeline
-from edgeopt.runtime import compare_outputs, random_feeds, run_model
+from edgeopt.pipeline.runner import Pipeline
 
 
 def _messy_model() -> ir.Model:

@@ -8,11 +8,11 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import PassOptionError, UnsupportedOpsetError
+from edgeopt.core.errors import PassOptionError, UnsupportedOpsetError
+from edgeopt.core.runtime import random_feeds, run_model
 from edgeopt.passes import ClusterWeightsPass, cleanup
 from edgeopt.passes.codebook import kmeans_1d, pack_planes, unpack_planes
-from edgeopt.pipeline import Pipeline
-from edgeopt.runtime import random_feeds, run_model
+from edgeopt.pipeline.runner import Pipeline
 
 LOSSY = {"rtol": 1.0, "atol": 1.0}
 """apply_pass tolerance for lossy clustering: checker and signature only; each test bounds the error."""
@@ -249,7 +249,7 @@ def test_channel_scale_shares_one_codebook_across_scaled_channels(apply_pass):
 
 def test_second_run_leaves_the_decode_chain_alone_even_after_a_file_round_trip(tmp_path):
     """The chain's own small constants (the bit-plane weights feed a MatMul) are never clustered."""
-    from edgeopt.model_io import load_model, save_model
+    from edgeopt.core.model_io import load_model, save_model
 
     conv, fc = _weights()
     model = _model(conv, fc)
@@ -262,8 +262,8 @@ def test_second_run_leaves_the_decode_chain_alone_even_after_a_file_round_trip(t
 
 def test_codebook_form_survives_cleanup_and_ort_default_optimizations(tmp_path):
     """After ``cleanup`` the file keeps the codebook; ORT, optimizing at load, computes the same."""
-    from edgeopt.model_io import load_model, save_model
-    from edgeopt.runtime import create_session, run_session
+    from edgeopt.core.model_io import load_model, save_model
+    from edgeopt.core.runtime import create_session, run_session
 
     conv, fc = _weights()
     model = _model(conv, fc)

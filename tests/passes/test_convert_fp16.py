@@ -10,9 +10,9 @@ import onnx.numpy_helper
 import onnx.parser
 import onnx_ir as ir
 
+from edgeopt.core.runtime import compare_outputs, run_model
 from edgeopt.passes import ConvertFloat16Pass
 from edgeopt.passes.convert_fp16 import FRAGILE_OPS
-from edgeopt.runtime import compare_outputs, run_model
 
 TEXT = """
 <ir_version: 10, opset_import: ["" : 17]>

@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from edgeopt.errors import UnsupportedOpsetError
+from edgeopt.core.errors import UnsupportedOpsetError
 from edgeopt.passes import ConvertOpsetPass
 
 # Opset 13 changed all four: Softmax's axis semantics (coerce to 2-D -> one axis),

@@ -19,10 +19,10 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 from onnxruntime.quantization.quant_utils import quantize_data
 
-from edgeopt.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.runtime import Feeds, run_model
 from edgeopt.passes.correct_bias import CORRECTED_KEY, CorrectBiasPass, fake_quantize
 from edgeopt.passes.quantize_static import QuantizeStaticPass
-from edgeopt.runtime import Feeds, run_model
 
 
 def _vi(name: str, shape: list[int | str]) -> onnx.ValueInfoProto:

@@ -10,10 +10,10 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.errors import UnsupportedOpsetError
+from edgeopt.core.errors import UnsupportedOpsetError
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import PASSES, DecomposeErfPass
-from edgeopt.pipeline import Pipeline
-from edgeopt.runtime import run_model
+from edgeopt.pipeline.runner import Pipeline
 
 # BERT's exact GELU as torch.onnx (dynamo) writes it, plus a bare Erf as a graph output.
 GELU = """

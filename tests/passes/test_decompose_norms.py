@@ -10,10 +10,10 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.errors import UnsupportedOpsetError
+from edgeopt.core.errors import UnsupportedOpsetError
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import PASSES, DecomposeNormsPass
-from edgeopt.pipeline import Pipeline
-from edgeopt.runtime import run_model
+from edgeopt.pipeline.runner import Pipeline
 
 
 def _model(text: str) -> ir.Model:

@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from edgeopt.block_scoring import compare, score_blocks
-from edgeopt.errors import CalibrationDataError, PassOptionError
+from edgeopt.blocks.residual import find_blocks
+from edgeopt.blocks.scoring import compare, score_blocks
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.runtime import Feeds, run_model
+from edgeopt.exporting.torch_export import export
 from edgeopt.passes import DropLayersPass
 from edgeopt.passes.drop_layers import DROPPED_KEY
-from edgeopt.residual_blocks import find_blocks
-from edgeopt.runtime import Feeds, run_model
 from edgeopt.testing.residual_models import residual_cnn, residual_mlp
-from edgeopt.torch_export import export
 
 
 def _mlp(blocks: int = 4, identity: tuple[int, ...] = ()) -> ir.Model:

@@ -15,10 +15,10 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import PassOptionError
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.runtime import run_model
 from edgeopt.passes.equalize_cross_layer import EqualizeCrossLayerPass
 from edgeopt.passes.quantize_static import QuantizeStaticPass
-from edgeopt.runtime import run_model
 
 ATOL = 1e-4
 

@@ -8,9 +8,9 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import PassOptionError
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import FactorizeLowRankPass
-from edgeopt.runtime import run_model
 
 
 def _params(model: ir.Model) -> int:
@@ -139,7 +139,7 @@ def test_bad_options_are_refused():
 
 def test_second_run_leaves_the_factors_alone_even_after_a_file_round_trip(tmp_path):
     """A factor is full rank r: re-factorizing it at energy < 1 would compound the error on every run."""
-    from edgeopt.model_io import load_model, save_model
+    from edgeopt.core.model_io import load_model, save_model
 
     model = _layers()
     first = FactorizeLowRankPass(energy=0.5, min_elements=256)

@@ -11,11 +11,11 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.errors import PassOptionError
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import FixStaticShapesPass
 from edgeopt.passes.fix_static_shapes import dynamic_dims
-from edgeopt.registry import get_pass
-from edgeopt.runtime import run_model
+from edgeopt.pipeline.registry import get_pass
 
 # A toy encoder block: token ids and a float sequence share (N, seq); Shape-driven
 # Reshape, a MatMul, a mean over the sequence, and an output whose size depends on both.

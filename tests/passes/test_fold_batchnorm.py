@@ -15,10 +15,10 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import UnsupportedOpsetError
+from edgeopt.core.errors import UnsupportedOpsetError
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import FoldBatchNormPass
-from edgeopt.pipeline import Pipeline
-from edgeopt.runtime import run_model
+from edgeopt.pipeline.runner import Pipeline
 
 
 def _vi(

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.bn_reestimate import reestimate_batchnorm
+from edgeopt.channels.bn_reestimate import reestimate_batchnorm
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import PruneChannelsPass
-from edgeopt.runtime import run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import prune_models  # noqa: E402

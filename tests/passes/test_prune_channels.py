@@ -10,9 +10,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgeopt.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.runtime import random_feeds, run_model
 from edgeopt.passes import FoldBatchNormPass, PruneChannelsPass
-from edgeopt.runtime import random_feeds, run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import prune_models  # noqa: E402
@@ -204,7 +204,7 @@ def test_repair_of_transformer_ffn_refits_projection_and_bias(checker: Callable[
     (256, 0.3, "down", 176), (8, 0.9, "down", 8), (10, 0.5, "up", 8),
 ])
 def test_keep_count_rounding(size: int, ratio: float, rounding: str, keep: int) -> None:
-    from edgeopt.prune_plan import keep_count
+    from edgeopt.channels.plan import keep_count
 
     assert keep_count(size, size * (1 - ratio), round_to=8, max_ratio=0.9, rounding=rounding) == keep  # type: ignore[arg-type]
 

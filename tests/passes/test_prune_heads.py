@@ -11,10 +11,10 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgeopt.channel_groups import build_groups
+from edgeopt.channels.builder import build_groups
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import PruneChannelsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
-from edgeopt.runtime import run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import prune_models  # noqa: E402
@@ -118,7 +118,7 @@ def exported_bert_attention(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BERT-style self-attention (separate Q/K/V Linear, view + transpose into heads, as in
     MiniLM) with heads 0 and 2 zeroed, exported by torch's dynamo exporter through edgeopt."""
     torch = pytest.importorskip("torch")
-    from edgeopt.torch_export import export
+    from edgeopt.exporting.torch_export import export
 
     class SelfAttention(torch.nn.Module):
         def __init__(self) -> None:
@@ -151,7 +151,7 @@ def exported_bert_attention(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_dynamo_export_prunes_zero_heads_exactly(exported_bert_attention: Path,
                                                  checker: Callable[[ir.Model], None]) -> None:
-    from edgeopt.model_io import load_model
+    from edgeopt.core.model_io import load_model
 
     model = load_model(exported_bert_attention)
     feeds = _feeds()
@@ -173,8 +173,8 @@ def test_packed_multihead_attention_keeps_its_heads_and_prunes_the_ffn(
     """nn.TransformerEncoderLayer's packed in_proj (heads folded into the batch axis) is not
     supported yet: its heads stay, with the reason, and the FFN neurons are still pruned."""
     torch = pytest.importorskip("torch")
-    from edgeopt.model_io import load_model
-    from edgeopt.torch_export import export
+    from edgeopt.core.model_io import load_model
+    from edgeopt.exporting.torch_export import export
 
     torch.manual_seed(0)
     layer = torch.nn.TransformerEncoderLayer(WIDTH, HEADS, 32, dropout=0.0, batch_first=True).eval()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.core.runtime import random_feeds, run_model
 from edgeopt.passes import PruneMagnitudePass
-from edgeopt.runtime import random_feeds, run_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import prune_models  # noqa: E402

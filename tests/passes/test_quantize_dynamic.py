@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import QuantizeDynamicPass
-from edgeopt.runtime import run_model
 
 # 8-bit rounding of weights and activations gives ~1 % here; 3 % fails a wrong
 # scale or zero point (tens of %) without flaking.

@@ -19,9 +19,9 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import CalibrationDataError
+from edgeopt.core.errors import CalibrationDataError
+from edgeopt.core.runtime import Feeds, run_model
 from edgeopt.passes import QuantizeStaticPass
-from edgeopt.runtime import Feeds, run_model
 
 # A uint8 output is rounded once (half a step); the rounding of the input (uint8)
 # and the weights (int8) adds, through the dot product, about one more step on

@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import PassOptionError
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.runtime import Feeds, run_model
 from edgeopt.passes import QuantizeWeightsPass
-from edgeopt.runtime import Feeds, run_model
 
 K, N = 256, 64
 

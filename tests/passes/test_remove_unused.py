@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import RemoveUnusedPass
-from edgeopt.runtime import run_model
 
 
 def test_dead_chain_is_removed_in_one_run(apply_pass, op_counts):

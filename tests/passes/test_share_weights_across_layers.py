@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import PassOptionError
+from edgeopt.core.errors import PassOptionError
 from edgeopt.passes import ShareWeightsAcrossLayersPass
 
 
@@ -84,7 +84,7 @@ def test_bad_tolerance_is_refused():
 def test_second_run_does_not_share_the_mean_again(tmp_path):
     """W2 is too far from the leader W0 but close to the mean of W0 and W1: a second run must not
     pull it in (W0's error would grow past what the first run reported)."""
-    from edgeopt.model_io import load_model, save_model
+    from edgeopt.core.model_io import load_model, save_model
     from edgeopt.passes.share_weights_across_layers import SHARED_KEY
 
     w = _weight(0).astype(np.float64)

@@ -18,10 +18,10 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.runtime import Feeds, run_model
 from edgeopt.passes.quantize_static import QuantizeStaticPass
 from edgeopt.passes.smooth_quant import MUL_PREFIX, SmoothQuantPass
-from edgeopt.runtime import Feeds, run_model
 
 ATOL = 1e-4
 K, N, S = 64, 32, 8

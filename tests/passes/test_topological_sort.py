@@ -8,8 +8,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
+from edgeopt.core.runtime import run_model
 from edgeopt.passes import TopologicalSortPass
-from edgeopt.runtime import run_model
 
 
 def _vi(name: str, shape: list[int]) -> onnx.ValueInfoProto:

@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 
 from edgeopt import targets
-from edgeopt.errors import PassOptionError, UnsupportedOpError
-from edgeopt.runtime import run_model
-from edgeopt.target import Issue, get_target, list_targets
+from edgeopt.core.errors import PassOptionError, UnsupportedOpError
+from edgeopt.core.runtime import run_model
+from edgeopt.core.target import Issue, get_target, list_targets
 
 OrtCpuTarget = targets.OrtCpuTarget
 

@@ -16,10 +16,10 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.demo_model import ONNX_MODEL, load_data
-from edgeopt.errors import ExportError
-from edgeopt.model_io import load_model
-from edgeopt.runtime import run_model
+from edgeopt.cli.demo_model import ONNX_MODEL, load_data
+from edgeopt.core.errors import ExportError
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import run_model
 from edgeopt.targets import TARGETS, OrtGpuTarget
 from edgeopt.targets.ort_gpu import cpu_fp16_ops, providers
 

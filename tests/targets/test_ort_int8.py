@@ -13,11 +13,11 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from edgeopt.demo_model import ONNX_MODEL, load_data
-from edgeopt.errors import CalibrationDataError, ExportError
-from edgeopt.model_io import load_model
-from edgeopt.runtime import Feeds, run_model
-from edgeopt.target import get_target
+from edgeopt.cli.demo_model import ONNX_MODEL, load_data
+from edgeopt.core.errors import CalibrationDataError, ExportError
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import Feeds, run_model
+from edgeopt.core.target import get_target
 from edgeopt.targets import TARGETS, OrtCpuInt8Target
 
 

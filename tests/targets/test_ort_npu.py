@@ -11,11 +11,11 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.demo_model import ONNX_MODEL, load_data
-from edgeopt.errors import CalibrationDataError, PassOptionError, UnsupportedOpError
-from edgeopt.model_io import load_model
-from edgeopt.runtime import Feeds, run_model
-from edgeopt.target import get_target, raise_for_issues
+from edgeopt.cli.demo_model import ONNX_MODEL, load_data
+from edgeopt.core.errors import CalibrationDataError, PassOptionError, UnsupportedOpError
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import Feeds, run_model
+from edgeopt.core.target import get_target, raise_for_issues
 from edgeopt.targets import TARGETS, OrtNpuTarget
 from edgeopt.targets.npu_ops import FLOAT_NOTE, NNAPI_OPS, QNN_OPS, partition
 

@@ -26,11 +26,11 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.calib_data import open_reader
-from edgeopt.demo_model import ONNX_MODEL, load_data
-from edgeopt.errors import CalibrationDataError, ModelLoadError, UnsupportedOpError
-from edgeopt.runtime import Feeds, run_model
-from edgeopt.target import Target, get_target, list_targets
+from edgeopt.cli.demo_model import ONNX_MODEL, load_data
+from edgeopt.core.errors import CalibrationDataError, ModelLoadError, UnsupportedOpError
+from edgeopt.core.runtime import Feeds, run_model
+from edgeopt.core.target import Target, get_target, list_targets
+from edgeopt.data.readers import open_reader
 from edgeopt.targets import TFLiteCpuInt8Target, TFLiteNpuTarget, TFLiteTarget, onnx2tf_convert, tflite_io
 
 _MISSING = [m for m in ("tensorflow", "onnx2tf", "ai_edge_litert") if importlib.util.find_spec(m) is None]

@@ -1,0 +1,1 @@
+"""Residual blocks of a graph (the engine of layer dropping): find them, score their removal, bypass and repair them."""

@@ -1,0 +1,366 @@
+"""The ``edgeopt`` command line. It owns the terminal: tables, progress bars, ``--json``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from edgeopt.cli.render import (
+    demo_table,
+    inspect_table,
+    issues_table,
+    passes_table,
+    quantize_json,
+    quantize_tables,
+    samples_progress,
+    steps_progress,
+    steps_table,
+    summary_table,
+)
+from edgeopt.core.errors import EdgeoptError, PassOptionError
+from edgeopt.pipeline import registry
+
+app = typer.Typer(
+    name="edgeopt",
+    help="ONNX graph optimizer and edge export toolchain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)  # paths and messages are never broken mid-word
+err = Console(stderr=True)
+_state = {"debug": False}
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log what each pass does.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not (verbose or debug):  # their internal fallbacks are not the user's concern
+        for noisy in ("onnxscript", "torch.onnx", "onnx_ir"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    _state["debug"] = debug
+
+
+def _emit_json(payload: Any) -> None:
+    out.print_json(json.dumps(payload, default=str))
+
+
+@app.command()
+def inspect(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")], as_json: JsonFlag = False
+) -> None:
+    """Opsets, signature, op histogram, parameters, weight bytes and MACs of a model."""
+    from edgeopt.core.inspect_model import summarize
+    from edgeopt.core.model_io import load_model
+
+    summary = summarize(load_model(model))
+    if as_json:
+        _emit_json(summary.as_dict())
+    else:
+        out.print(inspect_table(summary))
+
+
+def _parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        key, sep, raw = spec.partition("=")
+        name, dot, option = key.partition(".")
+        if not sep or not dot:
+            raise typer.BadParameter(f"'{spec}': expected PASS.OPTION=VALUE, "
+                                     "e.g. fold-constants.input_size_limit=4096.", param_hint="--option")
+        try:
+            options.setdefault(name, {})[option] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise typer.BadParameter(f"'{spec}': the value is not valid YAML ({str(e).splitlines()[0]}).",
+                                     param_hint="--option") from e
+    return options
+
+
+def _steps_with_options(
+    names: list[str], options: dict[str, dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Attach each ``-O PASS.OPTION=VALUE`` to PASS, or to the preset that contains it."""
+    steps: list[tuple[str, dict[str, Any]]] = [(n, {}) for n in names]
+    for pass_name, values in options.items():
+        for step_name, step_options in steps:
+            if step_name == pass_name:
+                step_options.update(values)
+                break
+            if pass_name in registry.expand([step_name]) and step_name != pass_name:
+                step_options.setdefault(pass_name, {}).update(values)
+                break
+        else:
+            raise PassOptionError(
+                f"--option for '{pass_name}', which is not in --passes {','.join(names)}."
+            )
+    return steps
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Argument(help="Input ONNX model (never overwritten).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
+    passes: Annotated[str, typer.Option("--passes", "-p", help="Comma-separated passes/presets.")] = "cleanup",
+    option: Annotated[list[str], typer.Option("--option", "-O", help="PASS.OPTION=VALUE")] = [],  # noqa: B006
+    verify: Annotated[bool, typer.Option(help="Check outputs in ONNX Runtime after every pass.")] = False,
+    target: Annotated[list[str], typer.Option("--target", "-t", help="Also emit this target's artifact.")] = [],  # noqa: B006
+    in_place: Annotated[bool, typer.Option("--in-place", help="Allow writing over MODEL's files.")] = False,
+    external_data: Annotated[
+        bool | None,
+        typer.Option("--external-data/--no-external-data",
+                     help="Store tensors in OUTPUT.data (default: only above 2 GB)."),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run passes on MODEL and write OUTPUT (and target artifacts beside it)."""
+    from edgeopt.workflow.optimize import optimize_file
+
+    names = [n.strip() for n in passes.split(",") if n.strip()]
+    if not names:
+        raise typer.BadParameter("no pass given; e.g. --passes cleanup.", param_hint="--passes")
+    steps = _steps_with_options(names, _parse_options(option))
+    with steps_progress(err, len(registry.expand(names)), disable=as_json) as advance:
+        result = optimize_file(model, output, steps, verify=verify, targets=target,
+                               in_place=in_place, external_data=external_data, on_step=advance)
+    _show_optimize_result(result, as_json)
+
+
+def _show_optimize_result(result: Any, as_json: bool) -> None:
+    """What `optimize` and `run` print: passes, before/after, written files (or JSON)."""
+    if as_json:
+        _emit_json({"output": str(result.output), "before": result.before.as_dict(),
+                    "after": result.after.as_dict(), "steps": [asdict(s) for s in result.pipeline.steps],
+                    "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
+        return
+    out.print(steps_table(result.pipeline.steps))
+    out.print(summary_table(result.before, result.after))
+    out.print(f"wrote {result.output}")
+    for name, path in result.artifacts.items():
+        out.print(f"wrote {name} artifact {path}")
+
+
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="Float ONNX model (never overwritten).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the quantized model.")],
+    mode: Annotated[str, typer.Option(help="static | dynamic | weight-only")] = "static",
+    calib: Annotated[str | None, typer.Option(help="Sample data: folder of .npy/.npz or images, or random:N.")] = None,
+    method: Annotated[str, typer.Option(help="minmax | moving-average | percentile | entropy | mse")] = "minmax",
+    percentile: Annotated[float, typer.Option(help="For --method percentile.")] = 99.999,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.")] = True,
+    fmt: Annotated[str, typer.Option("--format", help="qdq | qoperator")] = "qdq",
+    activation_type: Annotated[str, typer.Option(help="uint8 | int8 | uint16 | int16")] = "uint8",
+    bits: Annotated[int, typer.Option(help="Weight-only: 4 or 8.")] = 4,
+    block_size: Annotated[int, typer.Option(help="Weight-only: weights per scale.")] = 32,
+    weight_method: Annotated[str, typer.Option(help="Weight-only: rtn | hqq")] = "rtn",
+    embedding_bits: Annotated[int, typer.Option(help="Weight-only: also quantize embedding tables "
+                                                "(Gather) to 8 or 4 bits; 0 keeps them float.")] = 0,
+    exclude: Annotated[list[str], typer.Option(help="Node name to keep in float (repeatable).")] = [],  # noqa: B006
+    op_types: Annotated[str, typer.Option(help="Comma-separated op types to quantize (static default: all, but only "
+                                                 "MatMul,Gemm,Gather in transformers; 'all' forces every op).")] = "",
+    samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Re-batch calibration data.")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="Keep sensitive nodes float until agreement "
+                                                   "with fp32 drops at most this much.")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Show the per-node sensitivity table.")] = False,
+    prepasses: Annotated[str, typer.Option(help="Static mode, comma-separated: equalize-cross-layer, "
+                                           "correct-bias, smooth-quant.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Quantize MODEL (static int8 with calibration, dynamic, or weight-only int4/int8)."""
+    from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
+
+    config = _quantize_config(QuantizeConfig, mode=mode, method=method, percentile=percentile,
+                              per_channel=per_channel, format=fmt, activation_type=activation_type,
+                              bits=bits, block_size=block_size, weight_method=weight_method,
+                              embedding_bits=embedding_bits,
+                              exclude=tuple(exclude),
+                              op_types=tuple(t for t in op_types.split(",") if t),
+                              samples=samples, batch_size=batch_size, max_drop=max_drop,
+                              prepasses=tuple(p for p in prepasses.split(",") if p))
+    with samples_progress(err, disable=as_json) as progress:
+        result = quantize_file(model, output, config, calibration=calib, report=report,
+                               progress=progress)
+    if as_json:
+        _emit_json(quantize_json(result))
+        return
+    out.print(quantize_tables(result, show_report=report))
+
+
+@app.command()
+def analyze(
+    model: Annotated[Path, typer.Argument(help="Float ONNX model.")],
+    calib: Annotated[str, typer.Option(help="Sample data: folder of .npy/.npz or images, or random:N.")],
+    method: Annotated[str, typer.Option(help="Calibration method.")] = "minmax",
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor")] = True,
+    activation_type: Annotated[str, typer.Option(help="uint8 | int8 | uint16 | int16")] = "uint8",
+    samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
+    limit: Annotated[int, typer.Option(help="Rows of the table.")] = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Rank nodes by the error static int8 quantization introduces (SQNR, cosine); writes nothing."""
+    import tempfile
+
+    from edgeopt.cli.render import sensitivity_table
+    from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
+
+    config = _quantize_config(QuantizeConfig, method=method, per_channel=per_channel,
+                              activation_type=activation_type, samples=samples)
+    with tempfile.TemporaryDirectory() as tmp, samples_progress(err, disable=as_json) as progress:
+        result = quantize_file(model, Path(tmp) / "quantized.onnx", config, calibration=calib,
+                               report=True, progress=progress)
+    assert result.report is not None
+    if as_json:
+        _emit_json([asdict(e) for e in result.report])
+    else:
+        out.print(sensitivity_table(result.report, limit=limit))
+
+
+def _quantize_config(cls: Any, **values: Any) -> Any:
+    """Build the config, turning a bad choice into a one-line PassOptionError."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is typing.Literal else ()
+        if choices and value not in choices:
+            raise PassOptionError(f"quantize: --{key.replace('_', '-')} must be one of "
+                                  f"{', '.join(map(str, choices))}, got {value!r}.")
+    return cls(**values)
+
+
+@app.command("convert-opset")
+def convert_opset(
+    model: Annotated[Path, typer.Argument(help="Input ONNX model.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the result.")],
+    to: Annotated[int, typer.Option("--to", help="Target default-domain opset.")] = 17,
+) -> None:
+    """Convert MODEL's default-domain opset."""
+    from edgeopt.workflow.optimize import optimize_file
+
+    result = optimize_file(model, output, [("convert-opset", {"target_version": to})])
+    out.print(f"wrote {result.output} (opset {result.after.opsets.get('ai.onnx')})")
+
+
+@app.command("list-passes")
+def list_passes(as_json: JsonFlag = False) -> None:
+    """Every registered pass with its options, and the presets."""
+    infos = registry.list_passes()
+    if as_json:
+        _emit_json({
+            "passes": [{"name": i.name, "summary": i.summary,
+                        "options": {o.name: {"type": o.type_name, "default": o.default}
+                                    for o in i.options().values()}} for i in infos],
+            "presets": {k: list(v) for k, v in registry.list_presets().items()},
+        })
+        return
+    out.print(passes_table(infos, registry.list_presets()))
+
+
+@app.command()
+def check(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name.")] = "ort-cpu",
+    as_json: JsonFlag = False,
+) -> None:
+    """List everything in MODEL that TARGET cannot run (exit 1 if anything)."""
+    from edgeopt.core.model_io import load_model
+    from edgeopt.core.target import get_target
+
+    issues = get_target(target).check(load_model(model))
+    if as_json:
+        _emit_json([asdict(i) for i in issues])
+    elif issues:
+        out.print(issues_table(target, issues))
+    else:
+        out.print(f"{model}: every node runs on {target}")
+    if issues:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")], as_json: JsonFlag = False
+) -> None:
+    """Execute a recipe (model, passes with options, verify, targets)."""
+    from edgeopt.workflow.optimize import run_recipe
+    from edgeopt.workflow.recipe import load_recipe
+
+    parsed = load_recipe(recipe)
+    total = len(registry.expand([name for name, _ in parsed.passes]))
+    with steps_progress(err, total, disable=as_json) as advance:
+        result = run_recipe(parsed, on_step=advance)
+    _show_optimize_result(result, as_json)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for artifacts.")] = Path("edgeopt-demo"),
+    as_json: JsonFlag = False,
+) -> None:
+    """Export, clean up, emit and measure the shipped digits CNN (no download)."""
+    _quiet_torch()
+    from edgeopt.cli.demo import run_demo
+
+    with err.status("starting", spinner="dots") as status:
+        result = run_demo(out_dir, on_stage=lambda s: status.update(s) if not as_json else None)
+    if as_json:
+        _emit_json(result.as_dict())
+        return
+    out.print(demo_table(result))
+    out.print(f"artifacts and summary.json in {result.out_dir}; every target's artifact, manifest.json and "
+              f"report.html in {result.out_dir / 'compiled'}")
+
+
+def _quiet_torch() -> None:
+    """Hide torch's import-time notices (no torchvision, deprecations) unless -v/--debug."""
+    if logging.getLogger().level <= logging.INFO:
+        return
+    import warnings
+
+    import torch  # noqa: F401 - torch configures its loggers on import; adjust them after
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|copyreg)")
+
+
+# Commands that live in their own modules, one area each: each module's
+# ``register(app)`` adds its commands (they may import out/err/_emit_json from here).
+_COMMAND_MODULES: tuple[str, ...] = (
+    "compress",
+    "deploy",
+    "drop",
+    "prune",
+)
+for _module in _COMMAND_MODULES:
+    importlib.import_module(f"edgeopt.cli.{_module}").register(app)
+
+
+def main() -> None:
+    """Entry point: one-line errors (exit 1) unless --debug; usage errors exit 2."""
+    try:
+        app()
+    except EdgeoptError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Summarize a model: opsets, signature, op histogram, parameters, weight bytes, MACs."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from edgeopt.core.model_io import SOURCE_PATH_KEY
+from edgeopt.pipeline import registry
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: list[int | str | None] | None
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What ``edgeopt inspect`` reports; ``as_dict()`` is its JSON form."""
+
+    path: str | None
+    file_bytes: int | None
+    ir_version: int
+    producer: str
+    opsets: dict[str, int]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    ops: dict[str, int]
+    nodes: int
+    parameters: int
+    weight_bytes: dict[str, int]
+    macs: int
+    """Multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul whose shapes are known,
+    with every symbolic input dimension (batch, sequence) taken as 1."""
+    macs_unknown: list[str] = field(default_factory=list)
+    """Nodes counted out of ``macs`` because their shapes are not known."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(model: ir.Model) -> ModelSummary:
+    """Summarize ``model`` (unchanged; shapes are inferred on a copy for the MACs)."""
+    path = model.meta.get(SOURCE_PATH_KEY)
+    ops: Counter[str] = Counter()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        ops[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
+    parameters, weight_bytes = _weights(model)
+    macs, unknown = _macs(model)
+    return ModelSummary(
+        path=path,
+        file_bytes=_file_bytes(model, Path(path)) if path else None,
+        ir_version=model.ir_version,
+        producer=" ".join(p for p in (model.producer_name, model.producer_version) if p),
+        opsets={domain or "ai.onnx": v for domain, v in sorted(model.opset_imports.items())},
+        inputs=[_info(v) for v in model.graph.inputs if not v.is_initializer()],
+        outputs=[_info(v) for v in model.graph.outputs],
+        ops=dict(ops.most_common()),
+        nodes=sum(ops.values()),
+        parameters=parameters,
+        weight_bytes=weight_bytes,
+        macs=macs,
+        macs_unknown=unknown,
+    )
+
+
+def _file_bytes(model: ir.Model, path: Path) -> int:
+    """The model file plus every external-data file its tensors refer to (each once)."""
+    data_files = {
+        Path(tensor.base_dir, tensor.location).resolve()
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if isinstance(tensor := value.const_value, ir.ExternalTensor)
+    }
+    return path.stat().st_size + sum(f.stat().st_size for f in data_files if f.is_file())
+
+
+def _info(value: ir.Value) -> TensorInfo:
+    shape: list[int | str | None] | None = None
+    if value.shape is not None:
+        shape = [d if isinstance(d, int) else d.value for d in value.shape]
+    dtype = value.dtype.name.lower() if value.dtype is not None else str(value.type)
+    return TensorInfo(value.name or "", dtype, shape)
+
+
+def _weights(model: ir.Model) -> tuple[int, dict[str, int]]:
+    count = 0
+    by_dtype: Counter[str] = Counter()
+    # Every initializer counts: before IR 4 they were all listed as graph inputs too.
+    tensors = [v.const_value for g in model.graphs() for v in g.initializers.values()
+               if v.const_value is not None]
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Constant" and "value" in node.attributes:
+            tensors.append(node.attributes["value"].as_tensor())
+    for tensor in tensors:
+        count += math.prod(tensor.shape.numpy())
+        by_dtype[tensor.dtype.name.lower()] += tensor.nbytes
+    return count, dict(by_dtype.most_common())
+
+
+def _macs(model: ir.Model) -> tuple[int, list[str]]:
+    shaped = model.clone()
+    for value in shaped.graph.inputs:
+        if value.shape is not None and not value.shape.is_static():
+            value.shape = ir.Shape([d if isinstance(d, int) else 1 for d in value.shape])
+    registry.get_pass("infer-shapes").create()(shaped)
+    total = 0
+    unknown = []
+    for node in ir.traversal.RecursiveGraphIterator(shaped.graph):
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        macs = _node_macs(node)
+        if macs is None:
+            unknown.append(node.name or node.op_type)
+        else:
+            total += macs
+    return total, unknown
+
+
+def _static(value: ir.Value | None) -> list[int] | None:
+    if value is None or value.shape is None or not value.shape.is_static():
+        return None
+    return [int(d) for d in value.shape]  # type: ignore[arg-type]
+
+
+def _node_macs(node: ir.Node) -> int | None:
+    inputs = [_static(v) for v in node.inputs[:2]]
+    out = _static(node.outputs[0])
+    if any(s is None for s in inputs) or out is None:
+        return None
+    a, b = inputs
+    assert a is not None and b is not None
+    if node.op_type == "Conv":
+        return math.prod(out) * math.prod(b[1:])  # each output: C_in/group * kernel
+    if node.op_type == "ConvTranspose":
+        return math.prod(a) * math.prod(b[1:])  # each input scatters into C_out/group * kernel
+    if node.op_type == "Gemm":
+        k = a[0] if node.attributes.get_int("transA", 0) else a[-1]
+        return math.prod(out) * k
+    return math.prod(out) * (a[-1] if a else 1)  # MatMul
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes of an ONNX file plus the external data it refers to."""
+    from edgeopt.core.model_io import load_model
+
+    return _file_bytes(load_model(path), Path(path))

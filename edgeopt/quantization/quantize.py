@@ -1,0 +1,252 @@
+"""The quantize road: calibrate once, emit, measure, explain and fall back.
+
+Shared by ``edgeopt quantize``, ``edgeopt analyze``, recipes and the demo. For
+static quantization the model is pre-processed and calibrated once; the
+sensitivity report and the accuracy-aware fallback then re-emit the quantized
+graph from the same ranges as often as they need.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.inspect_model import ModelSummary, summarize
+from edgeopt.core.model_io import load_model, save_model
+from edgeopt.core.runtime import Feeds, create_session, run_session
+from edgeopt.quantization.sensitivity import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["static", "dynamic", "weight-only"]
+Progress = Callable[[str, int], None]
+"""(stage, samples so far) -> None, for progress bars."""
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Everything ``edgeopt quantize`` can be told; defaults are the recommended setting."""
+
+    mode: Mode = "static"
+    method: str = "minmax"
+    percentile: float = 99.999
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8", "uint16", "int16"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    symmetric_activations: bool = False
+    op_types: tuple[str, ...] = ()
+    """Op types static mode quantizes. Empty: every type ORT can, except in transformers
+    (:func:`~edgeopt.passes.quantize_common.is_transformer_like`), where only MatMul, Gemm
+    and Gather (``TRANSFORMER_OP_TYPES``); ``("all",)``: every type ORT can, always."""
+    exclude: tuple[str, ...] = ()
+    bits: Literal[4, 8] = 4
+    block_size: int = 32
+    weight_method: Literal["rtn", "hqq"] = "rtn"
+    embedding_bits: Literal[0, 4, 8] = 0
+    accuracy_level: int | None = 4
+    samples: int | None = None
+    batch_size: int | None = None
+    eval_samples: int = 256
+    max_drop: float | None = None
+    max_evaluations: int = 10
+    prepasses: tuple[str, ...] = ()
+    """Run before calibration (static mode): ``equalize-cross-layer``, ``correct-bias``,
+    ``smooth-quant`` (with an inserted Mul where no LayerNorm can absorb the scales)."""
+
+
+@dataclass
+class QuantizeResult:
+    output: Path
+    before: ModelSummary
+    after: ModelSummary
+    score: float
+    """Agreement with the float model on the evaluation data (top-1 or cosine)."""
+    sqnr_db: float
+    """SQNR of the first output vs float on the evaluation data."""
+    calibration_seconds: float | None = None
+    report: list[NodeError] | None = None
+    fallback: FallbackResult | None = None
+    op_types: list[str] | None = None
+    """Static mode: the op types quantized (``["all"]``: every type ORT can)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def quantize_file(
+    model_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    config: QuantizeConfig,
+    *,
+    calibration: str | Iterable[Feeds] | None = None,
+    report: bool = False,
+    metric: Metric | None = None,
+    progress: Progress | None = None,
+) -> QuantizeResult:
+    """Quantize ``model_path`` into ``output`` and measure it against the float model.
+
+    Args:
+        model_path: The float model.
+        output: Where to write the quantized model (never the input).
+        config: What to do.
+        calibration: Sample data (re-iterable of feeds or a path / ``random:N`` spec).
+            Required for static mode; used for evaluation in every mode (random
+            inputs otherwise).
+        report: Compute the per-node sensitivity table (static mode).
+        metric: Scores a model (higher is better) for ``config.max_drop``; default:
+            agreement with the float model on the evaluation data.
+        progress: Progress callback for calibration and analysis.
+    """
+    from edgeopt.data.readers import batches, open_reader
+
+    model = load_model(model_path)
+    before = summarize(model)
+    reader = _reader(calibration, model, open_reader)
+    if config.mode == "static" and reader is None:
+        raise CalibrationDataError("static quantization needs calibration data: pass --calib DATA "
+                                   "(a folder of .npy/.npz or images, or random:N to try it out).")
+    float_model = model.clone()
+    evaluation = list(batches(reader, model, batch_size=config.batch_size, limit=config.eval_samples)) \
+        if reader is not None else [_random_batch(model)]
+    result_model, extra = _quantize(model, config, reader, report, metric, evaluation, progress)
+    out = save_model(result_model, output)
+    score = agreement_metric(float_model, evaluation)(result_model)
+    result = QuantizeResult(out, before, summarize(load_model(out)), score,
+                            _output_sqnr(float_model, result_model, evaluation), **extra)
+    return result
+
+
+def _reader(calibration: Any, model: ir.Model, open_reader: Any) -> Any:
+    if calibration is None:
+        return None
+    return open_reader(calibration, model) if isinstance(calibration, str | os.PathLike) else calibration
+
+
+def _random_batch(model: ir.Model) -> Feeds:
+    from edgeopt.core.runtime import random_feeds
+
+    return random_feeds(model, default_dim=8)
+
+
+def _quantize(
+    model: ir.Model, config: QuantizeConfig, reader: Any, report: bool, metric: Metric | None,
+    evaluation: list[Feeds], progress: Progress | None,
+) -> tuple[ir.Model, dict[str, Any]]:
+    from edgeopt.passes import QuantizeDynamicPass, QuantizeWeightsPass
+
+    if config.mode == "dynamic":
+        QuantizeDynamicPass(per_channel=config.per_channel, weight_type=config.weight_type,
+                            op_types=config.op_types, exclude=config.exclude)(model)
+        return model, {}
+    if config.mode == "weight-only":
+        QuantizeWeightsPass(bits=config.bits, block_size=config.block_size, method=config.weight_method,
+                            exclude=config.exclude, embedding_bits=config.embedding_bits,
+                            accuracy_level=config.accuracy_level)(model)
+        return model, {}
+    return _quantize_static(model, config, reader, report, metric, evaluation, progress)
+
+
+def _quantize_static(
+    model: ir.Model, config: QuantizeConfig, reader: Any, report: bool, metric: Metric | None,
+    evaluation: list[Feeds], progress: Progress | None,
+) -> tuple[ir.Model, dict[str, Any]]:
+    from edgeopt.calibration.calibrate import calibrate
+    from edgeopt.calibration.observers import make_observer_factory
+    from edgeopt.data.readers import batches
+    from edgeopt.passes.quantize_common import prepare_for_quantization
+    from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
+    from edgeopt.passes.smooth_quant import MUL_PREFIX
+
+    prepared = model.clone()
+    prepare_for_quantization(prepared)
+    _run_prepasses(prepared, config, reader)
+    options = observer_options(config.method, percentile=config.percentile,
+                               activation_type=config.activation_type,
+                               symmetric=config.symmetric_activations)
+    calibrated = calibrate(
+        prepared, batches(reader, prepared, batch_size=config.batch_size, limit=config.samples),
+        observer=make_observer_factory(config.method, **options),
+        on_batch=(lambda n: progress("calibrate", n)) if progress else None,
+    )
+
+    def emit(float_nodes: Sequence[str]) -> ir.Model:
+        return quantize_with_ranges(
+            prepared, calibrated.ranges, format=config.format, per_channel=config.per_channel,
+            activation_type=config.activation_type, weight_type=config.weight_type,
+            symmetric_activations=config.symmetric_activations, op_types=op_types,
+            exclude=[*config.exclude, *smoothing_muls, *float_nodes])
+
+    smoothing_muls = [n.name for n in prepared.graph if n.name and n.name.startswith(MUL_PREFIX)]
+    op_types = static_op_types(prepared, config.op_types)
+
+    quantized = emit(())
+    extra: dict[str, Any] = {"calibration_seconds": calibrated.seconds, "op_types": list(op_types) or ["all"]}
+    ranked: list[NodeError] | None = None
+    if report or config.max_drop is not None:
+        ranked = sensitivity(prepared, quantized, evaluation,
+                             on_batch=(lambda n: progress("analyze", n)) if progress else None)
+        extra["report"] = ranked
+    if config.max_drop is not None:
+        assert ranked is not None
+        score = metric or agreement_metric(prepared, evaluation)
+        candidates = list(dict.fromkeys(
+            name for e in ranked if e.introduced_db > 0 for name in (*e.fused, e.node)))
+        result = fallback(emit, candidates, score,
+                          float_score=score(prepared), max_drop=config.max_drop,
+                          max_evaluations=config.max_evaluations)
+        extra["fallback"] = result
+        quantized = result.model
+    return quantized, extra
+
+
+def static_op_types(model: ir.Model, requested: Sequence[str]) -> tuple[str, ...]:
+    """The op types static mode hands the quantizer (``()`` = every type ORT can)."""
+    from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like
+
+    if tuple(requested) == ("all",):
+        return ()
+    if requested:
+        return tuple(requested)
+    if is_transformer_like(model):
+        logger.info("quantize: transformer-like graph: static int8 of %s only (op_types=all to quantize every op)",
+                    ", ".join(TRANSFORMER_OP_TYPES))
+        return TRANSFORMER_OP_TYPES
+    return ()
+
+
+PREPASSES = ("equalize-cross-layer", "correct-bias", "smooth-quant")
+
+
+def _run_prepasses(model: ir.Model, config: QuantizeConfig, reader: Any) -> None:
+    from edgeopt.passes import CorrectBiasPass, EqualizeCrossLayerPass, SmoothQuantPass
+
+    for name in config.prepasses:
+        if name not in PREPASSES:
+            raise PassOptionError(f"quantize: unknown pre-pass '{name}'; choose from {', '.join(PREPASSES)}.")
+    data = dict(calibration=reader, samples=config.samples, batch_size=config.batch_size)
+    # Order matters: equalize (exact), smooth (exact), then correct the biases of what is left.
+    if "equalize-cross-layer" in config.prepasses:
+        EqualizeCrossLayerPass()(model)
+    if "smooth-quant" in config.prepasses:
+        SmoothQuantPass(insert_mul=True, **data)(model)
+    if "correct-bias" in config.prepasses:
+        CorrectBiasPass(per_channel=config.per_channel, weight_type=config.weight_type, **data)(model)
+
+
+def _output_sqnr(float_model: ir.Model, quant_model: ir.Model, evaluation: list[Feeds]) -> float:
+    a, b = create_session(float_model, optimize=True), create_session(quant_model, optimize=True)
+    name = a.get_outputs()[0].name
+    signal = noise = 0.0
+    for feeds in evaluation:
+        ref = np.asarray(run_session(a, feeds)[name], np.float64)
+        got = np.asarray(run_session(b, feeds)[name], np.float64)
+        signal += float((ref**2).sum())
+        noise += float(((ref - got) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * float(np.log10(signal / noise))

@@ -1,0 +1,122 @@
+"""The compress road: weight sharing and low-rank factorization of a model file, measured.
+
+Shared by ``edgeopt share-weights``, ``edgeopt low-rank`` and the benchmarks: load,
+run the passes, save atomically, then report the file size before and after (raw
+and zipped), the parameters, and the fidelity of the first output on sample data
+(``calibration``, else random inputs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx_ir as ir
+
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.inspect_model import ModelSummary, summarize
+from edgeopt.core.model_io import load_model, save_model
+from edgeopt.core.runtime import Feeds, random_feeds
+from edgeopt.sharing.report import FileSize, OutputFidelity, file_size, output_fidelity
+
+
+@dataclass
+class CompressResult:
+    """What a compression did to a model file."""
+
+    output: Path
+    before: ModelSummary
+    after: ModelSummary
+    size_before: FileSize
+    size_after: FileSize
+    fidelity: OutputFidelity
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    """One row per clustered tensor, shared weight or factorized layer."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "size_before": vars(self.size_before), "size_after": vars(self.size_after),
+            "parameters_before": self.before.parameters, "parameters_after": self.after.parameters,
+            "macs_before": self.before.macs, "macs_after": self.after.macs,
+            "fidelity": vars(self.fidelity), "changes": self.changes,
+        }
+
+
+def share_weights_file(
+    model_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    clusters: int = 16,
+    form: Literal["codebook", "compressible"] = "codebook",
+    per_channel: bool = False,
+    channel_scale: bool = False,
+    across_layers: float | None = None,
+    min_elements: int = 1024,
+    calibration: str | Iterable[Feeds] | None = None,
+    samples: int = 64,
+) -> CompressResult:
+    """Cross-layer sharing (``across_layers`` = tolerance, if given), then k-means
+    clustering to ``clusters`` values (0: no clustering), written to ``output``."""
+    from edgeopt.passes.cluster_weights import ClusterWeightsPass
+    from edgeopt.passes.share_weights_across_layers import ShareWeightsAcrossLayersPass
+
+    if clusters == 0 and across_layers is None:
+        raise PassOptionError("share-weights: nothing to do with --clusters 0; "
+                              "give --clusters K or --across-layers TOLERANCE.")
+    passes: list[ir.passes.PassBase] = []
+    if across_layers is not None:
+        passes.append(ShareWeightsAcrossLayersPass(tolerance=across_layers, min_elements=min_elements))
+    if clusters:
+        passes.append(ClusterWeightsPass(clusters=clusters, form=form, per_channel=per_channel,
+                                         channel_scale=channel_scale, min_elements=min_elements))
+    return _compress(model_path, output, passes, calibration, samples)
+
+
+def low_rank_file(
+    model_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    energy: float | None = None,
+    params: float | None = None,
+    min_elements: int = 4096,
+    calibration: str | Iterable[Feeds] | None = None,
+    samples: int = 64,
+) -> CompressResult:
+    """Factorize MatMul/Gemm/1x1 Conv weights (data-aware when ``calibration`` is given)."""
+    from edgeopt.passes.factorize_low_rank import FactorizeLowRankPass
+
+    factorize = FactorizeLowRankPass(energy=energy, params=params, min_elements=min_elements,
+                                     calibration=_reader(calibration, model_path), samples=samples)
+    return _compress(model_path, output, [factorize], calibration, samples)
+
+
+def _reader(calibration: str | Iterable[Feeds] | None, model_path: str | os.PathLike[str]) -> Any:
+    if not isinstance(calibration, str):
+        return calibration
+    from edgeopt.data.readers import open_reader
+
+    return open_reader(calibration, load_model(model_path))
+
+
+def _compress(
+    model_path: str | os.PathLike[str], output: str | os.PathLike[str], passes: list[ir.passes.PassBase],
+    calibration: str | Iterable[Feeds] | None, samples: int,
+) -> CompressResult:
+    from edgeopt.data.readers import batches
+
+    model = load_model(model_path)
+    reference = model.clone()
+    before = summarize(model)
+    for pass_ in passes:
+        pass_(model)
+    out = save_model(model, output)
+    reader = _reader(calibration, model_path)
+    evaluation: Iterable[Feeds] = batches(reader, reference, limit=samples) if reader is not None \
+        else (random_feeds(reference, seed=i, default_dim=8) for i in range(2))  # one batch at a time
+    changes = [dict(vars(row)) for pass_ in passes for row in getattr(pass_, "last_report", [])]
+    return CompressResult(out, before, summarize(load_model(out)), file_size(model_path), file_size(out),
+                          output_fidelity(reference, model, evaluation), changes)

@@ -1,0 +1,1 @@
+"""Whole runs from a file: optimize (passes, then targets) and YAML recipes with their compile section."""
