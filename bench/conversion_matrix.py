@@ -124,10 +124,10 @@ MODELS: dict[str, Callable[[Path, int], tuple[Path, str | None]]] = {
 
 
 def run_model(name: str, folder: Path, samples: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    from edgeopt.core.target import list_targets
     from edgeopt.deploy.bundle import run_on_device, write_bundle
     from edgeopt.deploy.compile import compile_model
     from edgeopt.deploy.devices import parse_device
+    from edgeopt.deploy.target_registry import list_targets
 
     model, labels = MODELS[name](folder, samples)
     start = time.perf_counter()

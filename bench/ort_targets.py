@@ -40,7 +40,8 @@ import quantize_models as qm  # noqa: E402
 
 from edgeopt.core.model_io import load_model  # noqa: E402
 from edgeopt.core.runtime import Feeds, create_session, run_model  # noqa: E402
-from edgeopt.core.target import get_target, raise_for_issues  # noqa: E402
+from edgeopt.core.target import raise_for_issues  # noqa: E402
+from edgeopt.deploy.target_registry import get_target  # noqa: E402
 
 TARGETS = ("ort-cpu", "ort-cpu-int8", "ort-gpu", "ort-npu", "ort-npu-a16w8")
 SEQ = 64

@@ -1,7 +1,8 @@
 """Graph passes, listed explicitly (no import-time self-registration).
 
 ``PASSES`` maps each registry name to its pass class; ``PRESETS`` maps a preset
-name to the passes it stands for, in order.
+name to the passes it stands for, in order. Running passes by name (and a preset
+as one pass, ``edgeopt.pipeline.cleanup()``) is :mod:`edgeopt.pipeline`'s job.
 """
 
 from __future__ import annotations
@@ -81,13 +82,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def cleanup() -> ir.passes.PassBase:
-    """The ``cleanup`` preset as one onnx-ir pass (repeated until nothing changes)."""
-    from edgeopt.pipeline.runner import PresetPass
-
-    return PresetPass("cleanup")
-
-
 __all__ = [
     "PASSES",
     "PRESETS",
@@ -117,5 +111,4 @@ __all__ = [
     "ShareWeightsAcrossLayersPass",
     "SmoothQuantPass",
     "TopologicalSortPass",
-    "cleanup",
 ]

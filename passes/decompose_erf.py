@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from edgeopt.core.pass_base import EdgeoptPass
 from edgeopt.core.rewire import Constants, is_default_domain, rewrite_matching
+from edgeopt.passes.infer_shapes import InferShapesPass
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class DecomposeErfPass(EdgeoptPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if any(n.op_type == "Erf" and is_default_domain(n) and n.inputs[0] is not None and n.inputs[0].dtype is None
                for n in ir.traversal.RecursiveGraphIterator(model.graph)):
-            from edgeopt.passes.infer_shapes import InferShapesPass
 
             InferShapesPass()(model)  # the constants need the input's float type
         count = rewrite_matching(model, _matches, _decompose)

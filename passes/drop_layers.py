@@ -8,52 +8,21 @@ name), then ``remove-unused`` deletes the nodes and weights nothing uses any mor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar, Literal
 
 import onnx_ir as ir
 
-from edgeopt.blocks import residual as residual_blocks  # a module, not names: it imports edgeopt.core.rewire
+from edgeopt.blocks import residual as residual_blocks
+from edgeopt.blocks.bypass import DROPPED_KEY, drop_blocks
+from edgeopt.blocks.repair import repair
+from edgeopt.blocks.scoring import greedy_pick, score_blocks
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
-from edgeopt.core.rewire import bypass
 from edgeopt.core.runtime import Feeds
-from edgeopt.passes.remove_unused import RemoveUnusedPass
+from edgeopt.data.readers import batches, open_reader
 
 logger = logging.getLogger(__name__)
-
-DROPPED_KEY = "edgeopt.dropped_layers"
-"""``model.metadata_props`` key listing what this pass dropped (it also makes the pass idempotent)."""
-
-
-def drop_blocks(model: ir.Model, blocks: Sequence[residual_blocks.Block]) -> int:
-    """Bypass ``blocks`` (found on this very model) and remove what becomes unused; returns how many.
-
-    Blocks may be consecutive (one's ``end`` is the next one's ``start``): they are
-    bypassed in graph order, each reading the input its predecessor was replaced by.
-    """
-    values = {v.name: v for v in model.graph.inputs}
-    values.update({o.name: o for node in model.graph for o in node.outputs})
-    replaced: dict[ir.Value, ir.Value] = {}
-    dropped = 0
-    for block in blocks:
-        if not block.droppable:
-            raise PassOptionError(f"drop-layers: {block.name} cannot be dropped: {block.reason}.")
-        start, end = values[block.start], values[block.end]
-        while start in replaced:
-            start = replaced[start]
-        if not bypass(end, start):  # a graph input would become a graph output: copy it
-            copy = ir.node("Identity", [start], num_outputs=1)
-            producer = end.producer()
-            assert producer is not None and producer.graph is not None
-            producer.graph.insert_before(producer, copy)
-            copy.outputs[0].type, copy.outputs[0].shape = start.type, start.shape
-            bypass(end, copy.outputs[0])
-        replaced[end] = start
-        dropped += 1
-    RemoveUnusedPass()(model)
-    return dropped
-
 
 class DropLayersPass(EdgeoptPass):
     """Drop transformer layers or residual blocks, named or chosen on calibration data.
@@ -129,8 +98,6 @@ class DropLayersPass(EdgeoptPass):
         original = model.clone() if self.repair else None
         drop_blocks(model, chosen)
         if original is not None:
-            from edgeopt.blocks.repair import repair
-
             repair(original, model, chosen, self._data(original))
         model.metadata_props[DROPPED_KEY] = f"{self._request()} -> {','.join(b.name for b in chosen)}"
         logger.info("drop-layers: dropped %d %s(s): %s", len(chosen), self.granularity,
@@ -144,7 +111,6 @@ class DropLayersPass(EdgeoptPass):
                 raise PassOptionError(f"drop-layers: no {unknown[0]} in this model (it has "
                                       f"{', '.join(found) or 'no droppable blocks'}). See edgeopt drop-layers --plan.")
             return [found[name] for name in found if name in self.blocks]
-        from edgeopt.blocks.scoring import greedy_pick, score_blocks
 
         data = self._data(model)
         ranked = score_blocks(model, list(found.values()), data, output=self.output, on_block=self.on_block)
@@ -158,8 +124,6 @@ class DropLayersPass(EdgeoptPass):
         return [b for b in found.values() if b.name in names]
 
     def _data(self, model: ir.Model) -> Callable[[], Iterator[Feeds]]:
-        from edgeopt.data.readers import batches, open_reader
-
         assert self.calibration is not None
         reader = open_reader(self.calibration, model) if isinstance(self.calibration, str) else self.calibration
         return lambda: batches(reader, model, batch_size=self.batch_size, limit=self.samples)

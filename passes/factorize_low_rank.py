@@ -33,6 +33,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.calibration.calibrate import stream_outputs
 from edgeopt.core.errors import PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
 from edgeopt.core.rewire import Constants, const_array, is_default_domain, value_names
@@ -185,7 +186,6 @@ def input_grams(
     model: ir.Model, nodes: list[ir.Node], calibration: str | Iterable[Feeds], samples: int
 ) -> dict[ir.Node, np.ndarray]:
     """``E[x x^T]`` of each node's input rows (features on the last axis; channels for Conv)."""
-    from edgeopt.calibration.calibrate import stream_outputs
 
     work = model.clone()
     wanted = {value.name: node for node in nodes if (value := node.inputs[0]) is not None and value.name}

@@ -18,15 +18,17 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.channels.builder import ChannelGroups, build_groups, kept_length, positions
+from edgeopt.channels.bn_reestimate import reestimate_batchnorm
+from edgeopt.channels.builder import ChannelGroups, kept_length, positions
+from edgeopt.channels.groups import build_groups
 from edgeopt.channels.importance import CALIBRATED, Criterion, activation_scores, reconstruction_scores, weight_scores
 from edgeopt.channels.plan import Kinds, PrunePlan, Rounding, Scope, make_plan, select
 from edgeopt.channels.repair import SinkFit, bias_add, fit_sinks, fittable
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.core.rewire import write_constant
 from edgeopt.core.runtime import Feeds
 from edgeopt.passes.infer_shapes import InferShapesPass
-from edgeopt.passes.prune_common import write_constant
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
 logger = logging.getLogger(__name__)
@@ -134,8 +136,6 @@ class PruneChannelsPass(EdgeoptPass):
             _write_fit(model, fit, weight, bias, removal)
         logger.info("prune-channels: refit %d layer(s)", len(fits))
         if self.reestimate_bn:
-            from edgeopt.channels.bn_reestimate import reestimate_batchnorm
-
             InferShapesPass()(model)
             self.bn_reestimated = reestimate_batchnorm(model, self.calibration,  # type: ignore[arg-type]
                                                        samples=self.samples, on_batch=self.on_batch)

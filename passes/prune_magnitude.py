@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from edgeopt.core.errors import PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
-from edgeopt.passes.prune_common import write_constant
+from edgeopt.core.rewire import write_constant
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.calibration.calibrate import calibrate
+from edgeopt.calibration.observers import make_observer_factory
 from edgeopt.core.errors import CalibrationDataError
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.core.runtime import Feeds
+from edgeopt.data.readers import batches, open_reader
 from edgeopt.passes.quantize_common import (
     ir_from_ort,
     ort_type,
@@ -124,10 +127,6 @@ class QuantizeStaticPass(EdgeoptPass):
         return ir.passes.PassResult(model, modified=True)
 
     def _calibrate(self, model: ir.Model) -> dict[str, tuple[float, float]]:
-        from edgeopt.calibration.calibrate import calibrate
-        from edgeopt.calibration.observers import make_observer_factory
-        from edgeopt.data.readers import batches, open_reader
-
         assert self.calibration is not None
         reader = (open_reader(self.calibration, model) if isinstance(self.calibration, str)
                   else self.calibration)

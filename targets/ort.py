@@ -64,7 +64,7 @@ class OrtCpuTarget:
         return issues
 
     def prepare(self) -> ir.passes.PassBase:
-        from edgeopt.passes import cleanup
+        from edgeopt.pipeline.runner import cleanup
 
         return cleanup()
 

@@ -109,7 +109,8 @@ class OrtNpuTarget(OrtCpuTarget):
 
     def prepare(self) -> ir.passes.PassBase:
         """fix-static-shapes (sizes it knows), clamp-mask-constants, cleanup."""
-        from edgeopt.passes import ClampMaskConstantsPass, cleanup
+        from edgeopt.passes import ClampMaskConstantsPass
+        from edgeopt.pipeline.runner import cleanup
 
         return ir.passes.Sequential(self._static_shapes(strict=False), ClampMaskConstantsPass(), cleanup())
 

@@ -89,10 +89,10 @@ class TFLiteTarget:
         """Fix dynamic input dims (batch, and sequence with ``max_sequence_length``), rewrite norm
         reductions onnx2tf fails on (``decompose-norms``: ReduceL2 -> Sqrt(ReduceSum(x * x))) and ``Erf``, which
         TFLite has no kernel for (``decompose-erf``: elementwise ops, |error| < 1.5e-7), then clean up."""
-        from edgeopt.passes import cleanup
         from edgeopt.passes.decompose_erf import DecomposeErfPass
         from edgeopt.passes.decompose_norms import DecomposeNormsPass
         from edgeopt.passes.fix_static_shapes import FixStaticShapesPass
+        from edgeopt.pipeline.runner import cleanup
 
         return ir.passes.Sequential(FixStaticShapesPass(batch_size=self.batch_size, max_sequence_length=
                                                         self.max_sequence_length, strict=False),

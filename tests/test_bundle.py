@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from edgeopt.cli import app, demo_model
 from edgeopt.core.errors import ModelLoadError
-from edgeopt.core.target import list_targets
 from edgeopt.deploy.bundle import read_bundle, run_on_device, score_bundle, write_bundle
 from edgeopt.deploy.compile import compile_model
 from edgeopt.deploy.devices import parse_device
+from edgeopt.deploy.target_registry import list_targets
 
 SAMPLES = 24
 

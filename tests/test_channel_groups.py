@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.channels.builder import ChannelGroup, build_groups
+from edgeopt.channels.builder import ChannelGroup
+from edgeopt.channels.groups import build_groups
 from edgeopt.passes.infer_shapes import InferShapesPass
 
 sys.path.insert(0, str(Path(__file__).parent / "passes"))

@@ -22,7 +22,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt.cli import commands as cli
+from edgeopt import cli
+from edgeopt.cli import console
 from edgeopt.core.errors import ModelLoadError
 from edgeopt.pipeline import registry
 
@@ -92,8 +93,8 @@ def model(tmp_path: Path) -> Path:
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """A CliRunner whose rich consoles are wide enough that no cell wraps."""
-    monkeypatch.setattr(cli, "out", Console(width=300))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     return CliRunner()
 
 
@@ -101,8 +102,8 @@ def _main(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[int, str, str]:
     """Run the real entry point ``edgeopt.cli.main`` in-process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(cli, "out", Console(width=300))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     monkeypatch.setattr(sys, "argv", ["edgeopt", *args])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

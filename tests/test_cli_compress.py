@@ -14,7 +14,8 @@ from onnx import numpy_helper as nh
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt.cli import commands as cli
+from edgeopt import cli
+from edgeopt.cli import console
 from edgeopt.core.runtime import create_session
 
 
@@ -47,8 +48,8 @@ def _mlp(path: Path, *, repeat: bool = False) -> Path:
 
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    monkeypatch.setattr(cli, "out", Console(width=300))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     return CliRunner()
 
 
@@ -130,7 +131,7 @@ def test_tables_show_sizes_and_fidelity(runner, tmp_path):
 
 def test_errors_are_one_line(monkeypatch, capsys, tmp_path):
     model = _mlp(tmp_path / "mlp.onnx")
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     monkeypatch.setattr(sys, "argv", ["edgeopt", "share-weights", str(model), "-o", str(tmp_path / "o.onnx"),
                                       "--clusters", "0"])
     with pytest.raises(SystemExit) as exit_info:

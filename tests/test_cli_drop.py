@@ -11,7 +11,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt.cli import commands as cli
+from edgeopt import cli
 from edgeopt.core.model_io import load_model
 from edgeopt.core.runtime import run_model
 from edgeopt.testing.residual_models import residual_mlp

@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt.cli import commands as cli
+from edgeopt import cli
+from edgeopt.cli import console
 from edgeopt.cli.demo_model import DATA, ONNX_MODEL, preprocess
 from edgeopt.core.runtime import run_model
 
@@ -20,8 +21,8 @@ from edgeopt.core.runtime import run_model
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """A CliRunner whose rich consoles are wide enough that no cell wraps."""
-    monkeypatch.setattr(cli, "out", Console(width=300))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     return CliRunner()
 
 
@@ -77,7 +78,7 @@ def test_json_and_unstructured(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     monkeypatch.setattr(sys, "argv", ["edgeopt", *args])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from edgeopt.cli import app, demo_model
 from edgeopt.core.errors import ModelLoadError, PassOptionError
 from edgeopt.core.runtime import run_model
-from edgeopt.core.target import get_target, list_targets
 from edgeopt.deploy.compile import compile_model, select_targets
 from edgeopt.deploy.manifest import read_manifest
+from edgeopt.deploy.target_registry import get_target, list_targets
 
 
 @pytest.fixture(scope="module")

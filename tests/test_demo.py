@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from edgeopt.cli import commands as cli
+from edgeopt import cli
 from edgeopt.cli import demo_model
 from edgeopt.core.inspect_model import summarize
 from edgeopt.core.model_io import load_model
@@ -116,7 +116,7 @@ def test_demo_artifact_runs_like_cleaned_model(demo_run: tuple[Path, dict[str, A
 def test_demo_compiles_and_validates_every_target(demo_run: tuple[Path, dict[str, Any]]) -> None:
     """Every registered target (ONNX Runtime and TFLite, CPU/GPU/NPU) is emitted from the same
     cleaned-up model and calibration data and scored in its own runtime on the held-out digits."""
-    from edgeopt.core.target import list_targets
+    from edgeopt.deploy.target_registry import list_targets
 
     out_dir, payload = demo_run
     compiled = payload["compiled"]

@@ -20,7 +20,8 @@ from onnx import numpy_helper as nh
 from rich.console import Console
 from typer.testing import CliRunner
 
-from edgeopt.cli import commands as cli
+from edgeopt import cli
+from edgeopt.cli import console
 from edgeopt.core.runtime import create_session
 
 OUTLIER_CHANNELS = [0, 5, 9]
@@ -95,15 +96,15 @@ def calib(tmp_path: Path) -> Path:
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """A CliRunner whose rich consoles are wide enough that no cell wraps."""
-    monkeypatch.setattr(cli, "out", Console(width=300))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     return CliRunner()
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """Run the real entry point in-process: (exit code, stderr)."""
-    monkeypatch.setattr(cli, "out", Console(width=300))
-    monkeypatch.setattr(cli, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
     monkeypatch.setattr(sys, "argv", ["edgeopt", *args])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

@@ -178,7 +178,7 @@ def test_cli_validate(digits: Path, tmp_path: Path) -> None:
 
 def test_tflite_int8_per_layer_comparison(digits: Path) -> None:
     pytest.importorskip("ai_edge_litert")
-    from edgeopt.core.target import list_targets
+    from edgeopt.deploy.target_registry import list_targets
 
     if not {"tflite-cpu", "tflite-npu"} <= set(list_targets()):
         pytest.skip("the TFLite targets are not registered")

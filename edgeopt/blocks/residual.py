@@ -27,6 +27,7 @@ from typing import Literal
 import onnx_ir as ir
 
 from edgeopt.core.rewire import const_array, is_default_domain
+from edgeopt.core.shapes import infer_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -210,10 +211,8 @@ def _shapes(model: ir.Model, values: Iterable[ir.Value]) -> dict[str, ir.Shape |
     shapes = {v.name or "": v.shape for v in values}
     if all(s is not None for s in shapes.values()):
         return shapes
-    from edgeopt.passes.infer_shapes import InferShapesPass
-
     copy = model.clone()
-    InferShapesPass()(copy)
+    infer_shapes(copy)
     known = {v.name: v.shape for v in copy.graph.inputs}
     known.update({o.name: o.shape for node in copy.graph for o in node.outputs})
     return {name: shape if shape is not None else known.get(name) for name, shape in shapes.items()}

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.blocks.bypass import drop_blocks
 from edgeopt.blocks.residual import Block
 from edgeopt.core.errors import CalibrationDataError
 from edgeopt.core.runtime import Feeds, create_session, run_session
@@ -124,7 +125,6 @@ def score_blocks(
         output: The graph output compared (default: the first).
         on_block: Called with the number of blocks scored so far (progress bars).
     """
-    from edgeopt.passes.drop_layers import drop_blocks
 
     _check_output(model, output)
     candidates = [b for b in blocks if b.droppable]
@@ -202,7 +202,6 @@ def greedy_pick(
         The picks in the order chosen; ``impact``/``output_cosine``/``agreement`` are those
         of the model with that pick and all earlier ones dropped.
     """
-    from edgeopt.passes.drop_layers import drop_blocks
 
     if width < 1:
         raise ValueError(f"width must be at least 1, got {width}")

@@ -23,6 +23,7 @@ import onnxruntime as ort
 from edgeopt.calibration.observers import MinMaxObserver, Observer, check_factory
 from edgeopt.core.errors import CalibrationDataError, EdgeoptError, PassOptionError
 from edgeopt.core.runtime import Feeds, create_session, model_inputs
+from edgeopt.data.readers import batches, open_reader
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +310,6 @@ def stream_outputs(
     Raises:
         CalibrationDataError: unusable data, or a batch ONNX Runtime cannot run.
     """
-    from edgeopt.data.readers import batches, open_reader
 
     reader = open_reader(calibration, model) if isinstance(calibration, str) else calibration
     try:

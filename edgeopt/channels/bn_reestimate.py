@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.calibration.calibrate import stream_outputs
+from edgeopt.core.rewire import write_constant
 from edgeopt.core.runtime import Feeds
-from edgeopt.passes.prune_common import write_constant
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,6 @@ def reestimate_batchnorm(
 ) -> int:
     """Replace the running mean/var of ``model``'s BatchNorms by their input statistics on the
     calibration data (every BN normalized by batch statistics on the way); returns how many."""
-    from edgeopt.calibration.calibrate import stream_outputs
 
     indices = batchnorms(model)
     if not indices:

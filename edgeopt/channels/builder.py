@@ -8,8 +8,10 @@ and the input channels of the layers that consume them (the *sinks*). Residual
 Add/Mul merge the groups of their operands into one; Concat lays several groups
 (and fixed channels) side by side on one axis; Flatten/Reshape into a Gemm turns
 each channel into a block of features. The rules per op live in
-:mod:`edgeopt.channels.rules`; an op without a rule marks the groups reaching it
-unprunable, with the reason, so nothing is pruned unsafely.
+:mod:`edgeopt.channels.rules`, which build on this module (never the reverse:
+:func:`edgeopt.channels.groups.build_groups` hands the rule table to the walk); an
+op without a rule marks the groups reaching it unprunable, with the reason, so
+nothing is pruned unsafely.
 
 The result is plain data (:class:`ChannelGroups`) that importance criteria score
 and ``prune-channels`` slices. Graph inputs and outputs keep their shapes: a
@@ -246,25 +248,6 @@ def _check_members(group: ChannelGroup) -> None:
         if len(users) > 1:
             group.reason = f"constant '{member.value.name}' is shared by {len(users)} nodes"
             return
-
-
-def build_groups(model: ir.Model) -> ChannelGroups:
-    """The coupled-channel groups of ``model``'s main graph (nodes in topological order).
-
-    Subgraphs and functions are not entered: a group used by an If/Loop or a
-    function call is unprunable (no rule for that op).
-    """
-    from edgeopt.channels.rules import apply_rule
-
-    builder = GroupBuilder(model.opset_imports.get("", model.opset_imports.get("ai.onnx", 18)))
-    for node in model.graph:
-        apply_rule(builder, node)
-    for value in model.graph.outputs:
-        if value in builder.layouts:
-            builder.block(builder.layouts[value][1], f"reaches graph output '{value.name}'")
-    groups = builder.finish()
-    logger.info("channel groups: %d group(s), %d prunable", len(groups.groups), len(groups.prunable()))
-    return groups
 
 
 def positions(layout: Layout, removed: dict[int, np.ndarray]) -> np.ndarray:

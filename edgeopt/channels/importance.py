@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.calibration.calibrate import stream_outputs
 from edgeopt.channels.builder import Carrier, ChannelGroup, ChannelGroups, Member
 from edgeopt.core.runtime import Feeds
 
@@ -136,7 +137,6 @@ def _sink_input_means(
     samples: int | None, on_batch: Callable[[int], None] | None,
 ) -> tuple[list[Carrier], dict[str, np.ndarray]]:
     """Mean ``|x|**power`` per position of every sink input, streamed over the calibration data."""
-    from edgeopt.calibration.calibrate import stream_outputs
 
     carriers = sink_inputs(groups)
     names = [str(c.value.name) for c in carriers]

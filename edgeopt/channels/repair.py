@@ -23,6 +23,7 @@ import numpy as np
 import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
+from edgeopt.calibration.calibrate import stream_outputs
 from edgeopt.core.least_squares import NormalEquations
 from edgeopt.core.runtime import Feeds
 
@@ -82,7 +83,6 @@ def fit_sinks(
     ``(C_out, kept C_in, k...)``, Gemm's as its ``B`` (honouring ``transB``, with
     alpha = beta = 1 expected), MatMul's as ``(kept K, N)`` with a bias only when ``bias_add`` is set.
     """
-    from edgeopt.calibration.calibrate import stream_outputs
 
     work = model.clone()
     produced = {v.name: v for node in work.graph for v in node.outputs}

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
 from edgeopt.channels.builder import GroupBuilder, Layout, Segment
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+
+Rule = Callable[[GroupBuilder, ir.Node, list[int]], None]
+"""A rule: carry, consume or block the layouts on a node's inputs ``laid`` (their indices)."""
 
 
 class Unsafe(Exception):  # noqa: N818 - a control-flow signal, not an error for users

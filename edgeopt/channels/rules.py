@@ -1,4 +1,5 @@
-"""Per-op rules that carry channel groups through an ONNX graph (see :mod:`edgeopt.channels.builder`).
+"""Per-op rules that carry channel groups through an ONNX graph (:data:`RULES`, read by
+:func:`edgeopt.channels.groups.build_groups`; the state they act on: :mod:`edgeopt.channels.builder`).
 
 Each rule looks at a node whose inputs may carry channel layouts and either
 propagates them to its outputs (adding the constants it indexes by channel as
@@ -13,14 +14,12 @@ from shape inference.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import onnx_ir as ir
 
 from edgeopt.channels.builder import GroupBuilder, Layout
 from edgeopt.channels.rule_kit import (
-    DEFAULT_DOMAINS,
+    Rule,
     Unsafe,
     carried_input,
     carry,
@@ -43,24 +42,6 @@ from edgeopt.channels.rules_shape import (
     squeeze_rule,
     transpose_rule,
 )
-
-
-def apply_rule(b: GroupBuilder, node: ir.Node) -> None:
-    """Carry, consume or block the channel layouts on ``node``'s inputs."""
-    laid = [i for i, v in enumerate(node.inputs) if v is not None and v in b.layouts]
-    rule = _RULES.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
-    name = node.name or node.op_type
-    try:
-        if rule is None:
-            if laid:
-                raise Unsafe(f"{node.op_type} '{name}' has no channel rule")
-            return
-        rule(b, node, laid)
-    except Unsafe as e:
-        for i in laid:
-            value = node.inputs[i]
-            assert value is not None
-            b.block(b.layouts[value][1], str(e))
 
 
 def _conv(b: GroupBuilder, node: ir.Node, laid: list[int]) -> None:
@@ -263,12 +244,10 @@ def _pad_resize(b: GroupBuilder, node: ir.Node, laid: list[int]) -> None:
     carry(b, node, axis, layout)
 
 
-Rule = Callable[[GroupBuilder, ir.Node, list[int]], None]
-
 _UNARY = ("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu",
           "Gelu", "Erf", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Identity", "Dropout", "Cast",
           "Clip", "Softplus", "Softsign", "Mish", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "ThresholdedRelu")
-_RULES: dict[str, Rule] = {
+RULES: dict[str, Rule] = {
     "Conv": _conv, "Gemm": _gemm, "MatMul": _matmul,
     **{op: _elementwise for op in ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")},
     **{op: _same for op in _UNARY},

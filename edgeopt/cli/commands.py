@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import sys
 from dataclasses import asdict
@@ -12,8 +10,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
-from rich.console import Console
 
+from edgeopt.cli import compress, console, deploy, drop, prune
+from edgeopt.cli.console import JsonFlag
 from edgeopt.cli.render import (
     demo_table,
     inspect_table,
@@ -36,11 +35,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)  # paths and messages are never broken mid-word
-err = Console(stderr=True)
-_state = {"debug": False}
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 
 
 @app.callback()
@@ -53,11 +47,7 @@ def _main(
     if not (verbose or debug):  # their internal fallbacks are not the user's concern
         for noisy in ("onnxscript", "torch.onnx", "onnx_ir"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
-    _state["debug"] = debug
-
-
-def _emit_json(payload: Any) -> None:
-    out.print_json(json.dumps(payload, default=str))
+    console.state["debug"] = debug
 
 
 @app.command()
@@ -70,9 +60,9 @@ def inspect(
 
     summary = summarize(load_model(model))
     if as_json:
-        _emit_json(summary.as_dict())
+        console.emit_json(summary.as_dict())
     else:
-        out.print(inspect_table(summary))
+        console.out.print(inspect_table(summary))
 
 
 def _parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
@@ -134,7 +124,7 @@ def optimize(
     if not names:
         raise typer.BadParameter("no pass given; e.g. --passes cleanup.", param_hint="--passes")
     steps = _steps_with_options(names, _parse_options(option))
-    with steps_progress(err, len(registry.expand(names)), disable=as_json) as advance:
+    with steps_progress(console.err, len(registry.expand(names)), disable=as_json) as advance:
         result = optimize_file(model, output, steps, verify=verify, targets=target,
                                in_place=in_place, external_data=external_data, on_step=advance)
     _show_optimize_result(result, as_json)
@@ -143,15 +133,15 @@ def optimize(
 def _show_optimize_result(result: Any, as_json: bool) -> None:
     """What `optimize` and `run` print: passes, before/after, written files (or JSON)."""
     if as_json:
-        _emit_json({"output": str(result.output), "before": result.before.as_dict(),
-                    "after": result.after.as_dict(), "steps": [asdict(s) for s in result.pipeline.steps],
-                    "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
+        console.emit_json({"output": str(result.output), "before": result.before.as_dict(),
+                           "after": result.after.as_dict(), "steps": [asdict(s) for s in result.pipeline.steps],
+                           "artifacts": {k: str(v) for k, v in result.artifacts.items()}})
         return
-    out.print(steps_table(result.pipeline.steps))
-    out.print(summary_table(result.before, result.after))
-    out.print(f"wrote {result.output}")
+    console.out.print(steps_table(result.pipeline.steps))
+    console.out.print(summary_table(result.before, result.after))
+    console.out.print(f"wrote {result.output}")
     for name, path in result.artifacts.items():
-        out.print(f"wrote {name} artifact {path}")
+        console.out.print(f"wrote {name} artifact {path}")
 
 
 @app.command()
@@ -185,21 +175,21 @@ def quantize(
     """Quantize MODEL (static int8 with calibration, dynamic, or weight-only int4/int8)."""
     from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
-    config = _quantize_config(QuantizeConfig, mode=mode, method=method, percentile=percentile,
-                              per_channel=per_channel, format=fmt, activation_type=activation_type,
-                              bits=bits, block_size=block_size, weight_method=weight_method,
-                              embedding_bits=embedding_bits,
-                              exclude=tuple(exclude),
-                              op_types=tuple(t for t in op_types.split(",") if t),
-                              samples=samples, batch_size=batch_size, max_drop=max_drop,
-                              prepasses=tuple(p for p in prepasses.split(",") if p))
-    with samples_progress(err, disable=as_json) as progress:
+    config = console.checked_config(QuantizeConfig, mode=mode, method=method, percentile=percentile,
+                                    per_channel=per_channel, format=fmt, activation_type=activation_type,
+                                    bits=bits, block_size=block_size, weight_method=weight_method,
+                                    embedding_bits=embedding_bits,
+                                    exclude=tuple(exclude),
+                                    op_types=tuple(t for t in op_types.split(",") if t),
+                                    samples=samples, batch_size=batch_size, max_drop=max_drop,
+                                    prepasses=tuple(p for p in prepasses.split(",") if p))
+    with samples_progress(console.err, disable=as_json) as progress:
         result = quantize_file(model, output, config, calibration=calib, report=report,
                                progress=progress)
     if as_json:
-        _emit_json(quantize_json(result))
+        console.emit_json(quantize_json(result))
         return
-    out.print(quantize_tables(result, show_report=report))
+    console.out.print(quantize_tables(result, show_report=report))
 
 
 @app.command()
@@ -219,29 +209,16 @@ def analyze(
     from edgeopt.cli.render import sensitivity_table
     from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
-    config = _quantize_config(QuantizeConfig, method=method, per_channel=per_channel,
-                              activation_type=activation_type, samples=samples)
-    with tempfile.TemporaryDirectory() as tmp, samples_progress(err, disable=as_json) as progress:
+    config = console.checked_config(QuantizeConfig, method=method, per_channel=per_channel,
+                                    activation_type=activation_type, samples=samples)
+    with tempfile.TemporaryDirectory() as tmp, samples_progress(console.err, disable=as_json) as progress:
         result = quantize_file(model, Path(tmp) / "quantized.onnx", config, calibration=calib,
                                report=True, progress=progress)
     assert result.report is not None
     if as_json:
-        _emit_json([asdict(e) for e in result.report])
+        console.emit_json([asdict(e) for e in result.report])
     else:
-        out.print(sensitivity_table(result.report, limit=limit))
-
-
-def _quantize_config(cls: Any, **values: Any) -> Any:
-    """Build the config, turning a bad choice into a one-line PassOptionError."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is typing.Literal else ()
-        if choices and value not in choices:
-            raise PassOptionError(f"quantize: --{key.replace('_', '-')} must be one of "
-                                  f"{', '.join(map(str, choices))}, got {value!r}.")
-    return cls(**values)
+        console.out.print(sensitivity_table(result.report, limit=limit))
 
 
 @app.command("convert-opset")
@@ -254,7 +231,7 @@ def convert_opset(
     from edgeopt.workflow.optimize import optimize_file
 
     result = optimize_file(model, output, [("convert-opset", {"target_version": to})])
-    out.print(f"wrote {result.output} (opset {result.after.opsets.get('ai.onnx')})")
+    console.out.print(f"wrote {result.output} (opset {result.after.opsets.get('ai.onnx')})")
 
 
 @app.command("list-passes")
@@ -262,14 +239,14 @@ def list_passes(as_json: JsonFlag = False) -> None:
     """Every registered pass with its options, and the presets."""
     infos = registry.list_passes()
     if as_json:
-        _emit_json({
+        console.emit_json({
             "passes": [{"name": i.name, "summary": i.summary,
                         "options": {o.name: {"type": o.type_name, "default": o.default}
                                     for o in i.options().values()}} for i in infos],
             "presets": {k: list(v) for k, v in registry.list_presets().items()},
         })
         return
-    out.print(passes_table(infos, registry.list_presets()))
+    console.out.print(passes_table(infos, registry.list_presets()))
 
 
 @app.command()
@@ -280,15 +257,15 @@ def check(
 ) -> None:
     """List everything in MODEL that TARGET cannot run (exit 1 if anything)."""
     from edgeopt.core.model_io import load_model
-    from edgeopt.core.target import get_target
+    from edgeopt.deploy.target_registry import get_target
 
     issues = get_target(target).check(load_model(model))
     if as_json:
-        _emit_json([asdict(i) for i in issues])
+        console.emit_json([asdict(i) for i in issues])
     elif issues:
-        out.print(issues_table(target, issues))
+        console.out.print(issues_table(target, issues))
     else:
-        out.print(f"{model}: every node runs on {target}")
+        console.out.print(f"{model}: every node runs on {target}")
     if issues:
         raise typer.Exit(1)
 
@@ -303,7 +280,7 @@ def run(
 
     parsed = load_recipe(recipe)
     total = len(registry.expand([name for name, _ in parsed.passes]))
-    with steps_progress(err, total, disable=as_json) as advance:
+    with steps_progress(console.err, total, disable=as_json) as advance:
         result = run_recipe(parsed, on_step=advance)
     _show_optimize_result(result, as_json)
 
@@ -317,14 +294,14 @@ def demo(
     _quiet_torch()
     from edgeopt.cli.demo import run_demo
 
-    with err.status("starting", spinner="dots") as status:
+    with console.err.status("starting", spinner="dots") as status:
         result = run_demo(out_dir, on_stage=lambda s: status.update(s) if not as_json else None)
     if as_json:
-        _emit_json(result.as_dict())
+        console.emit_json(result.as_dict())
         return
-    out.print(demo_table(result))
-    out.print(f"artifacts and summary.json in {result.out_dir}; every target's artifact, manifest.json and "
-              f"report.html in {result.out_dir / 'compiled'}")
+    console.out.print(demo_table(result))
+    console.out.print(f"artifacts and summary.json in {result.out_dir}; every target's artifact, manifest.json and "
+                      f"report.html in {result.out_dir / 'compiled'}")
 
 
 def _quiet_torch() -> None:
@@ -340,15 +317,9 @@ def _quiet_torch() -> None:
 
 
 # Commands that live in their own modules, one area each: each module's
-# ``register(app)`` adds its commands (they may import out/err/_emit_json from here).
-_COMMAND_MODULES: tuple[str, ...] = (
-    "compress",
-    "deploy",
-    "drop",
-    "prune",
-)
-for _module in _COMMAND_MODULES:
-    importlib.import_module(f"edgeopt.cli.{_module}").register(app)
+# ``register(app)`` adds its commands.
+for _area in (compress, deploy, drop, prune):
+    _area.register(app)
 
 
 def main() -> None:
@@ -356,9 +327,9 @@ def main() -> None:
     try:
         app()
     except EdgeoptError as e:
-        if _state["debug"]:
+        if console.state["debug"]:
             raise
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

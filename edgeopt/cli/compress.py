@@ -8,11 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from edgeopt.cli import console
+from edgeopt.cli.console import JsonFlag
 from edgeopt.sharing.compress import CompressResult
-
-# typer reads the annotations by name from this module, so the --json flag is declared here
-# (the same as edgeopt.cli.JsonFlag, which cannot be imported at module level: cli imports us).
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -37,18 +35,17 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Cluster weights to K shared values (k-means) and/or share weights across layers."""
-        from edgeopt.cli import commands as cli
         from edgeopt.sharing.compress import share_weights_file
 
         if form not in ("codebook", "compressible"):
             raise typer.BadParameter(f"'{form}': use codebook or compressible.", param_hint="--form")
-        with cli.err.status("clustering weights", spinner="dots", refresh_per_second=4) if not as_json \
+        with console.err.status("clustering weights", spinner="dots", refresh_per_second=4) if not as_json \
                 else _nothing():
             result = share_weights_file(model, output, clusters=clusters, form=form,  # type: ignore[arg-type]
                                         per_channel=per_channel, channel_scale=per_channel_scale,
                                         across_layers=across_layers,
                                         min_elements=min_elements, calibration=calib, samples=samples)
-        _show(result, as_json, cli.out, cli._emit_json)
+        _show(result, as_json, console.out, console.emit_json)
 
     @app.command("low-rank")
     def low_rank(
@@ -65,13 +62,12 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Factorize MatMul, Gemm and 1x1 Conv weights into two rank-r factors (truncated SVD)."""
-        from edgeopt.cli import commands as cli
         from edgeopt.sharing.compress import low_rank_file
 
-        with cli.err.status("factorizing", spinner="dots", refresh_per_second=4) if not as_json else _nothing():
+        with console.err.status("factorizing", spinner="dots", refresh_per_second=4) if not as_json else _nothing():
             result = low_rank_file(model, output, energy=energy, params=params, calibration=calib,
                                    samples=samples, min_elements=min_elements)
-        _show(result, as_json, cli.out, cli._emit_json)
+        _show(result, as_json, console.out, console.emit_json)
 
 
 class _nothing:
@@ -86,9 +82,9 @@ def _show(result: CompressResult, as_json: bool, out: Any, emit: Any) -> None:
     if as_json:
         emit(result.as_dict())
         return
-    out.print(changes_table(result))
-    out.print(size_table(result))
-    out.print(f"wrote {result.output}")
+    console.out.print(changes_table(result))
+    console.out.print(size_table(result))
+    console.out.print(f"wrote {result.output}")
 
 
 def size_table(result: CompressResult) -> Table:

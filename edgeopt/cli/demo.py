@@ -27,8 +27,9 @@ from edgeopt.core.inspect_model import file_size, summarize
 from edgeopt.core.measure import Fidelity, fidelity, median_latency_ms
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import create_session
-from edgeopt.core.target import Target, get_target
+from edgeopt.core.target import Target
 from edgeopt.deploy.manifest import Manifest
+from edgeopt.deploy.target_registry import get_target
 from edgeopt.deploy.validate import ValidationReport
 from edgeopt.exporting.torch_export import ExportReport, export
 from edgeopt.pipeline.runner import Pipeline, StepResult
@@ -124,9 +125,9 @@ def _compile_and_validate(
     optimized: Path, calibration: Path, data: demo_model.DigitsData, out: Path, say: Callable[[str], None],
 ) -> tuple[Manifest, ValidationReport]:
     """Every registered target's artifact (CPU, GPU, NPU; ONNX Runtime and TFLite), validated."""
-    from edgeopt.core.target import list_targets
     from edgeopt.deploy.compile import compile_model
     from edgeopt.deploy.report import write_report
+    from edgeopt.deploy.target_registry import list_targets
     from edgeopt.deploy.validate import validate
 
     compiled = compile_model(optimized, out / "compiled", targets=list_targets(), calibration=str(calibration),

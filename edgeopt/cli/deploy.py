@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from edgeopt.cli import console
+from edgeopt.cli.console import JsonFlag
 from edgeopt.core.errors import PassOptionError
 
 _Data = Annotated[str | None, typer.Option("--data", help="Validation inputs: .npz/.npy file or folder, "
@@ -20,7 +22,6 @@ _Reference = Annotated[Path | None, typer.Option("--reference", help="fp32 ONNX 
                                                  "(default: the model compile started from).")]
 _Batch = Annotated[int, typer.Option("--batch-size", min=1, help="Samples per run (latency is per run).")]
 _Only = Annotated[list[str], typer.Option("--target", "-t", help="Only this target (repeatable).")]
-_Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]  # as edgeopt.cli's
 
 
 def _split(text: str) -> list[str]:
@@ -29,8 +30,6 @@ def _split(text: str) -> list[str]:
 
 def register(app: typer.Typer) -> None:
     """Add ``compile``, ``validate`` and ``bundle`` to ``app``."""
-    from edgeopt.cli.commands import _emit_json, err, out
-
     @app.command("compile")
     def compile_(
         model: Annotated[Path, typer.Argument(help="ONNX model (never modified).")],
@@ -41,14 +40,14 @@ def register(app: typer.Typer) -> None:
         calib: Annotated[str | None, typer.Option(help="Calibration data for int8 targets: folder/file of "
                                                   ".npz/.npy, images, or random:N.")] = None,
         cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset first.")] = True,
-        as_json: _Json = False,
+        as_json: JsonFlag = False,
     ) -> None:
         """Emit every selected target's artifact from MODEL into OUTPUT, with a manifest (exit 1 if any failed)."""
         from edgeopt.cli.deploy_render import compile_table
         from edgeopt.deploy.compile import compile_model, select_targets
 
         names = select_targets(_split(targets), _split(runtimes), only)
-        with err.status("compiling", spinner="dots") as status:
+        with console.err.status("compiling", spinner="dots") as status:
             def on_target(name: str, entry: object) -> None:
                 if entry is None and not as_json:
                     status.update(f"compiling {name}")
@@ -56,15 +55,15 @@ def register(app: typer.Typer) -> None:
             result = compile_model(model, output, targets=names, calibration=calib, cleanup=cleanup,
                                    on_target=on_target)
         if as_json:
-            _emit_json(result.manifest.as_dict())
+            console.emit_json(result.manifest.as_dict())
         else:
-            out.print(compile_table(result.manifest))
-            out.print(f"wrote {result.manifest_path}")
+            console.out.print(compile_table(result.manifest))
+            console.out.print(f"wrote {result.manifest_path}")
         failed = result.manifest.failed
         if failed:
             listed = ", ".join(f"{a.target} ({a.error})" for a in failed)
-            err.print(f"[bold red]error:[/] {len(failed)} target(s) failed: {listed}. See the messages above.",
-                      highlight=False, soft_wrap=True)
+            console.err.print(f"[bold red]error:[/] {len(failed)} target(s) failed: {listed}. See the messages above.",
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(1)
 
     @app.command()
@@ -90,7 +89,7 @@ def register(app: typer.Typer) -> None:
         results: Annotated[Path | None, typer.Option(help="Bundle only: score outputs already brought back "
                                                      "from a device (run_bundle.py --out DIR).")] = None,
         report_dir: Annotated[Path | None, typer.Option(help="Where report.* go (default: FOLDER).")] = None,
-        as_json: _Json = False,
+        as_json: JsonFlag = False,
     ) -> None:
         """Run every artifact in its own runtime on DATA; score it vs the fp32 reference; write report.*"""
         from edgeopt.cli.deploy_render import validation_tables
@@ -112,7 +111,7 @@ def register(app: typer.Typer) -> None:
         if not is_bundle and data is None:
             raise PassOptionError("validate needs --data (validation inputs), e.g. --data val.npz.")
         ref = reference or (None if is_bundle else Path(read_manifest(folder, verify=False).source))
-        with samples_progress(err, disable=as_json) as progress:
+        with samples_progress(console.err, disable=as_json) as progress:
             def on_progress(stage: str, samples: int) -> None:
                 progress(f"host: {stage}", samples)
 
@@ -136,15 +135,15 @@ def register(app: typer.Typer) -> None:
                     report = run_on_device(bundle, target_device, custom=custom)
         written = write_report(report, report_dir or folder)
         if as_json:
-            _emit_json(report.as_dict())
+            console.emit_json(report.as_dict())
         else:
-            out.print(validation_tables(report))
-            out.print(f"wrote {written['json']}, {written['md'].name}, {written['html'].name}")
+            console.out.print(validation_tables(report))
+            console.out.print(f"wrote {written['json']}, {written['md'].name}, {written['html'].name}")
         failed = [a for a in report.failed if a.status == "run-failed"]  # compile failures were reported then
         if failed:
             listed = ", ".join(f"{a.target} ({a.error})" for a in failed)
-            err.print(f"[bold red]error:[/] {len(failed)} artifact(s) failed to run: {listed}.", highlight=False,
-                      soft_wrap=True)
+            console.err.print(f"[bold red]error:[/] {len(failed)} artifact(s) failed to run: {listed}.",
+                                      highlight=False, soft_wrap=True)
             raise typer.Exit(1)
 
     @app.command()
@@ -159,7 +158,7 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int, typer.Option(min=1, help="Samples the bundle carries.")] = 64,
         warmup: Annotated[int, typer.Option(min=0, help="Untimed runs on the device before timing.")] = 3,
         only: _Only = [],  # noqa: B006
-        as_json: _Json = False,
+        as_json: JsonFlag = False,
     ) -> None:
         """Write a self-contained folder that runs every artifact with numpy + its runtime only."""
         from edgeopt.cli.render import samples_progress
@@ -169,12 +168,12 @@ def register(app: typer.Typer) -> None:
         if data is None:
             raise PassOptionError("bundle needs --data (the inputs it carries), e.g. --data val.npz.")
         ref = reference or Path(read_manifest(folder, verify=False).source)
-        with samples_progress(err, disable=as_json) as progress:
+        with samples_progress(console.err, disable=as_json) as progress:
             result = write_bundle(folder, output, data=data, reference=str(ref), labels=labels, metric=metric,
                                   batch_size=batch_size, limit=limit, warmup=warmup, targets=tuple(only),
                                   on_progress=lambda stage, n: progress(f"host: {stage}", n))
         if as_json:
-            _emit_json({"bundle": str(result.path), "host": result.host.as_dict()})
+            console.emit_json({"bundle": str(result.path), "host": result.host.as_dict()})
         else:
-            out.print(f"wrote {result.path}: run it with python run_bundle.py . --out outputs "
-                      f"(or edgeopt validate {output} --device ...)")
+            console.out.print(f"wrote {result.path}: run it with python run_bundle.py . --out outputs "
+                              f"(or edgeopt validate {output} --device ...)")

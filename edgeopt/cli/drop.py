@@ -8,16 +8,13 @@ from typing import Annotated
 
 import typer
 
+from edgeopt.cli import console
+from edgeopt.cli.console import JsonFlag
 from edgeopt.core.errors import PassOptionError
-
-# typer reads annotations by name from this module; edgeopt.cli.JsonFlag can't be imported at module level.
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``drop-layers`` command to ``app``."""
-    from edgeopt.cli.commands import _emit_json, err, out
-
     @app.command("drop-layers")
     def drop_layers(
         model: Annotated[Path, typer.Argument(help="Input ONNX model (never overwritten).")],
@@ -52,9 +49,9 @@ def register(app: typer.Typer) -> None:
         if show_plan:
             blocks = plan(load_model(model), granularity)  # type: ignore[arg-type]
             if as_json:
-                _emit_json([asdict(b) for b in blocks])
+                console.emit_json([asdict(b) for b in blocks])
             else:
-                out.print(plan_table(blocks))
+                console.out.print(plan_table(blocks))
             return
         if metric not in ("cosine", "agreement"):
             raise PassOptionError(f"drop-layers: --metric must be cosine or agreement, got {metric!r}.")
@@ -63,9 +60,9 @@ def register(app: typer.Typer) -> None:
         config = DropConfig(count=count, max_drop=max_drop, metric=metric,  # type: ignore[arg-type]
                             granularity=granularity, output=compare, repair=repair, rescore=rescore,  # type: ignore[arg-type]
                             samples=samples, batch_size=batch_size)
-        with blocks_progress(err, disable=as_json) as advance:
+        with blocks_progress(console.err, disable=as_json) as advance:
             result = drop_layers_file(model, output, config, calibration=calib, on_block=advance)
         if as_json:
-            _emit_json(drop_json(result))
+            console.emit_json(drop_json(result))
         else:
-            out.print(drop_tables(result, show_report=report))
+            console.out.print(drop_tables(result, show_report=report))

@@ -10,10 +10,9 @@ from rich.console import Group
 from rich.table import Table
 
 from edgeopt.channels.plan import PrunePlan
+from edgeopt.cli import console
+from edgeopt.cli.console import JsonFlag
 from edgeopt.pruning.prune import PruneResult
-
-# typer reads annotations by name from this module; edgeopt.cli.JsonFlag can't be imported at module level.
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -48,25 +47,24 @@ def register(app: typer.Typer) -> None:
         as_json: JsonFlag = False,
     ) -> None:
         """Remove the least important channels of MODEL's coupled-channel groups (or zero weights)."""
-        from edgeopt.cli.commands import _emit_json, _quantize_config, err, out
         from edgeopt.cli.render import samples_progress
         from edgeopt.pruning.prune import PruneConfig, prune_file
 
         if output is None and not plan:
             raise typer.BadParameter("give -o OUTPUT, or --plan to only print the groups.", param_hint="--output")
-        config = _quantize_config(PruneConfig, ratio=ratio, criterion=criterion, scope=scope, round_to=round_to,
-                                  rounding=rounding, max_ratio=max_ratio, exclude=tuple(exclude), kinds=kinds,
-                                  samples=samples, repair=repair, reestimate_bn=reestimate_bn,
-                                  unstructured=unstructured)
-        with samples_progress(err, disable=as_json) as progress:
+        config = console.checked_config(
+            PruneConfig, ratio=ratio, criterion=criterion, scope=scope, round_to=round_to, rounding=rounding,
+            max_ratio=max_ratio, exclude=tuple(exclude), kinds=kinds, samples=samples, repair=repair,
+            reestimate_bn=reestimate_bn, unstructured=unstructured)
+        with samples_progress(console.err, disable=as_json) as progress:
             result = prune_file(model, output, config, calibration=calib, plan_only=plan, in_place=in_place,
                                 on_batch=lambda n: progress("calibration", n))
         if as_json:
-            _emit_json(result.as_dict())
+            console.emit_json(result.as_dict())
             return
-        out.print(prune_tables(result, show_plan=plan or result.plan is not None))
+        console.out.print(prune_tables(result, show_plan=plan or result.plan is not None))
         if result.output is not None:
-            out.print(f"wrote {result.output}")
+            console.out.print(f"wrote {result.output}")
 
 
 def plan_table(plan: PrunePlan) -> Table:

@@ -12,7 +12,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgeopt.core.model_io import SOURCE_PATH_KEY
-from edgeopt.pipeline import registry
+from edgeopt.core.shapes import infer_shapes
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def _macs(model: ir.Model) -> tuple[int, list[str]]:
     for value in shaped.graph.inputs:
         if value.shape is not None and not value.shape.is_static():
             value.shape = ir.Shape([d if isinstance(d, int) else 1 for d in value.shape])
-    registry.get_pass("infer-shapes").create()(shaped)
+    infer_shapes(shaped)
     total = 0
     unknown = []
     for node in ir.traversal.RecursiveGraphIterator(shaped.graph):

@@ -1,4 +1,4 @@
-"""Helpers shared by passes that bypass or replace values."""
+"""Graph-editing helpers shared by passes and engines: bypass values, read and write constants."""
 
 from __future__ import annotations
 
@@ -69,6 +69,21 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
         return None if tensor is None else tensor.numpy()
     except Exception:  # noqa: BLE001 - malformed Constant, unreadable external data
         return None
+
+
+def write_constant(value: ir.Value, array: np.ndarray) -> None:
+    """Replace the data of a constant in place, keeping its name: an initializer or a
+    ``Constant`` node's output. Every user sees the new data (callers check sharing)."""
+    tensor = ir.tensor(array, name=value.name)
+    producer = value.producer()
+    if value.is_initializer() or producer is None:
+        value.const_value = tensor
+    else:
+        assert producer.op_type == "Constant", f"'{value.name}' is not a constant"
+        producer.attributes.clear()
+        producer.attributes["value"] = ir.AttrTensor("value", tensor)
+        value.const_value = None
+    value.shape = ir.Shape(array.shape)
 
 
 @dataclass

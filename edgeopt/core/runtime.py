@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,9 @@ from edgeopt.core.model_io import PROTOBUF_LIMIT_BYTES, save_model, tensor_bytes
 
 Feeds = dict[str, np.ndarray]
 """Input or output name -> array."""
+
+CalibrationReader = Iterable[Feeds]
+"""Any re-iterable of feeds (a list works); each iteration starts over."""
 
 
 def create_session(

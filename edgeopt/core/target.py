@@ -1,18 +1,19 @@
-"""What a target backend is: the interface every entry of ``edgeopt.targets`` implements."""
+"""What a target backend is: the interface every entry of ``edgeopt.targets`` implements.
+
+Looking a target up by name is the deploy road's job (:mod:`edgeopt.deploy.target_registry`):
+the core never imports the targets.
+"""
 
 from __future__ import annotations
 
-import difflib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import onnx_ir as ir
 
-from edgeopt.core.errors import PassOptionError, UnsupportedOpError
-from edgeopt.core.runtime import Feeds
-from edgeopt.data.readers import CalibrationReader
+from edgeopt.core.errors import UnsupportedOpError
+from edgeopt.core.runtime import CalibrationReader, Feeds
 
 
 @dataclass(frozen=True)
@@ -100,27 +101,6 @@ class Target(Protocol):
     def run(self, artifact: Path, feeds: Feeds) -> Feeds:
         """Run the artifact in the runtime that will execute it, ONNX convention in and out."""
         ...
-
-
-def get_target(name: str) -> Target:
-    """Look up a target by name (``edgeopt.targets.TARGETS``)."""
-    known = _targets()
-    if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=2)
-        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-        raise PassOptionError(
-            f"unknown target '{name}'{hint}. Known targets: {', '.join(sorted(known))}."
-        )
-    return known[name]()
-
-
-def list_targets() -> list[str]:
-    return sorted(_targets())
-
-
-def _targets() -> dict[str, type[Target]]:
-    # The one place the core imports the targets package.
-    return dict(importlib.import_module("edgeopt.targets").TARGETS)
 
 
 def raise_for_issues(target: str, issues: list[Issue]) -> None:

@@ -21,13 +21,10 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.core.errors import CalibrationDataError
-from edgeopt.core.runtime import Feeds, model_inputs, random_feeds
+from edgeopt.core.runtime import CalibrationReader, Feeds, model_inputs, random_feeds
 from edgeopt.data.images import IMAGE_SUFFIXES, ImageFolderReader, ImagePreprocess, data_files, default_preprocess
 
 logger = logging.getLogger(__name__)
-
-CalibrationReader = Iterable[Feeds]
-"""Any re-iterable of feeds (a list works); each iteration starts over."""
 
 ARRAY_SUFFIXES = frozenset({".npz", ".npy"})
 _SAVE_HINT = "Save each batch with numpy.savez(file, <input_name>=array), or numpy.save for one input."

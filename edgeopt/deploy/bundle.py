@@ -33,9 +33,9 @@ import numpy as np
 from edgeopt.core.errors import ModelLoadError, ModelSaveError
 from edgeopt.core.runtime import Feeds
 from edgeopt.core.scoring import CustomMetric, Scorer, percentiles_ms
-from edgeopt.core.target import get_target
 from edgeopt.deploy.devices import Device
 from edgeopt.deploy.manifest import sha256
+from edgeopt.deploy.target_registry import get_target
 from edgeopt.deploy.validate import ArtifactResult, OnProgress, ValidationReport, providers, validate
 
 BUNDLE_FORMAT = 1

@@ -22,9 +22,10 @@ import onnx_ir as ir
 
 from edgeopt.core.errors import EdgeoptError, ModelSaveError, PassOptionError
 from edgeopt.core.model_io import load_model
-from edgeopt.core.target import Target, get_target, list_targets, raise_for_issues
+from edgeopt.core.target import Target, raise_for_issues
 from edgeopt.data.readers import CalibrationReader, open_reader
 from edgeopt.deploy.manifest import ArtifactEntry, Manifest, sha256, write_manifest
+from edgeopt.deploy.target_registry import get_target, list_targets
 from edgeopt.pipeline.runner import Pipeline
 
 logger = logging.getLogger(__name__)

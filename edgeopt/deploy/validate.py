@@ -27,10 +27,11 @@ from edgeopt.core.errors import CalibrationDataError, EdgeoptError, ModelLoadErr
 from edgeopt.core.model_io import load_model
 from edgeopt.core.runtime import Feeds, run_session
 from edgeopt.core.scoring import CustomMetric, Scorer, Scores, percentiles_ms
-from edgeopt.core.target import Target, get_target
+from edgeopt.core.target import Target
 from edgeopt.data.validation import labelled_batches
 from edgeopt.deploy import bundle_runner
 from edgeopt.deploy.manifest import ArtifactEntry, artifact_path, read_manifest, sha256
+from edgeopt.deploy.target_registry import get_target
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,15 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from edgeopt.blocks.bypass import DROPPED_KEY, drop_blocks
+from edgeopt.blocks.repair import repair as refit
 from edgeopt.blocks.residual import Block, Granularity, find_blocks
 from edgeopt.blocks.scoring import Batches, BlockScore, Metric, MetricName, fidelity_metric, greedy_pick, score_blocks
 from edgeopt.core.errors import PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds
+from edgeopt.data.readers import batches, open_reader
 from edgeopt.quantization.sensitivity import FallbackStep, fallback
 
 logger = logging.getLogger(__name__)
@@ -154,14 +157,10 @@ def _dropped(blocks: list[Block], kept: Sequence[str], scores: list[BlockScore])
 
 
 def _apply(model: ir.Model, chosen: list[Block], data: Batches, repair: bool) -> tuple[ir.Model, list[str]]:
-    from edgeopt.passes.drop_layers import DROPPED_KEY, drop_blocks
-
     result = model.clone()
     drop_blocks(result, chosen)
     repaired: list[str] = []
     if repair and chosen:
-        from edgeopt.blocks.repair import repair as refit
-
         repaired = refit(model, result, chosen, data)
     result.metadata_props[DROPPED_KEY] = ",".join(b.name for b in chosen)
     return result, repaired
@@ -187,7 +186,6 @@ def drop_layers_file(
 def calibration_batches(model: ir.Model, calibration: str | os.PathLike[str] | Iterable[Feeds],
                         config: DropConfig) -> Batches:
     """:data:`Batches` over ``calibration`` (a reader or a spec for ``open_reader``), checked and limited."""
-    from edgeopt.data.readers import batches, open_reader
 
     reader = open_reader(calibration, model) if isinstance(calibration, str | os.PathLike) else calibration
     first = batches(reader, model, batch_size=config.batch_size, limit=config.samples)

@@ -1,14 +1,13 @@
 """Pass registry: kebab-case names to pass classes with typed options.
 
 The list itself lives in ``edgeopt.passes`` (an explicit dict, no import-time
-self-registration); this module reads it, validates options against each pass's
+self-registration); this module, one floor above the passes, reads it, validates options against each pass's
 keyword-only ``__init__`` signature, and expands presets such as ``cleanup``.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 import types
 import typing
@@ -19,6 +18,7 @@ from typing import Any
 import onnx_ir as ir
 
 from edgeopt.core.errors import PassOptionError
+from edgeopt.passes import PASSES, PRESETS
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,11 @@ class PassInfo:
 
 
 def _passes() -> dict[str, type[ir.passes.PassBase]]:
-    # The registry is the one place the core imports the passes package.
-    return dict(importlib.import_module("edgeopt.passes").PASSES)
+    return dict(PASSES)
 
 
 def _presets() -> dict[str, tuple[str, ...]]:
-    return dict(importlib.import_module("edgeopt.passes").PRESETS)
+    return dict(PRESETS)
 
 
 def list_passes() -> list[PassInfo]:

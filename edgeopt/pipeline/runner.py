@@ -265,6 +265,11 @@ class PresetPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=result.modified)
 
 
+def cleanup() -> ir.passes.PassBase:
+    """The ``cleanup`` preset as one onnx-ir pass (repeated until nothing changes)."""
+    return PresetPass("cleanup")
+
+
 def run_passes(
     model: ir.Model, steps: Sequence[StepSpec], *, verify: bool = False, feeds: Feeds | None = None
 ) -> PipelineResult:

@@ -18,6 +18,7 @@ from edgeopt.channels.importance import Criterion
 from edgeopt.channels.plan import Kinds, PrunePlan, Rounding, Scope
 from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
+from edgeopt.passes import PruneChannelsPass, PruneMagnitudePass
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,6 @@ def prune_file(
     With ``plan_only`` nothing is written: the result holds the groups, their sizes
     and why any are left alone.
     """
-    from edgeopt.passes import PruneChannelsPass, PruneMagnitudePass
 
     model = load_model(model_path)
     result = PruneResult(before=summarize(model))

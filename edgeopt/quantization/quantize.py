@@ -18,10 +18,23 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.calibration.calibrate import calibrate
+from edgeopt.calibration.observers import make_observer_factory
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
-from edgeopt.core.runtime import Feeds, create_session, run_session
+from edgeopt.core.runtime import Feeds, create_session, random_feeds, run_session
+from edgeopt.data.readers import batches, open_reader
+from edgeopt.passes import (
+    CorrectBiasPass,
+    EqualizeCrossLayerPass,
+    QuantizeDynamicPass,
+    QuantizeWeightsPass,
+    SmoothQuantPass,
+)
+from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like, prepare_for_quantization
+from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
+from edgeopt.passes.smooth_quant import MUL_PREFIX
 from edgeopt.quantization.sensitivity import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
 
 logger = logging.getLogger(__name__)
@@ -104,7 +117,6 @@ def quantize_file(
             agreement with the float model on the evaluation data.
         progress: Progress callback for calibration and analysis.
     """
-    from edgeopt.data.readers import batches, open_reader
 
     model = load_model(model_path)
     before = summarize(model)
@@ -130,8 +142,6 @@ def _reader(calibration: Any, model: ir.Model, open_reader: Any) -> Any:
 
 
 def _random_batch(model: ir.Model) -> Feeds:
-    from edgeopt.core.runtime import random_feeds
-
     return random_feeds(model, default_dim=8)
 
 
@@ -139,8 +149,6 @@ def _quantize(
     model: ir.Model, config: QuantizeConfig, reader: Any, report: bool, metric: Metric | None,
     evaluation: list[Feeds], progress: Progress | None,
 ) -> tuple[ir.Model, dict[str, Any]]:
-    from edgeopt.passes import QuantizeDynamicPass, QuantizeWeightsPass
-
     if config.mode == "dynamic":
         QuantizeDynamicPass(per_channel=config.per_channel, weight_type=config.weight_type,
                             op_types=config.op_types, exclude=config.exclude)(model)
@@ -157,13 +165,6 @@ def _quantize_static(
     model: ir.Model, config: QuantizeConfig, reader: Any, report: bool, metric: Metric | None,
     evaluation: list[Feeds], progress: Progress | None,
 ) -> tuple[ir.Model, dict[str, Any]]:
-    from edgeopt.calibration.calibrate import calibrate
-    from edgeopt.calibration.observers import make_observer_factory
-    from edgeopt.data.readers import batches
-    from edgeopt.passes.quantize_common import prepare_for_quantization
-    from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
-    from edgeopt.passes.smooth_quant import MUL_PREFIX
-
     prepared = model.clone()
     prepare_for_quantization(prepared)
     _run_prepasses(prepared, config, reader)
@@ -208,7 +209,6 @@ def _quantize_static(
 
 def static_op_types(model: ir.Model, requested: Sequence[str]) -> tuple[str, ...]:
     """The op types static mode hands the quantizer (``()`` = every type ORT can)."""
-    from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like
 
     if tuple(requested) == ("all",):
         return ()
@@ -225,8 +225,6 @@ PREPASSES = ("equalize-cross-layer", "correct-bias", "smooth-quant")
 
 
 def _run_prepasses(model: ir.Model, config: QuantizeConfig, reader: Any) -> None:
-    from edgeopt.passes import CorrectBiasPass, EqualizeCrossLayerPass, SmoothQuantPass
-
     for name in config.prepasses:
         if name not in PREPASSES:
             raise PassOptionError(f"quantize: unknown pre-pass '{name}'; choose from {', '.join(PREPASSES)}.")

@@ -20,6 +20,10 @@ from edgeopt.core.errors import PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds, random_feeds
+from edgeopt.data.readers import batches, open_reader
+from edgeopt.passes.cluster_weights import ClusterWeightsPass
+from edgeopt.passes.factorize_low_rank import FactorizeLowRankPass
+from edgeopt.passes.share_weights_across_layers import ShareWeightsAcrossLayersPass
 from edgeopt.sharing.report import FileSize, OutputFidelity, file_size, output_fidelity
 
 
@@ -61,8 +65,6 @@ def share_weights_file(
 ) -> CompressResult:
     """Cross-layer sharing (``across_layers`` = tolerance, if given), then k-means
     clustering to ``clusters`` values (0: no clustering), written to ``output``."""
-    from edgeopt.passes.cluster_weights import ClusterWeightsPass
-    from edgeopt.passes.share_weights_across_layers import ShareWeightsAcrossLayersPass
 
     if clusters == 0 and across_layers is None:
         raise PassOptionError("share-weights: nothing to do with --clusters 0; "
@@ -87,7 +89,6 @@ def low_rank_file(
     samples: int = 64,
 ) -> CompressResult:
     """Factorize MatMul/Gemm/1x1 Conv weights (data-aware when ``calibration`` is given)."""
-    from edgeopt.passes.factorize_low_rank import FactorizeLowRankPass
 
     factorize = FactorizeLowRankPass(energy=energy, params=params, min_elements=min_elements,
                                      calibration=_reader(calibration, model_path), samples=samples)
@@ -97,7 +98,6 @@ def low_rank_file(
 def _reader(calibration: str | Iterable[Feeds] | None, model_path: str | os.PathLike[str]) -> Any:
     if not isinstance(calibration, str):
         return calibration
-    from edgeopt.data.readers import open_reader
 
     return open_reader(calibration, load_model(model_path))
 
@@ -106,8 +106,6 @@ def _compress(
     model_path: str | os.PathLike[str], output: str | os.PathLike[str], passes: list[ir.passes.PassBase],
     calibration: str | Iterable[Feeds] | None, samples: int,
 ) -> CompressResult:
-    from edgeopt.data.readers import batches
-
     model = load_model(model_path)
     reference = model.clone()
     before = summarize(model)

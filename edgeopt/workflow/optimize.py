@@ -13,8 +13,9 @@ import onnx_ir as ir
 from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds
-from edgeopt.core.target import get_target
+from edgeopt.deploy.target_registry import get_target
 from edgeopt.pipeline.runner import Pipeline, PipelineResult, StepResult, StepSpec
+from edgeopt.workflow.compile_section import run_compile
 from edgeopt.workflow.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -81,8 +82,6 @@ def run_recipe(
         rtol=recipe.rtol, atol=recipe.atol, targets=recipe.targets, on_step=on_step,
     )
     if recipe.compile is not None:
-        from edgeopt.workflow.compile_section import run_compile
-
         compiled = run_compile(recipe.compile, result.output)
         result.artifacts.update({f"compile/{a.target}": compiled.out_dir / str(a.file)
                                  for a in compiled.manifest.artifacts})

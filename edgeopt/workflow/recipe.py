@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from edgeopt.core.errors import PassOptionError, RecipeError
-from edgeopt.core.target import list_targets
+from edgeopt.deploy.target_registry import list_targets
 from edgeopt.pipeline import registry
 from edgeopt.pipeline.runner import resolve
 from edgeopt.workflow.compile_section import CompileSpec, parse_compile

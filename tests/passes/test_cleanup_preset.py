@@ -9,8 +9,8 @@ from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
 from edgeopt.core.runtime import compare_outputs, random_feeds, run_model
-from edgeopt.passes import PRESETS, cleanup
-from edgeopt.pipeline.runner import Pipeline
+from edgeopt.passes import PRESETS
+from edgeopt.pipeline.runner import Pipeline, cleanup
 
 
 def _messy_model() -> ir.Model:

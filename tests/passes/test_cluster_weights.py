@@ -10,9 +10,9 @@ from onnx import numpy_helper as nh
 
 from edgeopt.core.errors import PassOptionError, UnsupportedOpsetError
 from edgeopt.core.runtime import random_feeds, run_model
-from edgeopt.passes import ClusterWeightsPass, cleanup
+from edgeopt.passes import ClusterWeightsPass
 from edgeopt.passes.codebook import kmeans_1d, pack_planes, unpack_planes
-from edgeopt.pipeline.runner import Pipeline
+from edgeopt.pipeline.runner import Pipeline, cleanup
 
 LOSSY = {"rtol": 1.0, "atol": 1.0}
 """apply_pass tolerance for lossy clustering: checker and signature only; each test bounds the error."""

@@ -11,7 +11,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgeopt.channels.builder import build_groups
+from edgeopt.channels.groups import build_groups
 from edgeopt.core.runtime import run_model
 from edgeopt.passes import PruneChannelsPass
 from edgeopt.passes.infer_shapes import InferShapesPass

@@ -16,7 +16,8 @@ import pytest
 from edgeopt import targets
 from edgeopt.core.errors import PassOptionError, UnsupportedOpError
 from edgeopt.core.runtime import run_model
-from edgeopt.core.target import Issue, get_target, list_targets
+from edgeopt.core.target import Issue
+from edgeopt.deploy.target_registry import get_target, list_targets
 
 OrtCpuTarget = targets.OrtCpuTarget
 

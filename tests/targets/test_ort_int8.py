@@ -17,7 +17,7 @@ from edgeopt.cli.demo_model import ONNX_MODEL, load_data
 from edgeopt.core.errors import CalibrationDataError, ExportError
 from edgeopt.core.model_io import load_model
 from edgeopt.core.runtime import Feeds, run_model
-from edgeopt.core.target import get_target
+from edgeopt.deploy.target_registry import get_target
 from edgeopt.targets import TARGETS, OrtCpuInt8Target
 
 

@@ -15,7 +15,8 @@ from edgeopt.cli.demo_model import ONNX_MODEL, load_data
 from edgeopt.core.errors import CalibrationDataError, PassOptionError, UnsupportedOpError
 from edgeopt.core.model_io import load_model
 from edgeopt.core.runtime import Feeds, run_model
-from edgeopt.core.target import get_target, raise_for_issues
+from edgeopt.core.target import raise_for_issues
+from edgeopt.deploy.target_registry import get_target
 from edgeopt.targets import TARGETS, OrtNpuTarget
 from edgeopt.targets.npu_ops import FLOAT_NOTE, NNAPI_OPS, QNN_OPS, partition
 

@@ -29,8 +29,9 @@ import pytest
 from edgeopt.cli.demo_model import ONNX_MODEL, load_data
 from edgeopt.core.errors import CalibrationDataError, ModelLoadError, UnsupportedOpError
 from edgeopt.core.runtime import Feeds, run_model
-from edgeopt.core.target import Target, get_target, list_targets
+from edgeopt.core.target import Target
 from edgeopt.data.readers import open_reader
+from edgeopt.deploy.target_registry import get_target, list_targets
 from edgeopt.targets import TFLiteCpuInt8Target, TFLiteNpuTarget, TFLiteTarget, onnx2tf_convert, tflite_io
 
 _MISSING = [m for m in ("tensorflow", "onnx2tf", "ai_edge_litert") if importlib.util.find_spec(m) is None]
