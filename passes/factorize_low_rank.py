@@ -240,7 +240,7 @@ def _weight_matrix(node: ir.Node) -> np.ndarray | None:
     if node.op_type == "MatMul":
         return weight if weight.ndim == 2 else None
     if node.op_type == "Gemm":
-        if weight.ndim != 2 or node.attributes.get_int("transA", 0):
+        if weight.ndim != 2 or node.attributes.get_int("transA", 0) != 0:
             return None
         matrix = weight.T if node.attributes.get_int("transB", 0) else weight
         return matrix * np.asarray(node.attributes.get_float("alpha", 1.0), dtype=weight.dtype)
