@@ -1,7 +1,7 @@
 """Conversion matrix: every model of a suite x every registered target, compiled, validated, bundled.
 
 For each model: ``edgeopt.deploy.compile`` to every registered target (calibrated with
-the model's own calibration batches), ``edgeopt.deploy.validate`` in process (top-1
+the model's own calibration batches), ``edgeopt.deploy.validation`` in process (top-1
 agreement, cosine, SQNR vs fp32, size, p50 latency at batch 1), then a device
 bundle run on ``local`` (a subprocess with only numpy + the runtime), checking
 that every score of the bundle run equals the in-process run's.

@@ -133,7 +133,7 @@ def child_main(job: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.ERROR)
     import onnxruntime as ort  # noqa: F401  (imported before the baseline is read)
 
-    import edgeopt.calibration.calibrate  # noqa: F401
+    import edgeopt.calibration.stream  # noqa: F401
     import edgeopt.passes  # noqa: F401
 
     files = [Path(f) for f in job["files"]]
@@ -161,8 +161,8 @@ def _child_calibrate(job: dict[str, Any], files: list[Path]) -> dict[str, Any]:
     reader = qm.FileFeeds(files)
     started = time.perf_counter()
     if tool == "edgeopt":
-        from edgeopt.calibration.calibrate import calibrate
         from edgeopt.calibration.observers import make_observer_factory
+        from edgeopt.calibration.stream import calibrate
         from edgeopt.core.model_io import load_model
         from edgeopt.passes.quantize_common import prepare_for_quantization
 
@@ -401,7 +401,7 @@ def _dynamic_fallback(ctx: Ctx, out: Path) -> dict[str, Any]:
     from edgeopt.core.model_io import load_model, save_model
     from edgeopt.passes import QuantizeDynamicPass
     from edgeopt.passes.quantize_common import prepare_for_quantization
-    from edgeopt.quantization.sensitivity import fallback, sensitivity
+    from edgeopt.quantization.analysis import fallback, sensitivity
 
     prepared = load_model(ctx.model)
     prepare_for_quantization(prepared)
@@ -607,7 +607,7 @@ def bench_model(name: str, st: Settings, console: Any) -> dict[str, Any]:
     metric = _embedding_metric(case, files) if case.kind == "embedding" else None
     if metric is None:
         from edgeopt.core.model_io import load_model
-        from edgeopt.quantization.sensitivity import agreement_metric
+        from edgeopt.quantization.analysis import agreement_metric
 
         float_model = load_model(case.path)
         metric = agreement_metric(float_model, list(qm.FileFeeds(files)))

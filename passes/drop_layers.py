@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from edgeopt.blocks import residual as residual_blocks
 from edgeopt.blocks.bypass import DROPPED_KEY, drop_blocks
-from edgeopt.blocks.repair import repair
+from edgeopt.blocks.refit import repair
 from edgeopt.blocks.scoring import greedy_pick, score_blocks
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
@@ -43,7 +43,7 @@ class DropLayersPass(EdgeoptPass):
             blocks after each pick with the picks so far dropped (0: rank once; see
             :func:`edgeopt.blocks.scoring.greedy_pick`).
         repair: Refit the projections right after each dropped block by least squares
-            so that they reproduce the original model's (see :mod:`edgeopt.blocks.repair`).
+            so that they reproduce the original model's (see :mod:`edgeopt.blocks.refit`).
         samples: Use at most this many calibration samples.
         batch_size: Re-batch the calibration data to this size.
         on_block: Called with the number of blocks scored so far (progress bars).

@@ -1,6 +1,6 @@
 """Static int8 (or 16-bit) quantization with our streaming calibration and ORT's emitters.
 
-Calibration is ours (``edgeopt.calibration.calibrate``): statistics are collected batch by
+Calibration is ours (``edgeopt.calibration.stream``): statistics are collected batch by
 batch from one ONNX Runtime session, so memory does not grow with the number
 of samples, and percentile / entropy / MSE ranges come from fixed-size
 histograms. The QDQ and QOperator graphs are emitted by ONNX Runtime's own
@@ -17,8 +17,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.calibrate import calibrate
 from edgeopt.calibration.observers import make_observer_factory
+from edgeopt.calibration.stream import calibrate
 from edgeopt.core.errors import CalibrationDataError
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.core.runtime import Feeds
@@ -49,7 +49,7 @@ class QuantizeStaticPass(EdgeoptPass):
         calibration: Sample data: a re-iterable of feeds, or a path/spec for
             :func:`edgeopt.data.readers.open_reader` (folder of .npy/.npz or images,
             ``random:N``). Not needed when ``ranges`` is given.
-        ranges: Precomputed ``tensor name -> (low, high)``, e.g. from ``edgeopt.calibration.calibrate``.
+        ranges: Precomputed ``tensor name -> (low, high)``, e.g. from ``edgeopt.calibration.stream``.
         method: How ranges are computed from the data.
         percentile: For ``method="percentile"``.
         format: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs) or ``"qoperator"``

@@ -30,7 +30,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.calibrate import stream_outputs
+from edgeopt.calibration.stream import stream_outputs
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
 from edgeopt.core.rewire import ConstantWriter, const_array, is_default_domain

@@ -1,4 +1,4 @@
-"""Tests for edgeopt.calibration.calibrate: streaming calibration in ONNX Runtime against numpy."""
+"""Tests for edgeopt.calibration.stream: streaming calibration in ONNX Runtime against numpy."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from edgeopt.calibration.calibrate import calibrate
 from edgeopt.calibration.observers import (
     HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     make_observer_factory,
 )
+from edgeopt.calibration.stream import calibrate
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.runtime import Feeds
 
@@ -150,7 +150,7 @@ def test_float16_calibrated_other_types_skipped() -> None:
 def test_named_tensors(caplog: pytest.LogCaptureFixture) -> None:
     data = _data()
     model = ir.from_onnx_text(MIXED_TYPES)
-    with caplog.at_level(logging.WARNING, logger="edgeopt.calibration.calibrate"):
+    with caplog.at_level(logging.WARNING, logger="edgeopt.calibration.stream"):
         result = calibrate(model, _batches(data, [600]), tensors=["r", "s"])
     assert list(result.ranges) == ["r"]
     assert "skipping 's'" in caplog.text

@@ -100,7 +100,7 @@ def test_a_target_that_fails_now_leaves_no_earlier_artifact(digits: Path, compil
 
 
 def test_validate_refuses_a_source_model_changed_since_compile(digits: Path, tmp_path: Path) -> None:
-    from edgeopt.deploy.validate import validate
+    from edgeopt.deploy.validation import validate
 
     shutil.copy(digits / "model.onnx", tmp_path / "model.onnx")
     compile_model(tmp_path / "model.onnx", tmp_path / "out", targets=["ort-cpu"])

@@ -1,4 +1,4 @@
-"""Tests for edgeopt.quantization.sensitivity: per-node sensitivity and accuracy-aware fallback.
+"""Tests for edgeopt.quantization.analysis: per-node sensitivity and accuracy-aware fallback.
 
 The outlier model has two parallel layers feeding an Add: ``mm_clean`` reads an
 ordinary N(0, 1) input, ``mm_outlier`` reads one whose channels 0, 5 and 9 are
@@ -20,11 +20,11 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
-from edgeopt.calibration.calibrate import calibrate
+from edgeopt.calibration.stream import calibrate
 from edgeopt.core.runtime import Feeds, run_model
 from edgeopt.passes.quantize_common import prepare_for_quantization
 from edgeopt.passes.quantize_static import quantize_with_ranges
-from edgeopt.quantization.sensitivity import FallbackResult, agreement_metric, fallback, sensitivity
+from edgeopt.quantization.analysis import FallbackResult, agreement_metric, fallback, sensitivity
 
 OUTLIER_CHANNELS = [0, 5, 9]
 
@@ -237,7 +237,7 @@ def test_fallback_stops_at_max_evaluations() -> None:
 
 
 def test_accuracy_metric_counts_correct_predictions() -> None:
-    from edgeopt.quantization.sensitivity import accuracy_metric
+    from edgeopt.quantization.analysis import accuracy_metric
 
     model = ir.from_onnx_text("""
         <ir_version: 8, opset_import: ["" : 17]>

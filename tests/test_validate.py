@@ -20,7 +20,7 @@ from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.scoring import Scorer, load_custom_metric
 from edgeopt.deploy.compile import compile_model
 from edgeopt.deploy.report import write_report
-from edgeopt.deploy.validate import validate
+from edgeopt.deploy.validation import validate
 
 SAMPLES = 90
 

@@ -38,7 +38,7 @@ class Observer(Protocol):
 class MinMaxObserver:
     """The smallest and largest value seen (NaN and infinities are ignored).
 
-    It needs only each batch's finite extent, so :func:`edgeopt.calibration.calibrate.calibrate`
+    It needs only each batch's finite extent, so :func:`edgeopt.calibration.stream.calibrate`
     computes that inside the ONNX Runtime graph (ReduceMin/ReduceMax) and calls
     :meth:`update_extent` instead of fetching the whole tensor.
     """

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.calibrate import stream_outputs
+from edgeopt.calibration.stream import stream_outputs
 from edgeopt.core.rewire import write_constant
 from edgeopt.core.runtime import Feeds
 

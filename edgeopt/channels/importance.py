@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.calibrate import stream_outputs
+from edgeopt.calibration.stream import stream_outputs
 from edgeopt.channels.builder import Carrier, ChannelGroup, ChannelGroups, Member
 from edgeopt.core.runtime import Feeds
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edgeopt.calibration.calibrate import stream_outputs
+from edgeopt.calibration.stream import stream_outputs
 from edgeopt.core.least_squares import NormalEquations
 from edgeopt.core.runtime import Feeds
 

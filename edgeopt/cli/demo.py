@@ -30,7 +30,7 @@ from edgeopt.core.runtime import create_session
 from edgeopt.core.target import Target
 from edgeopt.deploy.manifest import Manifest
 from edgeopt.deploy.target_registry import get_target
-from edgeopt.deploy.validate import ValidationReport
+from edgeopt.deploy.validation import ValidationReport
 from edgeopt.exporting.torch_export import ExportReport, export
 from edgeopt.pipeline.runner import Pipeline, StepResult
 from edgeopt.workflow.optimize import export_target
@@ -128,7 +128,7 @@ def _compile_and_validate(
     from edgeopt.deploy.compile import compile_model
     from edgeopt.deploy.report import write_report
     from edgeopt.deploy.target_registry import list_targets
-    from edgeopt.deploy.validate import validate
+    from edgeopt.deploy.validation import validate
 
     compiled = compile_model(optimized, out / "compiled", targets=list_targets(), calibration=str(calibration),
                              on_target=lambda name, entry: say(f"compile: {name}") if entry is None else None)

@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         from edgeopt.deploy.devices import parse_device
         from edgeopt.deploy.manifest import read_manifest
         from edgeopt.deploy.report import write_report
-        from edgeopt.deploy.validate import validate as run_validation
+        from edgeopt.deploy.validation import validate as run_validation
 
         if per_layer not in ("auto", "always", "never"):
             raise PassOptionError(f"--per-layer must be auto, always or never, got {per_layer!r}.")

@@ -9,7 +9,7 @@ from rich.text import Text
 
 from edgeopt.deploy.manifest import Manifest
 from edgeopt.deploy.report import COLUMNS, cells
-from edgeopt.deploy.validate import ValidationReport
+from edgeopt.deploy.validation import ValidationReport
 
 
 def compile_table(manifest: Manifest) -> Group:

@@ -16,7 +16,7 @@ from edgeopt.core.inspect_model import ModelSummary
 from edgeopt.core.target import Issue
 from edgeopt.pipeline.registry import PassInfo
 from edgeopt.pipeline.runner import StepResult
-from edgeopt.quantization.sensitivity import NodeError
+from edgeopt.quantization.analysis import NodeError
 
 if TYPE_CHECKING:
     from edgeopt.cli.demo import DemoResult

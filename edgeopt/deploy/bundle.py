@@ -36,7 +36,7 @@ from edgeopt.core.scoring import CustomMetric, Scorer, percentiles_ms
 from edgeopt.deploy.devices import Device
 from edgeopt.deploy.manifest import sha256
 from edgeopt.deploy.target_registry import get_target
-from edgeopt.deploy.validate import ArtifactResult, OnProgress, ValidationReport, providers, validate
+from edgeopt.deploy.validation import ArtifactResult, OnProgress, ValidationReport, providers, validate
 
 BUNDLE_FORMAT = 1
 _README = """# edgeopt device bundle
@@ -57,7 +57,7 @@ do all of it. expected/ holds what the host computed for the same inputs.
 
 @dataclass
 class _Writer:
-    """A :class:`edgeopt.deploy.validate.Recorder` that stores batches and calls as .npy files."""
+    """A :class:`edgeopt.deploy.validation.Recorder` that stores batches and calls as .npy files."""
 
     root: Path
     batch_index: int = -1

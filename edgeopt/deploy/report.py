@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.core.errors import ModelSaveError
-from edgeopt.deploy.validate import ArtifactResult, ValidationReport
+from edgeopt.deploy.validation import ArtifactResult, ValidationReport
 
 COLUMNS = ("target", "precision", "status", "metric", "top-1 agree", "cosine", "SQNR dB", "max abs",
            "p50 ms", "p90 ms", "size KiB")

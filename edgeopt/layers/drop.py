@@ -1,7 +1,7 @@
 """The layer-dropping road: find blocks, score them, drop ``count`` or as many as a budget allows.
 
 Shared by ``edgeopt drop-layers``, the benchmark and the docs. ``--max-drop`` is the
-same greedy search as quantization's fallback (:func:`edgeopt.quantization.sensitivity.fallback`):
+same greedy search as quantization's fallback (:func:`edgeopt.quantization.analysis.fallback`):
 blocks are kept in order of impact, most harmful first, and the fewest kept (so the
 most dropped) whose metric stays within budget wins, in a bounded number of evaluations.
 ``--count K --rescore N`` picks the K blocks greedily instead of from the one-shot ranking:
@@ -20,7 +20,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from edgeopt.blocks.bypass import DROPPED_KEY, drop_blocks
-from edgeopt.blocks.repair import repair as refit
+from edgeopt.blocks.refit import repair as refit
 from edgeopt.blocks.residual import Block, Granularity, find_blocks
 from edgeopt.blocks.scoring import Batches, BlockScore, Metric, MetricName, fidelity_metric, greedy_pick, score_blocks
 from edgeopt.core.errors import PassOptionError
@@ -28,7 +28,7 @@ from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds
 from edgeopt.data.readers import batches, open_reader
-from edgeopt.quantization.sensitivity import FallbackStep, fallback
+from edgeopt.quantization.analysis import FallbackStep, fallback
 
 logger = logging.getLogger(__name__)
 

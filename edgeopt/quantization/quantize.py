@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.calibrate import calibrate
 from edgeopt.calibration.observers import make_observer_factory
+from edgeopt.calibration.stream import calibrate
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
@@ -35,7 +35,7 @@ from edgeopt.passes import (
 from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like, prepare_for_quantization
 from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
 from edgeopt.passes.smooth_quant import MUL_PREFIX
-from edgeopt.quantization.sensitivity import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
+from edgeopt.quantization.analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
 
 logger = logging.getLogger(__name__)
 

@@ -286,7 +286,7 @@ def _per_layer(art: _Live, live: list[_Live], reference_model: Any, data: str | 
     feeds = (f for f, _ in labelled_batches(data, reference_model, labels=labels, batch_size=step, limit=samples))
     try:
         if art.entry.runtime == "onnxruntime" and art.path.suffix == ".onnx":
-            from edgeopt.quantization.sensitivity import sensitivity
+            from edgeopt.quantization.analysis import sensitivity
 
             return [asdict(node) for node in sensitivity(reference_model, load_model(art.path), feeds)[:10]]
         floats = [a for a in live if a.entry.runtime == art.entry.runtime == "litert" and a.entry.precision == "fp32"
