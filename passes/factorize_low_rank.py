@@ -186,7 +186,6 @@ def input_grams(
     model: ir.Model, nodes: list[ir.Node], calibration: str | Iterable[Feeds], samples: int
 ) -> dict[ir.Node, np.ndarray]:
     """``E[x x^T]`` of each node's input rows (features on the last axis; channels for Conv)."""
-
     work = model.clone()
     wanted = {value.name: node for node in nodes if (value := node.inputs[0]) is not None and value.name}
     outputs = {v.name for v in work.graph.outputs}

@@ -125,7 +125,6 @@ def score_blocks(
         output: The graph output compared (default: the first).
         on_block: Called with the number of blocks scored so far (progress bars).
     """
-
     _check_output(model, output)
     candidates = [b for b in blocks if b.droppable]
     influences = influence(model, candidates, data) if candidates else {}
@@ -202,7 +201,6 @@ def greedy_pick(
         The picks in the order chosen; ``impact``/``output_cosine``/``agreement`` are those
         of the model with that pick and all earlier ones dropped.
     """
-
     if width < 1:
         raise ValueError(f"width must be at least 1, got {width}")
     by_name = {b.name: b for b in blocks}

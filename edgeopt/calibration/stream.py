@@ -310,7 +310,6 @@ def stream_outputs(
     Raises:
         CalibrationDataError: unusable data, or a batch ONNX Runtime cannot run.
     """
-
     reader = open_reader(calibration, model) if isinstance(calibration, str) else calibration
     try:
         session = create_session(work)

@@ -96,7 +96,6 @@ def reestimate_batchnorm(
 ) -> int:
     """Replace the running mean/var of ``model``'s BatchNorms by their input statistics on the
     calibration data (every BN normalized by batch statistics on the way); returns how many."""
-
     indices = batchnorms(model)
     if not indices:
         return 0

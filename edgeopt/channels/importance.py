@@ -137,7 +137,6 @@ def _sink_input_means(
     samples: int | None, on_batch: Callable[[int], None] | None,
 ) -> tuple[list[Carrier], dict[str, np.ndarray]]:
     """Mean ``|x|**power`` per position of every sink input, streamed over the calibration data."""
-
     carriers = sink_inputs(groups)
     names = [str(c.value.name) for c in carriers]
     work = model.clone()

@@ -83,7 +83,6 @@ def fit_sinks(
     ``(C_out, kept C_in, k...)``, Gemm's as its ``B`` (honouring ``transB``, with
     alpha = beta = 1 expected), MatMul's as ``(kept K, N)`` with a bias only when ``bias_add`` is set.
     """
-
     work = model.clone()
     produced = {v.name: v for node in work.graph for v in node.outputs}
     names: list[str] = []

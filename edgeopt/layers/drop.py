@@ -186,7 +186,6 @@ def drop_layers_file(
 def calibration_batches(model: ir.Model, calibration: str | os.PathLike[str] | Iterable[Feeds],
                         config: DropConfig) -> Batches:
     """:data:`Batches` over ``calibration`` (a reader or a spec for ``open_reader``), checked and limited."""
-
     reader = open_reader(calibration, model) if isinstance(calibration, str | os.PathLike) else calibration
     first = batches(reader, model, batch_size=config.batch_size, limit=config.samples)
     next(iter(first), None)  # fails early on data that does not fit the model

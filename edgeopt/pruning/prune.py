@@ -79,7 +79,6 @@ def prune_file(
     With ``plan_only`` nothing is written: the result holds the groups, their sizes
     and why any are left alone.
     """
-
     model = load_model(model_path)
     result = PruneResult(before=summarize(model))
     if config.unstructured:

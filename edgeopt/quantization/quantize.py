@@ -117,7 +117,6 @@ def quantize_file(
             agreement with the float model on the evaluation data.
         progress: Progress callback for calibration and analysis.
     """
-
     model = load_model(model_path)
     before = summarize(model)
     reader = _reader(calibration, model, open_reader)
@@ -209,7 +208,6 @@ def _quantize_static(
 
 def static_op_types(model: ir.Model, requested: Sequence[str]) -> tuple[str, ...]:
     """The op types static mode hands the quantizer (``()`` = every type ORT can)."""
-
     if tuple(requested) == ("all",):
         return ()
     if requested:

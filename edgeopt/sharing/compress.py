@@ -65,7 +65,6 @@ def share_weights_file(
 ) -> CompressResult:
     """Cross-layer sharing (``across_layers`` = tolerance, if given), then k-means
     clustering to ``clusters`` values (0: no clustering), written to ``output``."""
-
     if clusters == 0 and across_layers is None:
         raise PassOptionError("share-weights: nothing to do with --clusters 0; "
                               "give --clusters K or --across-layers TOLERANCE.")
@@ -89,7 +88,6 @@ def low_rank_file(
     samples: int = 64,
 ) -> CompressResult:
     """Factorize MatMul/Gemm/1x1 Conv weights (data-aware when ``calibration`` is given)."""
-
     factorize = FactorizeLowRankPass(energy=energy, params=params, min_elements=min_elements,
                                      calibration=_reader(calibration, model_path), samples=samples)
     return _compress(model_path, output, [factorize], calibration, samples)

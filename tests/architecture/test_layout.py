@@ -90,6 +90,15 @@ def test_top_level_api_keeps_working() -> None:
     assert edgeopt.export.__module__ == "edgeopt.exporting.torch_export"
 
 
+def test_tests_mirror_the_layout() -> None:
+    """Test files live in a folder named after what they test: a room, passes/, targets/, docs/ or the
+    architecture itself; none directly in tests/."""
+    allowed = {*ROOMS, "passes", "targets", "docs", "architecture"}
+    for path in (REPO / "tests").rglob("test_*.py"):
+        parts = path.relative_to(REPO / "tests").parts
+        assert len(parts) > 1 and parts[0] in allowed, f"{path.relative_to(REPO)}: move it under tests/<room>/"
+
+
 def test_architecture_page_names_every_room() -> None:
     page = (REPO / "docs" / "architecture.md").read_text()
     for room in [*ROOMS, "passes", "targets"]:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 
 from edgeopt.channels.bn_reestimate import reestimate_batchnorm
 from edgeopt.core.runtime import run_model
 from edgeopt.passes import PruneChannelsPass
-
-sys.path.insert(0, str(Path(__file__).parent))
-import prune_models  # noqa: E402
+from edgeopt.testing import prune_models
 
 CNN_BN = """
 net (float[N,3,8,8] x) => (float[N,4] y) {

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -13,9 +11,7 @@ import pytest
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.runtime import random_feeds, run_model
 from edgeopt.passes import FoldBatchNormPass, PruneChannelsPass
-
-sys.path.insert(0, str(Path(__file__).parent))
-import prune_models  # noqa: E402
+from edgeopt.testing import prune_models
 
 ApplyPass = Callable[..., ir.passes.PassResult]
 

@@ -3,7 +3,6 @@ chain and the O projection's input rows go together (BERT-style self-attention, 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,55 +14,7 @@ from edgeopt.channels.groups import build_groups
 from edgeopt.core.runtime import run_model
 from edgeopt.passes import PruneChannelsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
-
-sys.path.insert(0, str(Path(__file__).parent))
-import prune_models  # noqa: E402
-
-HEADS, HEAD_DIM, WIDTH = 4, 4, 16
-ATTENTION = """
-attn (float[N,S,16] x) => (float[N,S,16] y) {
-    q0 = MatMul(x, wq)
-    q = Add(q0, bq)
-    k0 = MatMul(x, wk)
-    k = Add(k0, bk)
-    v0 = MatMul(x, wv)
-    v = Add(v0, bv)
-    qh = Reshape(q, split)
-    kh = Reshape(k, split)
-    vh = Reshape(v, split)
-    qt = Transpose<perm=[0,2,1,3]>(qh)
-    kt = Transpose<perm=[0,2,3,1]>(kh)
-    vt = Transpose<perm=[0,2,1,3]>(vh)
-    s0 = MatMul(qt, kt)
-    s = Mul(s0, scale)
-    p = Softmax<axis=-1>(s)
-    c = MatMul(p, vt)
-    ct = Transpose<perm=[0,2,1,3]>(c)
-    m = Reshape(ct, join)
-    o0 = MatMul(m, wo)
-    o = Add(o0, bo)
-    h = Add(x, o)
-    y = LayerNormalization<axis=-1>(h, g, b)
-}
-"""
-"""One self-attention block of 4 heads of 4 features; ``split`` is shared by Q, K and V (as in torch exports)."""
-
-
-def attention(seed: int = 0, zero: tuple[int, ...] = ()) -> ir.Model:
-    """Random weights; every Q/K/V/O weight and bias of the heads in ``zero`` is 0, so removing them changes nothing."""
-    rng = np.random.default_rng(seed)
-    w = {n: rng.standard_normal((WIDTH, WIDTH)) * 0.4 for n in ("wq", "wk", "wv", "wo")}
-    w |= {n: rng.standard_normal(WIDTH) * 0.1 for n in ("bq", "bk", "bv", "bo")}
-    for head in zero:
-        cols = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
-        for n in ("wq", "wk", "wv"):
-            w[n][:, cols] = 0
-        for n in ("bq", "bk", "bv"):
-            w[n][cols] = 0
-        w["wo"][cols] = 0
-    w |= {"scale": np.array(0.5), "g": np.ones(WIDTH), "b": np.zeros(WIDTH),
-          "split": np.array([0, 0, HEADS, HEAD_DIM], np.int64), "join": np.array([0, 0, WIDTH], np.int64)}
-    return prune_models.build(ATTENTION, w)
+from edgeopt.testing.prune_models import HEAD_DIM, HEADS, WIDTH, attention
 
 
 def _feeds(seed: int = 1) -> dict[str, np.ndarray]:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
 from edgeopt.core.runtime import random_feeds, run_model
 from edgeopt.passes import PruneMagnitudePass
-
-sys.path.insert(0, str(Path(__file__).parent))
-import prune_models  # noqa: E402
+from edgeopt.testing import prune_models
 
 
 def _array(model: ir.Model, name: str) -> np.ndarray:

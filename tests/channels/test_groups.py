@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 
 from edgeopt.channels.builder import ChannelGroup
 from edgeopt.channels.groups import build_groups
 from edgeopt.passes.infer_shapes import InferShapesPass
-
-sys.path.insert(0, str(Path(__file__).parent / "passes"))
-import prune_models  # noqa: E402
+from edgeopt.testing import prune_models
 
 
 def _groups(model: ir.Model) -> list[ChannelGroup]:

@@ -97,10 +97,8 @@ def test_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 
 
 def test_plan_lists_attention_heads_and_kinds_heads_prunes_them(runner: CliRunner, tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent / "passes"))
-    from test_prune_heads import attention
-
     from edgeopt.core.model_io import save_model
+    from edgeopt.testing.prune_models import attention
 
     path = save_model(attention(zero=(0, 1)), tmp_path / "attn.onnx")
     planned = runner.invoke(cli.app, ["prune", str(path), "--plan", "--ratio", "0.5"])

@@ -18,7 +18,7 @@ import pytest
 
 from edgeopt.cli.demo_model import ASSETS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EDGEOPT = Path(sys.executable).with_name("edgeopt")
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 
