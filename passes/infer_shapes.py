@@ -15,11 +15,8 @@ logger = logging.getLogger(__name__)
 class InferShapesPass(EdgeoptPass):
     """Add types and shapes that ONNX shape inference can prove, and nothing else.
 
-    Conservative by design: a value's type is set only when it had none, and a
-    dimension only becomes concrete where it was unknown or symbolic; nothing
-    known is overwritten and graph inputs are never touched. Strict inference
-    is used, so a model that inference rejects is left unchanged. Subgraphs are
-    visited (ONNX inference walks them); model-local functions are not.
+    Nothing known is overwritten and graph inputs are never touched; subgraphs are
+    visited, model-local functions are not. The rules: :func:`edgeopt.core.shapes.infer_shapes`.
     """
 
     name = "infer-shapes"

@@ -15,12 +15,8 @@ logger = logging.getLogger(__name__)
 class RemoveUnusedPass(EdgeoptPass):
     """Remove nodes whose outputs nobody uses, unused initializers, functions and opset imports.
 
-    Graph inputs and outputs are kept (an initializer that is also a graph input,
-    as in IR < 4 models, stays). Nodes without outputs are kept. Subgraphs are
-    visited (their unused nodes and initializers go too, and so does whatever
-    only a removed node's subgraph used); inside model-local functions unused
-    nodes are removed, and unused functions are dropped. The model's imports of
-    domains that no node or function uses are dropped; the default domain stays.
+    Graph inputs and outputs are kept; subgraphs and model-local functions are
+    visited. What is kept and why: :func:`edgeopt.core.dead_code.remove_unused`.
     """
 
     name = "remove-unused"
