@@ -279,7 +279,7 @@ def _per_layer(art: _Live, live: list[_Live], reference_model: Any, data: str | 
                labels: str | None, batch_size: int, samples: int = 32) -> list[dict[str, Any]] | None:
     """Nodes ranked by the error they introduce.
 
-    ONNX artifacts are compared with the fp32 reference (:func:`quant_analysis.sensitivity`);
+    ONNX artifacts are compared with the fp32 reference (:func:`edgeopt.quantization.analysis.sensitivity`);
     TFLite artifacts with the fp32 TFLite artifact of the same compile (:mod:`edgeopt.deploy.tflite_layers`).
     """
     step = static_batch(art.entry) or batch_size

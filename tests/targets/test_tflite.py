@@ -266,7 +266,7 @@ def test_npu_needs_calibration(digits: Converted, tmp_path: Path) -> None:
 
 
 def test_npu_rebatches_a_many_row_calibration_file_like_ort_npu(digits: Converted, tmp_path: Path) -> None:
-    # One 256-row file against the batch-1 model: re-batched to the static batch (calib_data.batches), the same
+    # One 256-row file against the batch-1 model: re-batched to the static batch (data.readers.batches), the same
     # samples as the fixture's 32-row feeds, so the same calibration hash and the cached int8 file, not an error.
     np.savez(tmp_path / "calib.npz", image=load_data().x_train[:256])
     reader = open_reader(tmp_path / "calib.npz", digits.model)
