@@ -1,8 +1,9 @@
 """Pass registry: kebab-case names to pass classes with typed options.
 
 The list itself lives in ``edgeopt.passes`` (an explicit dict, no import-time
-self-registration); this module, one floor above the passes, reads it, validates options against each pass's
-keyword-only ``__init__`` signature, and expands presets such as ``cleanup``.
+self-registration); this module, one floor above the passes, reads it, validates
+options against each pass's keyword-only ``__init__`` signature, and expands
+presets such as ``cleanup``.
 """
 
 from __future__ import annotations
@@ -74,48 +75,38 @@ class PassInfo:
         return self.cls(**checked)
 
 
-def _passes() -> dict[str, type[ir.passes.PassBase]]:
-    return dict(PASSES)
-
-
-def _presets() -> dict[str, tuple[str, ...]]:
-    return dict(PRESETS)
-
-
 def list_passes() -> list[PassInfo]:
     """Every registered pass, sorted by name."""
-    return [PassInfo(name, cls) for name, cls in sorted(_passes().items())]
+    return [PassInfo(name, cls) for name, cls in sorted(PASSES.items())]
 
 
 def list_pass_names() -> list[str]:
     """Registered pass names (presets excluded)."""
-    return sorted(_passes())
+    return sorted(PASSES)
 
 
 def list_presets() -> dict[str, tuple[str, ...]]:
     """Preset name -> the pass names it expands to."""
-    return dict(_presets())
+    return dict(PRESETS)
 
 
 def get_pass(name: str) -> PassInfo:
     """Look up a pass by its kebab-case name, suggesting close matches when unknown."""
-    registered = _passes()
-    if name not in registered:
-        candidates = [*registered, *_presets()]
+    if name not in PASSES:
+        candidates = [*PASSES, *PRESETS]
         raise PassOptionError(
             f"unknown pass '{name}'{_suggest(name, candidates)}. "
             "Run 'edgeopt list-passes' to see them all."
         )
-    return PassInfo(name, registered[name])
+    return PassInfo(name, PASSES[name])
 
 
 def expand(names: Sequence[str]) -> list[str]:
     """Replace preset names by the passes they stand for; check every name exists."""
     out: list[str] = []
-    presets = _presets()
     for name in names:
-        if name in presets:
-            out.extend(presets[name])
+        if name in PRESETS:
+            out.extend(PRESETS[name])
         else:
             get_pass(name)
             out.append(name)
