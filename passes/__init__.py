@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from edgeopt.passes.avoid_int8_saturation import AvoidInt8SaturationPass
 from edgeopt.passes.clamp_mask_constants import ClampMaskConstantsPass
 from edgeopt.passes.cluster_weights import ClusterWeightsPass
 from edgeopt.passes.convert_fp16 import ConvertFloat16Pass
@@ -39,6 +40,7 @@ from edgeopt.passes.topological_sort import TopologicalSortPass
 PASSES: dict[str, type[ir.passes.PassBase]] = {
     cls.name: cls
     for cls in (
+        AvoidInt8SaturationPass,
         ClampMaskConstantsPass,
         ClusterWeightsPass,
         ConvertFloat16Pass,
@@ -85,6 +87,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 __all__ = [
     "PASSES",
     "PRESETS",
+    "AvoidInt8SaturationPass",
     "ClampMaskConstantsPass",
     "ClusterWeightsPass",
     "ConvertFloat16Pass",

@@ -29,6 +29,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.core.cpu import CPU_METADATA_KEY, CpuFamily, resolve_cpu, saturation_possible
 from edgeopt.core.errors import CalibrationDataError, ExportError, PassOptionError
 from edgeopt.core.runtime import Feeds, random_feeds, run_model
 from edgeopt.core.target import CalibrationReader, raise_for_issues
@@ -54,6 +55,9 @@ class OrtCpuInt8Target(OrtCpuTarget):
         samples: Calibrate on at most this many samples (None: all).
         latency_repeat: Timed runs per model for the side-by-side measurement.
         ort_format: Also write ``model.ort`` for ORT Mobile.
+        cpu: The CPU family the artifact is for: ``auto`` (this machine), ``x86-avx2``
+            (x86 without VNNI: weights stored so that the kernels cannot saturate),
+            ``x86-vnni`` or ``arm64``.
     """
 
     name: ClassVar[str] = "ort-cpu-int8"
@@ -69,8 +73,12 @@ class OrtCpuInt8Target(OrtCpuTarget):
         samples: int | None = None,
         latency_repeat: int = 20,
         ort_format: bool = False,
+        cpu: str = "auto",
     ) -> None:
         super().__init__(ort_format=ort_format)
+        self.cpu = cpu
+        if cpu != "auto":
+            resolve_cpu(cpu)  # an unknown name fails here, not after calibration
         if mode not in ("auto", "static", "dynamic"):
             raise PassOptionError(f"ort-cpu-int8: unknown mode '{mode}'. Use auto, static or dynamic.")
         self.mode = mode
@@ -88,7 +96,9 @@ class OrtCpuInt8Target(OrtCpuTarget):
             ExportError: int8 is slower than ``max_slowdown`` times fp32.
         """
         raise_for_issues(self.name, self.check(model))
+        family = self.cpu_family
         candidates = self._candidates(model, calibration)
+        guarded = _fit_to_cpu(candidates, family)
         feeds = _one_sample(model, calibration)
         latency = side_by_side_ms({"fp32": model, **candidates}, feeds, repeat=self.latency_repeat)
         sqnr = {name: output_sqnr_db(model, candidate, feeds) for name, candidate in candidates.items()}
@@ -115,8 +125,15 @@ class OrtCpuInt8Target(OrtCpuTarget):
             raise ExportError(f"ort-cpu-int8: int8 is {ratio:.2f}x slower than fp32 on this machine "
                               f"({measured}), above max_slowdown={self.max_slowdown}. "
                               "Use the fp32 artifact (ort-cpu), or raise max_slowdown.")
+        notes.append(_cpu_note(family, guarded[chosen]))
         logger.info("ort-cpu-int8: %s", "; ".join(notes))
+        candidates[chosen].metadata_props[CPU_METADATA_KEY] = family
         return self.save(candidates[chosen], out_dir, notes)
+
+    @property
+    def cpu_family(self) -> CpuFamily:
+        """The family the artifact is built for (``auto`` resolved to this machine's)."""
+        return resolve_cpu(self.cpu)
 
     def _candidates(self, model: ir.Model, calibration: CalibrationReader | None) -> dict[str, ir.Model]:
         from edgeopt.passes import ClampMaskConstantsPass, QuantizeDynamicPass, QuantizeStaticPass
@@ -141,6 +158,25 @@ class OrtCpuInt8Target(OrtCpuTarget):
             raise ExportError("ort-cpu-int8: dynamic int8 found no MatMul/Gemm weights to quantize. "
                               "Use mode=static with calibration data.")
         return candidates
+
+
+def _fit_to_cpu(candidates: dict[str, ir.Model], family: CpuFamily) -> dict[str, int]:
+    """Rewrite each candidate's weights for ``family`` in place; weight tensors rewritten per candidate."""
+    from edgeopt.passes import AvoidInt8SaturationPass
+
+    rewritten = {}
+    for name, candidate in candidates.items():
+        guard = AvoidInt8SaturationPass(cpu=family)
+        guard(candidate)
+        rewritten[name] = guard.widened + guard.narrowed
+    return rewritten
+
+
+def _cpu_note(family: CpuFamily, rewritten: int) -> str:
+    if not saturation_possible(family):
+        return f"built for CPU family {family} (int8 kernels accumulate in int32: nothing to guard)"
+    return (f"built for CPU family {family}: {rewritten} weight tensor(s) that could saturate ORT's u8 x s8 "
+            "kernels stored as uint8 (zero point 128, same values), run by the exact u8 x u8 kernels")
 
 
 def is_matmul_heavy(model: ir.Model) -> bool:

@@ -13,23 +13,27 @@ cost of a round trip per fallback. ``check`` reports those nodes as non-fatal
 issues, and the artifact carries the partition table (node -> NPU or CPU) in its
 metadata and notes. ``strict=True`` makes a fallback an error instead. Here the
 artifact runs on ORT's CPU EP (no NPU is attached), which executes the same QDQ
-graph; its numbers are the reference a device run is compared with.
+graph; its numbers are the reference a device run is compared with. An NPU
+accumulates int8 products in int32, so the host stand-in runs ORT's x86 int8
+kernels in their precise mode (``session.x64quantprecision``): on x86 without
+VNNI the default kernels saturate (:mod:`edgeopt.core.cpu`) where the NPU would not.
+The artifact itself keeps the symmetric int8 weights the NPU wants.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
-from edgeopt.core.runtime import Feeds, create_session, run_model, run_session
+from edgeopt.core.runtime import PRECISE_INT8_KEY, Feeds, create_session, run_model, run_session
 from edgeopt.core.target import CalibrationReader, Issue, raise_for_issues
 from edgeopt.targets.npu_ops import EP_NAMES, Ep, Placement, partition, summary, unquantized_nodes
 from edgeopt.targets.ort import OrtCpuTarget
@@ -169,6 +173,15 @@ class OrtNpuTarget(OrtCpuTarget):
             logger.warning("ort-npu: %s", notes[-1])
         return notes
 
+    def run_native(self, artifact: Path, feeds: Feeds) -> Feeds:
+        """Run on the host's CPU EP, standing in for the NPU (int8 kernels in precise mode)."""
+        return run_session(_host_session(artifact), feeds)
+
+    def load_native(self, artifact: Path) -> Callable[[Feeds], Feeds]:
+        """A loaded host runner for validation (one session, as :meth:`run_native` runs)."""
+        session = _host_session(artifact)
+        return lambda feeds: run_session(session, feeds)
+
     def run(self, artifact: Path, feeds: Feeds) -> Feeds:
         """Like every target's ``run``; a batch larger than the artifact's fixed batch runs
         in chunks of that size (the static shape) and the outputs are concatenated."""
@@ -176,7 +189,7 @@ class OrtNpuTarget(OrtCpuTarget):
         rows = {len(a) for a in feeds.values() if getattr(a, "ndim", 0)}
         if fixed is None or rows in ({fixed}, set()) or len(rows) != 1 or next(iter(rows)) % fixed:
             return super().run(artifact, feeds)
-        session = create_session(artifact, optimize=True)  # one session for every chunk
+        session = _host_session(artifact)  # one session for every chunk
         parts = [run_session(session, {k: v[i:i + fixed] for k, v in feeds.items()})
                  for i in range(0, next(iter(rows)), fixed)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -187,6 +200,11 @@ class OrtNpuTarget(OrtCpuTarget):
         props = {p.key: p.value for p in model.metadata_props}
         return [Placement(node, op, device, reason) for node, op, device, reason
                 in json.loads(props.get(PARTITION_KEY, "[]"))]
+
+
+def _host_session(artifact: Path) -> Any:
+    """ORT's CPU EP with default optimizations, its x86 int8 kernels in precise mode."""
+    return create_session(artifact, optimize=True, config={PRECISE_INT8_KEY: "1"})
 
 
 def _dims_from_data(model: ir.Model, calibration: CalibrationReader) -> dict[str, int]:

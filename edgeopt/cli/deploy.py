@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         calib: Annotated[str | None, typer.Option(help="Calibration data for int8 targets: folder/file of "
                                                   ".npz/.npy, images, or random:N.")] = None,
         cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset first.")] = True,
+        cpu: Annotated[str, typer.Option(help="CPU family of int8 CPU artifacts: auto (this machine), x86-avx2 "
+                                         "(x86 without VNNI), x86-vnni or arm64.")] = "auto",
         as_json: JsonFlag = False,
     ) -> None:
         """Emit every selected target's artifact from MODEL into OUTPUT, with a manifest (exit 1 if any failed)."""
@@ -53,7 +55,7 @@ def register(app: typer.Typer) -> None:
                     status.update(f"compiling {name}")
 
             result = compile_model(model, output, targets=names, calibration=calib, cleanup=cleanup,
-                                   on_target=on_target)
+                                   cpu=cpu, on_target=on_target)
         if as_json:
             console.emit_json(result.manifest.as_dict())
         else:

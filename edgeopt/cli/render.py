@@ -76,6 +76,9 @@ def quantize_tables(result: QuantizeResult, *, show_report: bool) -> Group:
         fidelity.add_row("calibration time", f"{result.calibration_seconds:.2f} s")
     if result.op_types is not None:
         fidelity.add_row("op types quantized", ", ".join(result.op_types))
+    if result.cpu is not None:
+        guarded = f" ({result.guarded_weights} weight tensor(s) stored as uint8)" if result.guarded_weights else ""
+        fidelity.add_row("built for CPU", result.cpu + guarded)
     parts.append(fidelity)
     if result.fallback is not None:
         fb = result.fallback
@@ -109,6 +112,8 @@ def quantize_json(result: QuantizeResult) -> dict[str, Any]:
         "agreement": result.score, "sqnr_db": result.sqnr_db,
         "calibration_seconds": result.calibration_seconds,
         "op_types": result.op_types,
+        "cpu": result.cpu,
+        "guarded_weights": result.guarded_weights,
     }
     if result.report is not None:
         payload["sensitivity"] = [asdict(e) for e in result.report]

@@ -29,11 +29,17 @@ CalibrationReader = Iterable[Feeds]
 """Any re-iterable of feeds (a list works); each iteration starts over."""
 
 
+PRECISE_INT8_KEY = "session.x64quantprecision"
+"""ORT session option: on x86 without VNNI, convert int8 weights to uint8 at load time so that the
+u8 x s8 kernels cannot saturate (:mod:`edgeopt.core.cpu`); no effect elsewhere."""
+
+
 def create_session(
     model: ir.Model | onnx.ModelProto | str | os.PathLike[str],
     *,
     optimize: bool = False,
     providers: list[str] | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> ort.InferenceSession:
     """Create an ONNX Runtime session.
 
@@ -42,9 +48,12 @@ def create_session(
         optimize: Apply ORT's graph optimizations. Off by default, so that ORT
             cannot hide a bad rewrite when comparing models.
         providers: Execution providers; CPU by default.
+        config: Session config entries, e.g. ``{PRECISE_INT8_KEY: "1"}``.
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if optimize

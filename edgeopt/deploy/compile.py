@@ -20,6 +20,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from edgeopt.core.cpu import resolve_cpu
 from edgeopt.core.errors import EdgeoptError, ModelSaveError, PassOptionError
 from edgeopt.core.model_io import load_model
 from edgeopt.core.target import Target, raise_for_issues
@@ -80,6 +81,7 @@ def compile_model(
     targets: Sequence[str],
     calibration: str | os.PathLike[str] | CalibrationReader | None = None,
     cleanup: bool = True,
+    cpu: str = "auto",
     on_target: OnTarget | None = None,
 ) -> CompileResult:
     """Emit each target's artifact from ``model_path`` into ``out_dir`` and write ``manifest.json``.
@@ -91,9 +93,12 @@ def compile_model(
         calibration: A calibration spec for :func:`edgeopt.data.readers.open_reader`, or a reader;
             targets that need calibration fail with ``CalibrationDataError`` without it.
         cleanup: Run the ``cleanup`` preset once before the targets' own preparation.
+        cpu: The CPU family int8 CPU targets are built for: ``auto`` (this machine), ``x86-avx2``,
+            ``x86-vnni`` or ``arm64`` (:mod:`edgeopt.core.cpu`); recorded in the manifest.
         on_target: Progress callback.
     """
-    chosen = [get_target(name) for name in targets]
+    resolve_cpu(cpu)  # an unknown family fails before any work
+    chosen = [get_target(name, cpu=cpu) for name in targets]
     source = Path(model_path).resolve()
     out = Path(out_dir).resolve()
     model = load_model(source)
@@ -149,7 +154,8 @@ def _compile_one(target: Target, model: ir.Model, out: Path, reader: Calibration
         logger.info("compile: %s -> %s", target.name, artifact)
         return ArtifactEntry(*base, file=str(artifact.relative_to(out)), size_bytes=artifact.stat().st_size,
                              sha256=sha256(artifact), inputs=signature.inputs, outputs=signature.outputs,
-                             notes=notes, seconds=round(time.perf_counter() - start, 3))
+                             notes=notes, seconds=round(time.perf_counter() - start, 3),
+                             cpu=getattr(target, "cpu_family", None))
     except Exception as e:  # noqa: BLE001 - one target's failure is recorded; the others go on
         if not isinstance(e, EdgeoptError):
             logger.debug("target %s failed unexpectedly", target.name, exc_info=True)

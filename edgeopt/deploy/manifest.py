@@ -48,6 +48,7 @@ class ArtifactEntry:
     error: str | None = None  # error class name
     message: str | None = None
     seconds: float = 0.0
+    cpu: str | None = None  # the CPU family an int8 artifact is built for (x86-avx2, x86-vnni, arm64)
 
     @property
     def ok(self) -> bool:

@@ -20,12 +20,14 @@ import onnx_ir as ir
 
 from edgeopt.calibration.observers import make_observer_factory
 from edgeopt.calibration.stream import calibrate
+from edgeopt.core.cpu import CPU_METADATA_KEY, resolve_cpu
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds, create_session, random_feeds, run_session
 from edgeopt.data.readers import batches, open_reader
 from edgeopt.passes import (
+    AvoidInt8SaturationPass,
     CorrectBiasPass,
     EqualizeCrossLayerPass,
     QuantizeDynamicPass,
@@ -74,6 +76,9 @@ class QuantizeConfig:
     prepasses: tuple[str, ...] = ()
     """Run before calibration (static mode): ``equalize-cross-layer``, ``correct-bias``,
     ``smooth-quant`` (with an inserted Mul where no LayerNorm can absorb the scales)."""
+    cpu: str = "auto"
+    """The CPU family the int8 model is for (:mod:`edgeopt.core.cpu`): ``auto`` (this machine),
+    ``x86-avx2`` (weights that could saturate its kernels stored as uint8), ``x86-vnni``, ``arm64``."""
 
 
 @dataclass
@@ -90,6 +95,10 @@ class QuantizeResult:
     fallback: FallbackResult | None = None
     op_types: list[str] | None = None
     """Static mode: the op types quantized (``["all"]``: every type ORT can)."""
+    cpu: str | None = None
+    """Static and dynamic modes: the CPU family the weights are stored for."""
+    guarded_weights: int = 0
+    """Weight tensors rewritten so that the CPU family's int8 kernels cannot saturate."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,6 +126,7 @@ def quantize_file(
             agreement with the float model on the evaluation data.
         progress: Progress callback for calibration and analysis.
     """
+    resolve_cpu(config.cpu)  # an unknown family fails before any work
     model = load_model(model_path)
     before = summarize(model)
     reader = _reader(calibration, model, open_reader)
@@ -127,11 +137,22 @@ def quantize_file(
     evaluation = list(batches(reader, model, batch_size=config.batch_size, limit=config.eval_samples)) \
         if reader is not None else [_random_batch(model)]
     result_model, extra = _quantize(model, config, reader, report, metric, evaluation, progress)
+    if config.mode in ("static", "dynamic"):
+        extra.update(_fit_to_cpu(result_model, config.cpu))
     out = save_model(result_model, output)
     score = agreement_metric(float_model, evaluation)(result_model)
     result = QuantizeResult(out, before, summarize(load_model(out)), score,
                             _output_sqnr(float_model, result_model, evaluation), **extra)
     return result
+
+
+def _fit_to_cpu(model: ir.Model, cpu: str) -> dict[str, Any]:
+    """Store the weights so that ``cpu``'s int8 kernels compute what the graph means; record the family."""
+    guard = AvoidInt8SaturationPass(cpu=cpu)
+    guard(model)
+    family = resolve_cpu(cpu)
+    model.metadata_props[CPU_METADATA_KEY] = family
+    return {"cpu": family, "guarded_weights": guard.widened + guard.narrowed}
 
 
 def _reader(calibration: Any, model: ir.Model, open_reader: Any) -> Any:

@@ -7,6 +7,7 @@ compile:
   runtimes: [ort, tflite]       # optional (default: both)
   targets: [ort-cpu]            # optional: exact target names instead of devices/runtimes
   calibration: calibration/     # optional: for int8 targets (or random:N)
+  cpu: x86-avx2                 # optional: CPU family of int8 CPU artifacts (default: auto, this machine)
 ```
 
 Relative paths are relative to the recipe file, like every other path in it.
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeopt.core.cpu import CPU_CHOICES
 from edgeopt.core.errors import EdgeoptError, ExportError, RecipeError
 from edgeopt.deploy.compile import DEVICES, CompileResult, compile_model, select_targets
 
-_KEYS = ("output", "devices", "runtimes", "targets", "calibration")
+_KEYS = ("output", "devices", "runtimes", "targets", "calibration", "cpu")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class CompileSpec:
     output: Path
     targets: tuple[str, ...]
     calibration: str | None = None
+    cpu: str = "auto"
 
 
 def parse_compile(fail: Callable[[str, str], RecipeError], raw: Any, base: Path) -> CompileSpec:
@@ -56,7 +59,10 @@ def parse_compile(fail: Callable[[str, str], RecipeError], raw: Any, base: Path)
         raise fail("compile.calibration", f"expects a path or random:N, got {calibration!r}.")
     if calibration is not None and not calibration.startswith("random:"):
         calibration = str((base / calibration).resolve())
-    return CompileSpec((base / raw["output"]).resolve(), tuple(names), calibration)
+    cpu = raw.get("cpu", "auto")
+    if cpu not in CPU_CHOICES:
+        raise fail("compile.cpu", f"expects one of {', '.join(CPU_CHOICES)}, got {cpu!r}.")
+    return CompileSpec((base / raw["output"]).resolve(), tuple(names), calibration, cpu)
 
 
 def run_compile(spec: CompileSpec, model: Path) -> CompileResult:
@@ -65,7 +71,8 @@ def run_compile(spec: CompileSpec, model: Path) -> CompileResult:
     Raises:
         ExportError: after writing the manifest, if any target failed (listing them).
     """
-    result = compile_model(model, spec.output, targets=spec.targets, calibration=spec.calibration)
+    result = compile_model(model, spec.output, targets=spec.targets, calibration=spec.calibration,
+                           cpu=spec.cpu)
     failed = result.manifest.failed
     if failed:
         listed = ", ".join(f"{a.target} ({a.error}: {a.message})" for a in failed)
