@@ -13,6 +13,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from edgeopt.core.pass_base import EdgeoptPass, adopt
+from edgeopt.passes.avoid_int8_saturation import AvoidInt8SaturationPass
 from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization, quiet_root_logging
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ class QuantizeDynamicPass(EdgeoptPass):
         weight_type: ``int8`` (symmetric) or ``uint8``.
         op_types: Only these op types (default: ``MatMul``, ``Gemm``, ``Attention``, ...).
         exclude: Node names that stay float.
+        cpu: The CPU family the model is for (:mod:`edgeopt.core.cpu`; ``auto``: this machine): on
+            ``x86-avx2`` weights that could saturate ORT's int8 kernels are stored as uint8
+            (``avoid-int8-saturation``). None leaves the weights as emitted.
     """
 
     name = "quantize-dynamic"
@@ -43,8 +47,10 @@ class QuantizeDynamicPass(EdgeoptPass):
         weight_type: Literal["int8", "uint8"] = "int8",
         op_types: tuple[str, ...] = (),
         exclude: tuple[str, ...] = (),
+        cpu: str | None = "auto",
     ) -> None:
         super().__init__()
+        self.cpu = cpu
         self.per_channel = per_channel
         self.weight_type = weight_type
         self.op_types = op_types
@@ -72,6 +78,8 @@ class QuantizeDynamicPass(EdgeoptPass):
         count = sum(1 for n in quantized.graph if n.op_type in _QUANTIZED_OPS)
         if count:
             adopt(model, quantized)
+            if self.cpu is not None:
+                AvoidInt8SaturationPass(cpu=self.cpu)(model)
         logger.info("quantize-dynamic: %d quantized node(s), %s weights%s", count,
                     self.weight_type, ", per channel" if self.per_channel else "")
         return ir.passes.PassResult(model, modified=count > 0)

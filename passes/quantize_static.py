@@ -23,6 +23,7 @@ from edgeopt.core.errors import CalibrationDataError
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.core.runtime import Feeds
 from edgeopt.data.readers import batches, open_reader
+from edgeopt.passes.avoid_int8_saturation import AvoidInt8SaturationPass
 from edgeopt.passes.quantize_common import (
     ir_from_ort,
     ort_type,
@@ -64,6 +65,9 @@ class QuantizeStaticPass(EdgeoptPass):
         samples: Use at most this many calibration samples.
         batch_size: Re-batch the calibration data to this size.
         on_batch: Called with the number of samples seen so far (progress bars).
+        cpu: The CPU family the model is for (:mod:`edgeopt.core.cpu`; ``auto``: this machine): on
+            ``x86-avx2`` weights that could saturate ORT's int8 kernels are stored as uint8
+            (``avoid-int8-saturation``). None leaves the weights as emitted (NPUs want int8).
     """
 
     name = "quantize-static"
@@ -89,8 +93,10 @@ class QuantizeStaticPass(EdgeoptPass):
         samples: int | None = None,
         batch_size: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        cpu: str | None = "auto",
     ) -> None:
         super().__init__()
+        self.cpu = cpu
         if calibration is None and ranges is None:
             raise CalibrationDataError(
                 "quantize-static needs calibration data (--calib DATA) or precomputed ranges."
@@ -122,6 +128,8 @@ class QuantizeStaticPass(EdgeoptPass):
             symmetric_activations=self.symmetric_activations, op_types=self.op_types,
             nodes=self.nodes, exclude=self.exclude,
         ))
+        if self.cpu is not None:
+            AvoidInt8SaturationPass(cpu=self.cpu)(model)
         logger.info("quantize-static: %s, %s activations, %d calibrated tensors",
                     self.format, self.activation_type, len(ranges))
         return ir.passes.PassResult(model, modified=True)

@@ -148,11 +148,11 @@ class OrtCpuInt8Target(OrtCpuTarget):
             static = model.clone()
             ClampMaskConstantsPass()(static)  # a -3.4e38 attention mask would wreck every range
             QuantizeStaticPass(calibration=calibration, per_channel=True, activation_type="uint8",
-                               weight_type="int8", samples=self.samples)(static)
+                               weight_type="int8", samples=self.samples, cpu=None)(static)
             candidates["static"] = static
         if dynamic:
             quantized = model.clone()
-            if QuantizeDynamicPass(per_channel=True, weight_type="int8")(quantized).modified:
+            if QuantizeDynamicPass(per_channel=True, weight_type="int8", cpu=None)(quantized).modified:
                 candidates["dynamic"] = quantized
         if not candidates:
             raise ExportError("ort-cpu-int8: dynamic int8 found no MatMul/Gemm weights to quantize. "

@@ -145,7 +145,8 @@ class OrtNpuTarget(OrtCpuTarget):
         float_model = work.clone()
         QuantizeStaticPass(calibration=calibration, per_channel=True, weight_type="int8",
                            activation_type="uint16" if self.activations == 16 else "uint8",
-                           batch_size=_fixed_batch(work), samples=self.samples)(work)
+                           batch_size=_fixed_batch(work), samples=self.samples,
+                           cpu=None)(work)  # the NPU wants its symmetric int8 weights; it does not saturate
         table = partition(float_model, self.ep, unquantized=unquantized_nodes(float_model, work))
         shapes = ", ".join(f"{v.name}{list(v.shape or [])}" for v in work.graph.inputs if not v.is_initializer())
         notes = [summary(table, self.ep),

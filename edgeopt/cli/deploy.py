@@ -80,6 +80,9 @@ def register(app: typer.Typer) -> None:
         limit: Annotated[int | None, typer.Option(min=1, help="Use at most this many samples.")] = None,
         warmup: Annotated[int, typer.Option(min=0, help="Untimed runs before timing.")] = 3,
         per_layer: Annotated[str, typer.Option(help="auto | always | never")] = "auto",
+        kernel_check: Annotated[bool, typer.Option("--kernel-check/--no-kernel-check", help="Also run int8 "
+                                                   "artifacts on the runtime's reference path and report kernel "
+                                                   "saturation on this CPU.")] = True,
         only: _Only = [],  # noqa: B006
         device: Annotated[str | None, typer.Option(help="Run as a bundle on local, ssh://USER@HOST:PORT "
                                                    "(user and port optional) or adb:SERIAL.")] = None,
@@ -122,7 +125,8 @@ def register(app: typer.Typer) -> None:
             elif device is None:
                 report = run_validation(folder, data=str(data), reference=str(ref), labels=labels, metric=metric,
                                         custom=custom, batch_size=batch_size, limit=limit, warmup=warmup,
-                                        per_layer=per_layer, targets=tuple(only), on_progress=on_progress)
+                                        per_layer=per_layer, kernel_check=kernel_check, targets=tuple(only),
+                                        on_progress=on_progress)
             else:
                 target_device = parse_device(device, python=python, identity=identity, ssh_options=ssh_option)
                 with tempfile.TemporaryDirectory(prefix="edgeopt-bundle-") as tmp:

@@ -30,6 +30,7 @@ def validation_tables(report: ValidationReport) -> Group:
     value = "-" if ref is None or ref.metric_value is None else f"{ref.metric_value:.4f}"
     title = (f"{report.samples} samples on {report.where}; fp32 reference {report.metric}: {value}")
     # The terminal gets the columns that fit 80 characters; report.md/.html have every one.
+    # Kernel saturation (int8 kernels vs the reference path) shows as a red SQNR and a line below the table.
     shown = ["target", "precision", "metric", "top-1 agree", "cosine", "SQNR dB", "p50 ms", "size KiB"]
     device_run = any(row.matches_host is not None for row in report.artifacts)
     table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)
@@ -40,9 +41,14 @@ def validation_tables(report: ValidationReport) -> Group:
         values = dict(zip(COLUMNS, cells(row, digits=3), strict=True))
         if row.status != "ok":
             values["target"] = f"{row.target} [red]{row.status}: {row.error}[/]"
+        if row.kernel_check is not None and row.kernel_check.saturated:
+            values["SQNR dB"] = f"[red]{values['SQNR dB']}![/]"
         extra = [] if not device_run else ["yes" if row.matches_host else "[red]no[/]"]
         table.add_row(*(values[c] for c in shown), *extra)
     parts: list[Table | Text] = [table]
+    for row in report.artifacts:
+        if row.kernel_check is not None and row.kernel_check.saturated:
+            parts.append(Text(f"{row.target}: {row.kernel_check.message}", style="red"))
     for row in report.artifacts:
         if row.per_layer:
             layers = Table(title=f"{row.target}: nodes that introduce the most error")

@@ -127,7 +127,8 @@ def write_bundle(
     try:
         writer = _Writer(staging)
         host = validate(out_dir, data=data, reference=reference, labels=labels, metric=metric, custom=custom,
-                        batch_size=batch_size, limit=limit, warmup=warmup, per_layer="never", targets=targets,
+                        batch_size=batch_size, limit=limit, warmup=warmup, per_layer="never", kernel_check=False,
+                        targets=targets,
                         on_progress=on_progress, recorder=writer)
         artifacts = []
         for row in host.artifacts:
@@ -209,7 +210,7 @@ def _score(root: Path, got: Path, spec: dict[str, Any], where: str, custom: Cust
                 _score_calls(root, got, entry, batch, expected, labels, scorers[entry["target"]])
     report.reference_scores = reference_scorer.result()
     for name, row in host_rows.items():
-        result = ArtifactResult(**{k: v for k, v in row.items() if k not in ("scores", "per_layer")})
+        result = ArtifactResult(**{k: v for k, v in row.items() if k not in ("scores", "per_layer", "kernel_check")})
         result.scores, result.latency_p50_ms, result.latency_p90_ms, result.matches_host = None, None, None, None
         if name in scorers and name not in missing:
             seconds = json.loads((got / name / "timings.json").read_text())["seconds"]

@@ -31,17 +31,20 @@ Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 GPU_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-def load(path: str | os.PathLike[str], providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Runner:
+def load(path: str | os.PathLike[str], providers: tuple[str, ...] = ("CPUExecutionProvider",), *,
+         reference_kernels: bool = False) -> Runner:
     """A callable that runs one set of native feeds through the artifact, chosen by file extension.
 
     ``providers``: onnxruntime execution providers in order of preference; those this build lacks are
     skipped (GPU artifacts list CUDA first and fall back to the CPU where there is none).
+    ``reference_kernels``: TFLite only: the interpreter's reference kernels (no XNNPACK, no
+    optimized kernels), the arithmetic the optimized ones should reproduce.
     """
     suffix = Path(path).suffix.lower()
     if suffix in (".onnx", ".ort"):
         return _onnxruntime(str(path), providers)
     if suffix == ".tflite":
-        return _litert(str(path))
+        return _litert(str(path), reference_kernels=reference_kernels)
     raise ValueError(f"{path}: no runtime for '{suffix}' files (expected .onnx, .ort or .tflite)")
 
 
@@ -69,8 +72,13 @@ def _interpreter_class() -> type:
     return Interpreter  # type: ignore[no-any-return]
 
 
-def _litert(path: str) -> Runner:
-    interpreter = _interpreter_class()(model_path=path)
+def _litert(path: str, *, reference_kernels: bool = False) -> Runner:
+    if reference_kernels:
+        from ai_edge_litert.interpreter import OpResolverType
+
+        interpreter = _interpreter_class()(model_path=path, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    else:
+        interpreter = _interpreter_class()(model_path=path)
     interpreter.allocate_tensors()
     inputs = {d["name"]: d for d in interpreter.get_input_details()}
     outputs = interpreter.get_output_details()

@@ -20,7 +20,7 @@ from edgeopt.core.errors import ModelSaveError
 from edgeopt.deploy.validation import ArtifactResult, ValidationReport
 
 COLUMNS = ("target", "precision", "status", "metric", "top-1 agree", "cosine", "SQNR dB", "max abs",
-           "p50 ms", "p90 ms", "size KiB")
+           "p50 ms", "p90 ms", "size KiB", "kernels")
 
 
 def write_report(report: ValidationReport, folder: str | os.PathLike[str]) -> dict[str, Path]:
@@ -64,7 +64,16 @@ def cells(row: ArtifactResult, *, digits: int = 4) -> list[str]:
     return [row.target, row.precision, status, fmt(s.metric_value if s else None, digits),
             fmt(s.top1_agreement if s else None, digits), fmt(s.cosine if s else None, digits + 2),
             fmt(s.sqnr_db if s else None, digits), fmt(s.max_abs if s else None, digits),
-            fmt(row.latency_p50_ms, digits), fmt(row.latency_p90_ms, digits), fmt(size, digits)]
+            fmt(row.latency_p50_ms, digits), fmt(row.latency_p90_ms, digits), fmt(size, digits),
+            kernel_cell(row)]
+
+
+def kernel_cell(row: ArtifactResult) -> str:
+    """``ok``, ``SATURATE -12.3 dB`` (the kernels against the reference path), or ``-`` (not checked)."""
+    check = row.kernel_check
+    if check is None:
+        return "-"
+    return f"SATURATE -{check.gap_db:.1f} dB" if check.saturated else "ok"
 
 
 def _header(report: ValidationReport) -> list[str]:

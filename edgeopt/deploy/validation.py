@@ -30,6 +30,7 @@ from edgeopt.core.scoring import CustomMetric, Scorer, Scores, percentiles_ms
 from edgeopt.core.target import Target
 from edgeopt.data.validation import labelled_batches
 from edgeopt.deploy import bundle_runner
+from edgeopt.deploy.kernel_check import KernelCheck, KernelChecker, wants_kernel_check
 from edgeopt.deploy.manifest import ArtifactEntry, artifact_path, read_manifest, sha256
 from edgeopt.deploy.target_registry import get_target
 
@@ -59,6 +60,7 @@ class ArtifactResult:
     notes: list[str] = field(default_factory=list)
     per_layer: list[dict[str, Any]] | None = None
     matches_host: bool | None = None  # device runs: every score equals the host run's
+    kernel_check: KernelCheck | None = None  # int8 artifacts: the kernels against the runtime's reference path
 
 
 @dataclass
@@ -100,6 +102,8 @@ class _Live:
     scorer: Scorer
     runner: bundle_runner.Runner | None = None
     seconds: list[float] = field(default_factory=list)
+    check_kernels: bool = False
+    checker: KernelChecker | None = None
 
 
 def static_batch(entry: ArtifactEntry) -> int | None:
@@ -127,6 +131,7 @@ def validate(
     limit: int | None = None,
     warmup: int = 3,
     per_layer: str = "auto",
+    kernel_check: bool = True,
     targets: Sequence[str] = (),
     on_progress: OnProgress | None = None,
     recorder: Recorder | None = None,
@@ -143,6 +148,8 @@ def validate(
         limit: Use at most this many samples.
         warmup: Untimed calls before timing each artifact.
         per_layer: ``auto`` (quantized artifacts that diverge), ``always`` or ``never``.
+        kernel_check: Also run each int8 artifact on its runtime's reference path and report kernel
+            saturation (:mod:`edgeopt.deploy.kernel_check`).
         targets: Only these targets (default: every one in the manifest).
         on_progress: Called with the samples done after each batch.
         recorder: Sees every batch and call (used to write bundles).
@@ -166,7 +173,7 @@ def validate(
         report.artifacts.append(row)
         if entry.ok:
             live.append(_Live(entry, get_target(entry.target), artifact_path(folder, entry), row,
-                              Scorer(metric, custom)))
+                              Scorer(metric, custom), check_kernels=kernel_check and wants_kernel_check(entry)))
     reference_scorer = Scorer(metric, custom)
     # One pass over the data per artifact, so that only its runtime's threads are busy while it is timed
     # (interleaving sessions let one's spinning workers slow the next); the reference is recomputed.
@@ -230,8 +237,9 @@ def _run_batch(art: _Live, batch: int, feeds: Feeds, expected: Feeds, labels: np
                 recorder.call(art.entry.target, batch, len(art.seconds) - 1, (start, start + step), native_in,
                               native_out)
             decoded = art.target.decode_outputs(art.path, native_out)
-            art.scorer.update({n: a[start:start + step] for n, a in expected.items()}, decoded,
-                              None if labels is None else labels[start:start + step])
+            expected_piece = {n: a[start:start + step] for n, a in expected.items()}
+            art.scorer.update(expected_piece, decoded, None if labels is None else labels[start:start + step])
+            _check_kernels(art, expected_piece, native_in, decoded)
         if rows % step:
             logger.warning("%s: skipped %d sample(s) that do not fill its fixed batch of %d",
                            art.entry.target, rows % step, step)
@@ -240,6 +248,19 @@ def _run_batch(art: _Live, batch: int, feeds: Feeds, expected: Feeds, labels: np
             logger.debug("%s failed while running", art.entry.target, exc_info=True)
         art.result.status, art.result.error = "run-failed", type(e).__name__
         art.result.message = " ".join(str(e).split()) or type(e).__name__
+
+
+def _check_kernels(art: _Live, expected: Feeds, native_in: Feeds, decoded: Feeds) -> None:
+    """Run the same call on the reference path; a failure there is a note, not a failed artifact."""
+    if not art.check_kernels:
+        return
+    try:
+        if art.checker is None:
+            art.checker = KernelChecker(art.entry, art.target, art.path)
+        art.checker.update(expected, native_in, decoded)
+    except Exception as e:  # noqa: BLE001 - the check is a diagnosis; the artifact's own run succeeded
+        art.check_kernels, art.checker = False, None
+        art.result.notes.append(f"kernel check failed: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
 def _native_runner(target: Target, artifact: Path) -> bundle_runner.Runner:
@@ -263,6 +284,12 @@ def _finish(art: _Live) -> None:
     if art.result.status == "ok":
         art.result.scores = art.scorer.result()
         art.result.latency_p50_ms, art.result.latency_p90_ms = percentiles_ms(art.seconds)
+        if art.checker is not None:
+            check = art.result.kernel_check = art.checker.result(art.result.scores)
+            art.result.notes.append(check.message)
+            if check.saturated:
+                logger.warning("%s: %s", art.entry.target, check.message)
+    art.checker = None  # release the reference session
 
 
 def _wants_per_layer(art: _Live, policy: str) -> bool:

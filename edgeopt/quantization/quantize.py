@@ -171,7 +171,7 @@ def _quantize(
 ) -> tuple[ir.Model, dict[str, Any]]:
     if config.mode == "dynamic":
         QuantizeDynamicPass(per_channel=config.per_channel, weight_type=config.weight_type,
-                            op_types=config.op_types, exclude=config.exclude)(model)
+                            op_types=config.op_types, exclude=config.exclude, cpu=None)(model)
         return model, {}
     if config.mode == "weight-only":
         QuantizeWeightsPass(bits=config.bits, block_size=config.block_size, method=config.weight_method,
