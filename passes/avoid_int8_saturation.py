@@ -172,9 +172,16 @@ def _zero_point(node: ir.Node, index: int, weight: np.ndarray) -> np.ndarray:
     return found if found is not None else np.zeros((), weight.dtype)
 
 
+def _name(node: ir.Node, index: int, default: str) -> str:
+    value = node.inputs[index] if index < len(node.inputs) else None
+    return value.name if value is not None and value.name else default
+
+
 def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> None:
     """Give ``node`` a new initializer at ``index``; the one it replaces goes if nothing else reads it."""
-    value = ir.Value(name=_unique(graph, name), const_value=ir.tensor(array))
+    tensor = ir.tensor(array)
+    value = ir.Value(name=_unique(graph, name), type=ir.TensorType(tensor.dtype), shape=tensor.shape,
+                     const_value=tensor)
     graph.register_initializer(value)
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
@@ -196,10 +203,10 @@ def _store_as_uint8(graph: ir.Graph, site: _Site, weight: np.ndarray) -> int:
     zero_point = _zero_point(site.node, site.zero_point, weight)
     if zero_point.dtype != np.int8:
         return 0
-    base = site.node.inputs[site.weight].name or "weight"
-    _set_input(graph, site.node, site.weight, (weight.astype(np.int16) + 128).astype(np.uint8), f"{base}_u8")
+    _set_input(graph, site.node, site.weight, (weight.astype(np.int16) + 128).astype(np.uint8),
+               f"{_name(site.node, site.weight, 'weight')}_u8")
     _set_input(graph, site.node, site.zero_point, (zero_point.astype(np.int16) + 128).astype(np.uint8),
-               f"{base}_zero_point_u8")
+               f"{_name(site.node, site.zero_point, 'weight_zero_point')}_u8")
     return 1
 
 
@@ -212,7 +219,7 @@ def _requantize_to_7_bits(graph: ir.Graph, site: _Site, weight: np.ndarray) -> i
         return 0
     ratio = 127.0 / SEVEN_BIT_MAX
     narrowed = np.clip(np.round(weight.astype(np.float64) / ratio), -SEVEN_BIT_MAX, SEVEN_BIT_MAX).astype(np.int8)
-    base = site.node.inputs[site.weight].name or "weight"
-    _set_input(graph, site.node, site.weight, narrowed, f"{base}_7bit")
-    _set_input(graph, site.node, site.scale, (scale * ratio).astype(scale.dtype), f"{base}_scale_7bit")
+    _set_input(graph, site.node, site.weight, narrowed, f"{_name(site.node, site.weight, 'weight')}_7bit")
+    _set_input(graph, site.node, site.scale, (scale * ratio).astype(scale.dtype),
+               f"{_name(site.node, site.scale, 'weight_scale')}_7bit")
     return 1
