@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from edgeopt import cli
 from edgeopt.cli import demo_model
+from edgeopt.core.cpu import detect_host_cpu
 from edgeopt.core.inspect_model import summarize
 from edgeopt.core.model_io import load_model
 
@@ -134,3 +135,14 @@ def test_demo_compiles_and_validates_every_target(demo_run: tuple[Path, dict[str
         assert scores["top1_agreement"] >= 0.98, row
         floor = 25 if row["precision"].startswith(("int8", "a8")) else 60  # dB vs the fp32 ONNX model
         assert scores["sqnr_db"] > floor, row
+    rows = {row["target"]: row for row in validation["artifacts"]}
+    # int8 on ONNX Runtime is right on whatever CPU runs it: within 1 dB of TFLite's full-integer
+    # artifact (same model and calibration), and equal to its own reference path.
+    assert abs(rows["ort-cpu-int8"]["scores"]["sqnr_db"] - rows["tflite-npu"]["scores"]["sqnr_db"]) < 1.0, rows
+    for name, row in rows.items():
+        check = row["kernel_check"]
+        assert (check is None) is (row["precision"] in ("fp32", "fp16")), row
+        if check is not None:
+            assert not check["saturated"], (name, check)
+    manifest = {a["target"]: a for a in compiled["artifacts"]}
+    assert manifest["ort-cpu-int8"]["cpu"] == detect_host_cpu().family

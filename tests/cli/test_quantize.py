@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from edgeopt import cli
 from edgeopt.cli import console
+from edgeopt.core.cpu import detect_host_cpu
 from edgeopt.core.runtime import create_session
 
 OUTLIER_CHANNELS = [0, 5, 9]
@@ -340,3 +341,28 @@ def test_prepasses_run_before_calibration(runner: CliRunner, mlp: Path, calib: P
                                      str(calib), "--prepasses", "bogus"])
     assert result.exit_code == 1
     assert "unknown pre-pass 'bogus'" in str(result.exception)
+
+
+def test_cpu_family_decides_how_weights_are_stored(runner: CliRunner, mlp: Path, calib: Path, tmp_path: Path) -> None:
+    for cpu, weight_type, guarded in (("x86-avx2", TensorProto.UINT8, 2), ("arm64", TensorProto.INT8, 0)):
+        out = tmp_path / f"{cpu}.onnx"
+        payload = _json(runner, "quantize", str(mlp), "-o", str(out), "--calib", str(calib), "--cpu", cpu)
+        assert (payload["cpu"], payload["guarded_weights"]) == (cpu, guarded)
+        assert payload["sqnr_db"] > 25  # on this machine's kernels, whatever they are
+        weights = [t.data_type for t in onnx.load(out).graph.initializer if t.name.startswith("W")
+                   and "quantized" in t.name]
+        assert weights == [weight_type, weight_type], weights
+    host = _json(runner, "quantize", str(mlp), "-o", str(tmp_path / "auto.onnx"), "--calib", str(calib))
+    assert host["cpu"] == detect_host_cpu().family
+
+
+def test_unknown_cpu_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    code, err = _main(monkeypatch, capsys, "quantize", str(mlp), "-o", str(tmp_path / "q.onnx"),
+                      "--calib", str(calib), "--cpu", "haswell")
+
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert "unknown cpu 'haswell'" in err and "x86-avx2" in err
+    assert not (tmp_path / "q.onnx").exists()

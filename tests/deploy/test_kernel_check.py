@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from rich.console import Console
+from typer.testing import CliRunner
 
+from edgeopt.cli import app, console
 from edgeopt.core.cpu import detect_host_cpu, ort_u8s8_saturates
 from edgeopt.core.model_io import save_model
 from edgeopt.core.scoring import Scorer
@@ -107,3 +110,14 @@ def test_no_kernel_check_when_switched_off(folders: dict[str, Path]) -> None:
     report = validate(folders["x86-avx2"], data=folders["root"] / "val.npz", reference=folders["root"] / "model.onnx",
                       metric="cosine", warmup=0, kernel_check=False)
     assert report.artifacts[0].kernel_check is None
+
+
+def test_cli_reports_the_check(folders: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(console, "out", Console(width=200))
+    args = ["validate", str(folders["x86-vnni"]), "--data", str(folders["root"] / "val.npz"), "--metric", "cosine"]
+    payload = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    check = payload["artifacts"][0]["kernel_check"]
+    assert check["saturated"] is ort_u8s8_saturates()
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0, table.output
+    assert ("kernel saturation on this CPU" in table.stdout) is check["saturated"]

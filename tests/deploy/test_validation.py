@@ -191,6 +191,9 @@ def test_tflite_int8_per_layer_comparison(digits: Path) -> None:
                       warmup=0, per_layer="always")  # the per-layer pass also reads 32 samples
     fp32, int8 = result.artifacts
     assert fp32.per_layer is None  # float artifacts are not compared layer by layer
+    assert fp32.kernel_check is None
+    assert int8.kernel_check is not None and int8.kernel_check.reference == "LiteRT reference kernels"
+    assert not int8.kernel_check.saturated, int8.kernel_check  # LiteRT's int8 accumulates in int32
     assert int8.status == "ok" and int8.per_layer, int8.notes
     assert "per-layer comparison against tflite-cpu (same conversion)" in int8.notes
     layers = int8.per_layer
