@@ -178,14 +178,19 @@ def _name(node: ir.Node, index: int, default: str) -> str:
 
 
 def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, name: str) -> None:
-    """Give ``node`` a new initializer at ``index``; the one it replaces goes if nothing else reads it."""
+    """Make ``node``'s input ``index`` the constant ``array``: in place (same name) where nothing else
+    reads the old initializer, else as a new initializer named ``name``."""
     tensor = ir.tensor(array)
+    old = node.inputs[index] if index < len(node.inputs) else None
+    if old is not None and old.is_initializer() and len(old.uses()) == 1 and not old.is_graph_output():
+        old.const_value = ir.tensor(array, name=old.name)
+        old.type, old.shape = ir.TensorType(tensor.dtype), tensor.shape
+        return
     value = ir.Value(name=_unique(graph, name), type=ir.TensorType(tensor.dtype), shape=tensor.shape,
                      const_value=tensor)
     graph.register_initializer(value)
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
-    old = node.inputs[index]
     node.replace_input_with(index, value)
     if old is not None and old.is_initializer() and not old.uses() and not old.is_graph_output() \
             and old.name in graph.initializers:

@@ -54,7 +54,7 @@ def test_manifest_and_artifact_record_the_cpu_family(folders: dict[str, Path]) -
         assert entry.cpu == cpu
         proto = onnx.load(str(folders[cpu] / entry.file))  # type: ignore[operator]
         assert {p.key: p.value for p in proto.metadata_props}["edgeopt.cpu"] == cpu
-        weights = {i.name: i.data_type for i in proto.graph.initializer if i.name.startswith("W_quantized")}
+        weights = {i.name: i.data_type for i in proto.graph.initializer if i.name in ("W_quantized", "W_quantized_u8")}
         expected = onnx.TensorProto.UINT8 if cpu == "x86-avx2" else onnx.TensorProto.INT8
         assert list(weights.values()) == [expected], weights
         assert any(cpu in note for note in entry.notes)
