@@ -74,7 +74,7 @@ class _Site:
     weight: int
     scale: int | None
     zero_point: int
-    activations: set[ir.DataType]
+    activations: set[ir.DataType | None]  # None: a float (or unknown) activation
 
 
 class AvoidInt8SaturationPass(EdgeoptPass):
@@ -122,7 +122,7 @@ def _sites(graph: ir.Graph) -> list[_Site]:
         layout = _INTEGER_OPS.get((domain, node.op_type))
         if layout is not None:
             act, weight, scale, zero_point = layout
-            activations = {ir.DataType.UINT8} if act < 0 else {_dtype(node.inputs[act])}
+            activations: set[ir.DataType | None] = {ir.DataType.UINT8 if act < 0 else _dtype(node.inputs[act])}
             if len(node.inputs) > weight and node.inputs[weight] is not None:
                 sites.append(_Site(node, weight, scale, zero_point, activations))
         elif node.op_type == "DequantizeLinear" and domain in ("", "com.microsoft"):
@@ -184,16 +184,16 @@ def _set_input(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, na
     old = node.inputs[index] if index < len(node.inputs) else None
     if old is not None and old.is_initializer() and len(old.uses()) == 1 and not old.is_graph_output():
         old.const_value = ir.tensor(array, name=old.name)
-        old.type, old.shape = ir.TensorType(tensor.dtype), tensor.shape
+        old.type, old.shape = ir.TensorType(tensor.dtype), ir.Shape(array.shape)
         return
-    value = ir.Value(name=_unique(graph, name), type=ir.TensorType(tensor.dtype), shape=tensor.shape,
+    value = ir.Value(name=_unique(graph, name), type=ir.TensorType(tensor.dtype), shape=ir.Shape(array.shape),
                      const_value=tensor)
     graph.register_initializer(value)
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
     node.replace_input_with(index, value)
-    if old is not None and old.is_initializer() and not old.uses() and not old.is_graph_output() \
-            and old.name in graph.initializers:
+    if old is not None and old.name is not None and old.is_initializer() and not old.uses() \
+            and not old.is_graph_output() and old.name in graph.initializers:
         graph.initializers.pop(old.name)
 
 
@@ -218,7 +218,7 @@ def _store_as_uint8(graph: ir.Graph, site: _Site, weight: np.ndarray) -> int:
 def _requantize_to_7_bits(graph: ir.Graph, site: _Site, weight: np.ndarray) -> int:
     zero_point = _zero_point(site.node, site.zero_point, weight)
     scale = _constant(site.node, site.scale) if site.scale is not None else None
-    if scale is None or zero_point.any():
+    if site.scale is None or scale is None or zero_point.any():
         logger.info("avoid-int8-saturation: %s: asymmetric or unscaled weight next to int8 activations "
                     "left as it is", site.node.name)
         return 0

@@ -46,4 +46,5 @@ def large_positive_feeds(model: ir.Model, batches: int = 4, rows: int = 2, seed:
     rng = np.random.default_rng(seed)
     value = model.graph.inputs[0]
     shape = [d if isinstance(d, int) else rows for d in (value.shape or [])]
-    return [{value.name: rng.uniform(3.0, 4.0, shape).astype(np.float32)} for _ in range(batches)]
+    name = value.name or "x"
+    return [{name: rng.uniform(3.0, 4.0, shape).astype(np.float32)} for _ in range(batches)]
