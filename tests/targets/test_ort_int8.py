@@ -35,7 +35,9 @@ def int8_artifact(digits: tuple, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def _dequantize_nodes_of_weights(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
-    weights = {init.name for init in proto.graph.initializer if init.data_type == onnx.TensorProto.INT8}
+    """DequantizeLinear nodes of 8-bit weights: int8, or uint8 where the artifact is built for x86-avx2."""
+    weights = {init.name for init in proto.graph.initializer if init.data_type in (onnx.TensorProto.INT8,
+                                                                                  onnx.TensorProto.UINT8)}
     return [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights]
 
 
@@ -46,11 +48,15 @@ def test_static_qdq_per_channel_int8_weights_uint8_activations(digits: tuple, in
     initializers = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
 
     conv_dqs = [n for n in _dequantize_nodes_of_weights(proto) if initializers[n.input[0]].ndim == 4]
-    assert len(conv_dqs) == 2, "both Conv weights must be int8 behind a DequantizeLinear"
+    assert len(conv_dqs) == 2, "both Conv weights must be 8-bit behind a DequantizeLinear"
+    # Symmetric int8 weights; on x86 without VNNI the same values stored as uint8 with zero point 128.
+    stored, offset = (np.uint8, 128) if OrtCpuInt8Target().cpu_family == "x86-avx2" else (np.int8, 0)
     for dq in conv_dqs:
         scale, zero_point = initializers[dq.input[1]], initializers[dq.input[2]]
         assert scale.shape == (initializers[dq.input[0]].shape[0],), "per-channel: one scale per output channel"
-        assert zero_point.dtype == np.int8 and not zero_point.any(), "weights are symmetric int8"
+        assert initializers[dq.input[0]].dtype == stored and zero_point.dtype == stored
+        assert (zero_point == offset).all(), "weights are symmetric"
+        assert np.abs(initializers[dq.input[0]].astype(np.int16) - offset).max() == 127, "full int8 range"
     activation_q = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     assert activation_q and all(initializers[n.input[2]].dtype == np.uint8 for n in activation_q)
     assert [i.type.tensor_type.elem_type for i in (*proto.graph.input, *proto.graph.output)] == [1, 1]
