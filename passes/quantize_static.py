@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from edgeopt.calibration.observers import make_observer_factory
 from edgeopt.calibration.stream import calibrate
-from edgeopt.core.errors import CalibrationDataError
+from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.core.runtime import Feeds
 from edgeopt.data.readers import batches, open_reader
@@ -32,6 +32,7 @@ from edgeopt.passes.quantize_common import (
     shape_nodes,
     unquantize_inputs,
 )
+from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_rounding, quantized_weight_nodes
 from edgeopt.passes.remove_unused import RemoveUnusedPass
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ class QuantizeStaticPass(EdgeoptPass):
         samples: Use at most this many calibration samples.
         batch_size: Re-batch the calibration data to this size.
         on_batch: Called with the number of samples seen so far (progress bars).
+        rounding: ``learned`` (default): int8 weight codes fitted on each layer's inputs from the
+            calibration data (:mod:`edgeopt.passes.quantize_rounding`; QDQ with int8 weights);
+            ``nearest``: round to nearest, as ORT does.
         cpu: The CPU family the model is for (:mod:`edgeopt.core.cpu`; ``auto``: this machine): on
             ``x86-avx2`` weights that could saturate ORT's int8 kernels are stored as uint8
             (``avoid-int8-saturation``). None leaves the weights as emitted (NPUs want int8).
@@ -93,9 +97,13 @@ class QuantizeStaticPass(EdgeoptPass):
         samples: int | None = None,
         batch_size: int | None = None,
         on_batch: Callable[[int], None] | None = None,
+        rounding: Literal["nearest", "learned"] = "learned",
         cpu: str | None = "auto",
     ) -> None:
         super().__init__()
+        if rounding not in ("nearest", "learned"):
+            raise PassOptionError(f"quantize-static: rounding must be nearest or learned, got {rounding!r}.")
+        self.rounding = rounding
         self.cpu = cpu
         if calibration is None and ranges is None:
             raise CalibrationDataError(
@@ -121,23 +129,32 @@ class QuantizeStaticPass(EdgeoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         prepare_for_quantization(model)
-        ranges = dict(self.ranges) if self.ranges is not None else self._calibrate(model)
-        adopt(model, quantize_with_ranges(
+        reader = self._reader(model)
+        ranges = dict(self.ranges) if self.ranges is not None else self._calibrate(model, reader)
+        quantized = quantize_with_ranges(
             model, ranges, format=self.format, per_channel=self.per_channel,
             activation_type=self.activation_type, weight_type=self.weight_type,
             symmetric_activations=self.symmetric_activations, op_types=self.op_types,
             nodes=self.nodes, exclude=self.exclude,
-        ))
+        )
+        if self.rounding == "learned" and reader is not None:
+            layers, hessians = fit_rounding(model, quantized_weight_nodes(quantized), reader,
+                                            samples=self.samples, batch_size=self.batch_size)
+            apply_learned_rounding(quantized, layers, hessians)
+        adopt(model, quantized)
         if self.cpu is not None:
             AvoidInt8SaturationPass(cpu=self.cpu)(model)
         logger.info("quantize-static: %s, %s activations, %d calibrated tensors",
                     self.format, self.activation_type, len(ranges))
         return ir.passes.PassResult(model, modified=True)
 
-    def _calibrate(self, model: ir.Model) -> dict[str, tuple[float, float]]:
-        assert self.calibration is not None
-        reader = (open_reader(self.calibration, model) if isinstance(self.calibration, str)
-                  else self.calibration)
+    def _reader(self, model: ir.Model) -> Iterable[Feeds] | None:
+        if self.calibration is None:
+            return None
+        return open_reader(self.calibration, model) if isinstance(self.calibration, str) else self.calibration
+
+    def _calibrate(self, model: ir.Model, reader: Iterable[Feeds] | None) -> dict[str, tuple[float, float]]:
+        assert reader is not None
         options = observer_options(self.method, percentile=self.percentile,
                                    activation_type=self.activation_type,
                                    symmetric=self.symmetric_activations)

@@ -3,8 +3,7 @@
 A convolution is a linear map of each input patch, so ``im2col`` turns it into rows of
 ``(Cin/groups)·kh·kw`` features per group; every group is its own
 :class:`~edgeopt.core.least_squares.NormalEquations` (a depthwise Conv: one tiny system per
-channel). Written with numpy's ``sliding_window_view`` (no library offers a strided,
-dilated, grouped im2col on numpy arrays without a deep-learning framework).
+channel). The patches come from :func:`edgeopt.core.patches.im2col`.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.core.least_squares import NormalEquations
+from edgeopt.core.patches import im2col
 from edgeopt.core.rewire import ConstantWriter, const_array, is_default_domain
 
 
@@ -76,14 +76,3 @@ def conv_projection(node: ir.Node) -> ConvProjection | None:
         return None
     return ConvProjection(node.name or "", x.name, node.outputs[0].name, weight, node.attributes.get_int("group", 1),
                           strides, pads, dilations)  # type: ignore[arg-type]
-
-
-def im2col(x: np.ndarray, kernel: tuple[int, ...], strides: tuple[int, int], pads: tuple[int, int, int, int],
-           dilations: tuple[int, int]) -> np.ndarray:
-    """Patches of ``x`` (N, C, H, W) as ``(N, C, kh, kw, Ho, Wo)``, in ONNX Conv's pads order."""
-    kh, kw = kernel
-    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    span_h, span_w = dilations[0] * (kh - 1) + 1, dilations[1] * (kw - 1) + 1
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (span_h, span_w), axis=(2, 3))
-    windows = windows[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]  # N, C, Ho, Wo, kh, kw
-    return windows.transpose(0, 1, 4, 5, 2, 3)

@@ -318,7 +318,8 @@ def stream_outputs(
     inputs = [i.name for i in session.get_inputs()]
     for number, feeds in enumerate(batches(reader, model, batch_size=batch_size, limit=samples)):
         try:
-            arrays = session.run(list(names), {name: feeds[name] for name in inputs})
+            # no names: only the feeds are wanted (ORT would return every output for an empty list)
+            arrays = session.run(list(names), {name: feeds[name] for name in inputs}) if names else []
         except Exception as e:
             raise CalibrationDataError(f"calibration batch {number}: ONNX Runtime failed to run it: {e}") from e
         yield {**feeds, **dict(zip(names, arrays, strict=True))}

@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.calibration.observers import make_observer_factory
+from edgeopt.calibration.rounding import WeightLayer
 from edgeopt.calibration.stream import calibrate
 from edgeopt.core.cpu import CPU_METADATA_KEY, resolve_cpu
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
@@ -35,6 +36,7 @@ from edgeopt.passes import (
     SmoothQuantPass,
 )
 from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like, prepare_for_quantization
+from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_rounding, quantized_weight_nodes
 from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
 from edgeopt.passes.smooth_quant import MUL_PREFIX
 from edgeopt.quantization.analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
@@ -76,6 +78,10 @@ class QuantizeConfig:
     prepasses: tuple[str, ...] = ()
     """Run before calibration (static mode): ``equalize-cross-layer``, ``correct-bias``,
     ``smooth-quant`` (with an inserted Mul where no LayerNorm can absorb the scales)."""
+    rounding: Literal["nearest", "learned"] = "learned"
+    """Static mode: ``learned`` fits the int8 weight codes on each layer's inputs from the calibration
+    data (:mod:`edgeopt.calibration.rounding`); ``nearest`` rounds to nearest. With the ``correct-bias``
+    pre-pass (built for rounding to nearest) rounding is to nearest."""
     cpu: str = "auto"
     """The CPU family the int8 model is for (:mod:`edgeopt.core.cpu`): ``auto`` (this machine),
     ``x86-avx2`` (weights that could saturate its kernels stored as uint8), ``x86-vnni``, ``arm64``."""
@@ -197,17 +203,29 @@ def _quantize_static(
         on_batch=(lambda n: progress("calibrate", n)) if progress else None,
     )
 
+    rounding: tuple[list[WeightLayer], dict[str, np.ndarray]] = ([], {})
+
     def emit(float_nodes: Sequence[str]) -> ir.Model:
-        return quantize_with_ranges(
+        quantized = quantize_with_ranges(
             prepared, calibrated.ranges, format=config.format, per_channel=config.per_channel,
             activation_type=config.activation_type, weight_type=config.weight_type,
             symmetric_activations=config.symmetric_activations, op_types=op_types,
             exclude=[*config.exclude, *smoothing_muls, *float_nodes])
+        if rounding[0]:
+            apply_learned_rounding(quantized, *rounding)
+        return quantized
 
     smoothing_muls = [n.name for n in prepared.graph if n.name and n.name.startswith(MUL_PREFIX)]
     op_types = static_op_types(prepared, config.op_types)
 
     quantized = emit(())
+    if config.rounding == "learned" and "correct-bias" in config.prepasses:
+        logger.info("quantize: correct-bias is built for rounding to nearest: learned rounding is off")
+    elif config.rounding == "learned":
+        # fitted once (one more pass over the data); every re-emission of the fallback reuses it
+        rounding = fit_rounding(prepared, quantized_weight_nodes(quantized), reader, samples=config.samples,
+                                batch_size=config.batch_size)
+        apply_learned_rounding(quantized, *rounding)
     extra: dict[str, Any] = {"calibration_seconds": calibrated.seconds, "op_types": list(op_types) or ["all"]}
     ranked: list[NodeError] | None = None
     if report or config.max_drop is not None:

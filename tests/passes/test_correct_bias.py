@@ -136,7 +136,8 @@ def test_static_int8_after_correction_is_closer_to_float():
     reference = run_model(_matmul_add(), test)["y"]
 
     def errors(model: ir.Model) -> tuple[float, float]:
-        quantized = QuantizeStaticPass(calibration=feeds, per_channel=False)(model).model
+        # bias correction predicts the error of rounding to nearest (learned rounding has no mean shift to fix)
+        quantized = QuantizeStaticPass(calibration=feeds, per_channel=False, rounding="nearest")(model).model
         diff = run_model(quantized, test)["y"] - reference
         return float(np.abs(diff.mean(0)).mean()), float(np.abs(diff).mean())
 
