@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgeopt.core.cpu import detect_host_cpu
 from edgeopt.core.errors import CalibrationDataError, EdgeoptError, ModelLoadError
 from edgeopt.core.model_io import load_model
 from edgeopt.core.runtime import Feeds, run_session
@@ -289,6 +290,13 @@ def _finish(art: _Live) -> None:
             art.result.notes.append(check.message)
             if check.saturated:
                 logger.warning("%s: %s", art.entry.target, check.message)
+        host = detect_host_cpu().family
+        if art.entry.cpu is not None and art.entry.cpu != host:
+            why = ("its uint8 weights run ORT's u8 x u8 kernels, which do not use VNNI: slower here than an "
+                   "artifact built for this CPU" if art.entry.cpu == "x86-avx2" else
+                   "its full-range int8 weights can saturate this CPU's kernels (see the kernel check)")
+            art.result.notes.append(f"built for {art.entry.cpu}, measured on {host}: {why}; compile with "
+                                    f"--cpu {host} for this machine")
     art.checker = None  # release the reference session
 
 

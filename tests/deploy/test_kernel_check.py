@@ -121,3 +121,11 @@ def test_cli_reports_the_check(folders: dict[str, Path], monkeypatch: pytest.Mon
     table = CliRunner().invoke(app, args)
     assert table.exit_code == 0, table.output
     assert ("kernel saturation on this CPU" in table.stdout) is check["saturated"]
+
+
+def test_an_artifact_for_another_family_says_so(folders: dict[str, Path]) -> None:
+    host = detect_host_cpu().family
+    for cpu in ("x86-vnni", "x86-avx2"):
+        notes = _validate(folders[cpu], folders["root"]).artifacts[0].notes
+        mismatch = [n for n in notes if n.startswith(f"built for {cpu}, measured on {host}")]
+        assert len(mismatch) == (cpu != host), notes
