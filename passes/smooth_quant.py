@@ -45,6 +45,12 @@ MUL_PREFIX = "smooth_quant_mul_"
 """Names of the Mul nodes ``insert_mul`` adds start with this (to exclude them from quantization)."""
 
 
+DYNAMIC_SMOOTH_ALPHA = 0.85
+"""Migration strength before dynamic int8 (per-tensor activations quantized at run time): on MiniLM-L6
+(100 calibration sentences, 100 held out, Muls inserted) embedding cosine 0.9982 at 0.8, 0.9983 at 0.85,
+0.9980 at 0.9, 0.9976 at 0.95; 0.9933 without smoothing."""
+
+
 class SmoothQuantPass(EdgeoptPass):
     """Move per-channel activation ranges of MatMul/Gemm inputs into their constant weights.
 

@@ -136,7 +136,8 @@ class OrtCpuInt8Target(OrtCpuTarget):
         return resolve_cpu(self.cpu)
 
     def _candidates(self, model: ir.Model, calibration: CalibrationReader | None) -> dict[str, ir.Model]:
-        from edgeopt.passes import ClampMaskConstantsPass, QuantizeDynamicPass, QuantizeStaticPass
+        from edgeopt.passes import ClampMaskConstantsPass, QuantizeDynamicPass, QuantizeStaticPass, SmoothQuantPass
+        from edgeopt.passes.smooth_quant import DYNAMIC_SMOOTH_ALPHA
 
         dynamic = self.mode == "dynamic" or (self.mode == "auto" and is_matmul_heavy(model))
         candidates: dict[str, ir.Model] = {}
@@ -152,6 +153,9 @@ class OrtCpuInt8Target(OrtCpuTarget):
             candidates["static"] = static
         if dynamic:
             quantized = model.clone()
+            if calibration is not None:  # activation outliers into the weights before per-tensor dynamic int8
+                SmoothQuantPass(calibration=calibration, alpha=DYNAMIC_SMOOTH_ALPHA, insert_mul=True,
+                                samples=self.samples)(quantized)
             if QuantizeDynamicPass(per_channel=True, weight_type="int8", cpu=None)(quantized).modified:
                 candidates["dynamic"] = quantized
         if not candidates:

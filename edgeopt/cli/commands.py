@@ -170,6 +170,8 @@ def quantize(
     report: Annotated[bool, typer.Option("--report", help="Show the per-node sensitivity table.")] = False,
     prepasses: Annotated[str, typer.Option(help="Static mode, comma-separated: equalize-cross-layer, "
                                            "correct-bias, smooth-quant.")] = "",
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Dynamic, with --calib: SmoothQuant first "
+                                         "(activation outliers moved into the weights).")] = True,
     rounding: Annotated[str, typer.Option(help="Static: learned (int8 weight codes fitted on the calibration "
                                           "data) | nearest.")] = "learned",
     cpu: Annotated[str, typer.Option(help="CPU family the int8 model is for: auto (this machine), x86-avx2 "
@@ -187,7 +189,7 @@ def quantize(
                                     op_types=tuple(t for t in op_types.split(",") if t),
                                     samples=samples, batch_size=batch_size, max_drop=max_drop,
                                     prepasses=tuple(p for p in prepasses.split(",") if p), rounding=rounding,
-                                    cpu=cpu)
+                                    smooth=smooth, cpu=cpu)
     with samples_progress(console.err, disable=as_json) as progress:
         result = quantize_file(model, output, config, calibration=calib, report=report,
                                progress=progress)

@@ -38,12 +38,13 @@ from edgeopt.passes import (
 from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like, prepare_for_quantization
 from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_rounding, quantized_weight_nodes
 from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
-from edgeopt.passes.smooth_quant import MUL_PREFIX
+from edgeopt.passes.smooth_quant import DYNAMIC_SMOOTH_ALPHA, MUL_PREFIX
 from edgeopt.quantization.analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["static", "dynamic", "weight-only"]
+
 Progress = Callable[[str, int], None]
 """(stage, samples so far) -> None, for progress bars."""
 
@@ -78,6 +79,11 @@ class QuantizeConfig:
     prepasses: tuple[str, ...] = ()
     """Run before calibration (static mode): ``equalize-cross-layer``, ``correct-bias``,
     ``smooth-quant`` (with an inserted Mul where no LayerNorm can absorb the scales)."""
+    smooth: bool = True
+    """Dynamic mode with calibration data: SmoothQuant first (``smooth_alpha``, a Mul inserted where no
+    LayerNorm absorbs the scales), which moves activation outliers into the weights. On MiniLM-L6
+    (100 sentences) embedding cosine 0.9933 -> 0.9983."""
+    smooth_alpha: float = DYNAMIC_SMOOTH_ALPHA
     rounding: Literal["nearest", "learned"] = "learned"
     """Static mode: ``learned`` fits the int8 weight codes on each layer's inputs from the calibration
     data (:mod:`edgeopt.calibration.rounding`); ``nearest`` rounds to nearest. With the ``correct-bias``
@@ -176,6 +182,9 @@ def _quantize(
     evaluation: list[Feeds], progress: Progress | None,
 ) -> tuple[ir.Model, dict[str, Any]]:
     if config.mode == "dynamic":
+        if reader is not None and config.smooth:
+            SmoothQuantPass(calibration=reader, alpha=config.smooth_alpha, insert_mul=True,
+                            samples=config.samples, batch_size=config.batch_size)(model)
         QuantizeDynamicPass(per_channel=config.per_channel, weight_type=config.weight_type,
                             op_types=config.op_types, exclude=config.exclude, cpu=None)(model)
         return model, {}
