@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 from edgeopt import cli
 from edgeopt.cli import console
 from edgeopt.core.cpu import detect_host_cpu
-from edgeopt.passes.smooth_quant import MUL_PREFIX
 from edgeopt.core.runtime import create_session
+from edgeopt.passes.smooth_quant import MUL_PREFIX
 
 OUTLIER_CHANNELS = [0, 5, 9]
 
