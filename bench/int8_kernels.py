@@ -5,8 +5,10 @@
 
 Static QDQ models (uint8 activations, per-channel weights, the same edgeopt calibration):
 
-- ``int8 weights (x86-vnni)``: full-range symmetric int8 weights, what every quantizer emits;
-- ``uint8 weights (x86-avx2)``: edgeopt's emission for x86 without VNNI (``avoid-int8-saturation``);
+- ``edgeopt, nearest rounding``: int8 weights rounded to nearest (for transformers: no smoothing);
+- ``int8 weights (x86-vnni)``: edgeopt's default (learned rounding; SmoothQuant before dynamic int8),
+  full-range symmetric int8 weights, what every quantizer emits;
+- ``uint8 weights (x86-avx2)``: the same, stored for x86 without VNNI (``avoid-int8-saturation``);
 - ``ORT quantize_static``, ``ORT reduce_range``: ONNX Runtime's own tool (its MinMax calibration on the
   same samples), without and with 7-bit weights.
 
@@ -42,19 +44,24 @@ import quantize_models as qm  # noqa: E402
 from edgeopt.core.cpu import detect_host_cpu  # noqa: E402
 from edgeopt.core.model_io import load_model, save_model  # noqa: E402
 from edgeopt.core.runtime import PRECISE_INT8_KEY, Feeds, create_session, run_session  # noqa: E402
-from edgeopt.passes import QuantizeDynamicPass, QuantizeStaticPass  # noqa: E402
+from edgeopt.passes import QuantizeDynamicPass, QuantizeStaticPass, SmoothQuantPass  # noqa: E402
+from edgeopt.passes.smooth_quant import DYNAMIC_SMOOTH_ALPHA  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 Variant = Callable[[Path, qm.ModelCase, list[Path], Path], Path]
 
 
-def _ours(cpu: str) -> Variant:
+def _ours(cpu: str, rounding: str = "learned") -> Variant:
+    """edgeopt's defaults: static int8 with learned rounding; for transformers dynamic int8 after
+    SmoothQuant (what ``edgeopt quantize --mode dynamic --calib`` runs)."""
     def build(source: Path, case: qm.ModelCase, calib: list[Path], out: Path) -> Path:
         model = load_model(source)
         if case.transformer:
+            if rounding == "learned":  # the edgeopt row; the "nearest" row is plain dynamic int8
+                SmoothQuantPass(calibration=qm.FileFeeds(calib), alpha=DYNAMIC_SMOOTH_ALPHA, insert_mul=True)(model)
             QuantizeDynamicPass(cpu=cpu)(model)
         else:
-            QuantizeStaticPass(calibration=qm.FileFeeds(calib), cpu=cpu)(model)
+            QuantizeStaticPass(calibration=qm.FileFeeds(calib), cpu=cpu, rounding=rounding)(model)  # type: ignore[arg-type]
         return save_model(model, out)
     return build
 
@@ -75,6 +82,7 @@ def _ort(reduce_range: bool) -> Variant:
 
 
 VARIANTS: dict[str, Variant] = {
+    "edgeopt, nearest rounding / no smoothing (x86-vnni)": _ours("x86-vnni", "nearest"),
     "int8 weights (x86-vnni)": _ours("x86-vnni"),
     "uint8 weights (x86-avx2)": _ours("x86-avx2"),
     "ORT quantize": _ort(False),

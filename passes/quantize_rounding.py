@@ -20,6 +20,10 @@ from edgeopt.core.runtime import Feeds
 
 logger = logging.getLogger(__name__)
 
+ROUNDING_SAMPLES = 512
+"""Calibration samples the input statistics are fitted on at most (GPTQ's own default is 128
+sequences): enough for ``H``, and a bound on the extra pass over large calibration sets."""
+
 
 def quantized_weight_nodes(quantized: ir.Model) -> list[str]:
     """Names of the nodes whose weight (input 1) is an int8 initializer behind a DequantizeLinear."""
@@ -34,7 +38,8 @@ def fit_rounding(
     layers = weight_layers(prepared, nodes)
     if not layers:
         return [], {}
-    return layers, input_hessians(prepared, layers, calibration, samples=samples, batch_size=batch_size)
+    limit = ROUNDING_SAMPLES if samples is None else min(samples, ROUNDING_SAMPLES)
+    return layers, input_hessians(prepared, layers, calibration, samples=limit, batch_size=batch_size)
 
 
 def apply_learned_rounding(quantized: ir.Model, layers: list[WeightLayer], hessians: Mapping[str, np.ndarray]) -> int:

@@ -143,12 +143,23 @@ def input_hessians(
     work.graph.outputs.extend(produced[n] for n in names if n not in present)
     sums = {layer.node: np.zeros((layer.groups, layer.features, layer.features)) for layer in layers}
     counts = dict.fromkeys(sums, 0)
+    pending: dict[str, list[np.ndarray]] = {name: [] for name in sums}  # rows of small batches, multiplied together
     rng = np.random.default_rng(seed)
+
+    def flush(name: str) -> None:
+        if pending[name]:
+            rows = np.concatenate(pending[name], axis=1)
+            sums[name] += np.matmul(rows.transpose(0, 2, 1), rows)  # BLAS in float32, summed in float64
+            counts[name] += rows.shape[1]
+            pending[name].clear()
+
     for batch in stream_outputs(work, names, calibration, model=model, samples=samples, batch_size=batch_size):
         for layer in layers:
-            rows = layer.rows(np.asarray(batch[layer.input]), rng)
-            sums[layer.node] += np.matmul(rows.transpose(0, 2, 1), rows)  # BLAS, float32 per batch
-            counts[layer.node] += rows.shape[1]
+            pending[layer.node].append(layer.rows(np.asarray(batch[layer.input]), rng))
+            if sum(r.shape[1] for r in pending[layer.node]) >= ROWS_PER_BATCH:
+                flush(layer.node)
+    for name in sums:
+        flush(name)
     return {name: total / max(counts[name], 1) for name, total in sums.items()}
 
 
