@@ -349,7 +349,8 @@ def test_cpu_family_decides_how_weights_are_stored(runner: CliRunner, mlp: Path,
         out = tmp_path / f"{cpu}.onnx"
         payload = _json(runner, "quantize", str(mlp), "-o", str(out), "--calib", str(calib), "--cpu", cpu)
         assert (payload["cpu"], payload["guarded_weights"]) == (cpu, guarded)
-        assert payload["sqnr_db"] > 25  # on this machine's kernels, whatever they are
+        if cpu == "x86-avx2":  # exact on every CPU's kernels; arm64's int8 weights may saturate an x86 host's
+            assert payload["sqnr_db"] > 25
         weights = [t.data_type for t in onnx.load(out).graph.initializer if t.name.startswith("W")
                    and "quantized" in t.name]
         assert weights == [weight_type, weight_type], weights
