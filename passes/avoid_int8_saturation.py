@@ -105,10 +105,10 @@ class AvoidInt8SaturationPass(EdgeoptPass):
             weight = _constant(site.node, site.weight)
             if weight is None or weight.dtype != np.int8 or not may_saturate(weight):
                 continue
-            if site.activations == {ir.DataType.UINT8}:
-                self.widened += _store_as_uint8(model.graph, site, weight)
-            elif ir.DataType.INT8 in site.activations:
+            if ir.DataType.INT8 in site.activations:  # no u8 x u8 kernel next to int8 activations
                 self.narrowed += _requantize_to_7_bits(model.graph, site, weight)
+            elif ir.DataType.UINT8 in site.activations:  # float readers of a shared DQ see the same values
+                self.widened += _store_as_uint8(model.graph, site, weight)
         if self.widened or self.narrowed:
             logger.info("avoid-int8-saturation (%s): %d weight tensor(s) stored as uint8, %d re-rounded to 7 bits",
                         family, self.widened, self.narrowed)
