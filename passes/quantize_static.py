@@ -194,10 +194,12 @@ def quantize_with_ranges(
     op_types: Iterable[str] = (),
     nodes: Iterable[str] = (),
     exclude: Iterable[str] = (),
+    overrides: Mapping[str, str] | None = None,
 ) -> ir.Model:
     """A new model quantized by ORT's emitter from ``ranges`` (``model`` is untouched).
 
-    ``model`` should be pre-processed (:func:`prepare_for_quantization`).
+    ``model`` should be pre-processed (:func:`prepare_for_quantization`). ``overrides`` gives some
+    activation tensors another type than ``activation_type`` (``{"conv1_out": "uint16"}``: mixed precision).
     """
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
@@ -219,7 +221,10 @@ def quantize_with_ranges(
         # ORT drops Relu/Clip after a quantized Conv when activations are asymmetric; a node
         # kept in float would then read the un-clipped tensor.
         extra["QDQKeepRemovableActivations"] = True
-    if activation_type.endswith("16") and proto.opset_import[0].version < 21:
+    if overrides:
+        extra["TensorQuantOverrides"] = {name: [{"quant_type": ort_type(kind)}] for name, kind in overrides.items()}
+    sixteen = activation_type.endswith("16") or any(kind.endswith("16") for kind in (overrides or {}).values())
+    if sixteen and proto.opset_import[0].version < 21:
         extra["UseQDQContribOps"] = True  # 16-bit Q/DQ before opset 21 live in com.microsoft
     data = {name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
             for name, (low, high) in ranges.items()}

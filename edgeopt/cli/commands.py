@@ -170,6 +170,8 @@ def quantize(
     report: Annotated[bool, typer.Option("--report", help="Show the per-node sensitivity table.")] = False,
     prepasses: Annotated[str, typer.Option(help="Static mode, comma-separated: equalize-cross-layer, "
                                            "correct-bias, smooth-quant.")] = "",
+    budget: Annotated[float, typer.Option(min=0.0, max=1.0, help="Static: share of the MACs that may lose int8 "
+                                          "kernels for 16-bit activations around the most sensitive nodes.")] = 0.0,
     smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Dynamic, with --calib: SmoothQuant first "
                                          "(activation outliers moved into the weights).")] = True,
     rounding: Annotated[str, typer.Option(help="Static: learned (int8 weight codes fitted on the calibration "
@@ -189,7 +191,7 @@ def quantize(
                                     op_types=tuple(t for t in op_types.split(",") if t),
                                     samples=samples, batch_size=batch_size, max_drop=max_drop,
                                     prepasses=tuple(p for p in prepasses.split(",") if p), rounding=rounding,
-                                    smooth=smooth, cpu=cpu)
+                                    smooth=smooth, budget=budget, cpu=cpu)
     with samples_progress(console.err, disable=as_json) as progress:
         result = quantize_file(model, output, config, calibration=calib, report=report,
                                progress=progress)

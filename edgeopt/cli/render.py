@@ -76,6 +76,10 @@ def quantize_tables(result: QuantizeResult, *, show_report: bool) -> Group:
         fidelity.add_row("calibration time", f"{result.calibration_seconds:.2f} s")
     if result.op_types is not None:
         fidelity.add_row("op types quantized", ", ".join(result.op_types))
+    if result.mixed_precision is not None:
+        mixed = result.mixed_precision
+        fidelity.add_row("16-bit activations", f"{len(mixed.tensors)} tensor(s) around {len(mixed.nodes)} node(s), "
+                         f"{mixed.macs_share:.1%} of MACs off int8 kernels")
     if result.cpu is not None:
         guarded = f" ({result.guarded_weights} weight tensor(s) stored as uint8)" if result.guarded_weights else ""
         fidelity.add_row("built for CPU", result.cpu + guarded)
@@ -112,6 +116,7 @@ def quantize_json(result: QuantizeResult) -> dict[str, Any]:
         "agreement": result.score, "sqnr_db": result.sqnr_db,
         "calibration_seconds": result.calibration_seconds,
         "op_types": result.op_types,
+        "mixed_precision": asdict(result.mixed_precision) if result.mixed_precision else None,
         "cpu": result.cpu,
         "guarded_weights": result.guarded_weights,
     }

@@ -107,22 +107,24 @@ def _weights(model: ir.Model) -> tuple[int, dict[str, int]]:
 
 
 def _macs(model: ir.Model) -> tuple[int, list[str]]:
+    per_node = node_macs(model)
+    unknown = [name for name, macs in per_node.items() if macs is None]
+    return sum(m for m in per_node.values() if m is not None), unknown
+
+
+def node_macs(model: ir.Model) -> dict[str, int | None]:
+    """MACs of each Conv/ConvTranspose/Gemm/MatMul at batch 1 (dynamic dims as 1), by node name
+    (``<op type>#<index>`` where unnamed); None where shapes are not known."""
     shaped = model.clone()
     for value in shaped.graph.inputs:
         if value.shape is not None and not value.shape.is_static():
             value.shape = ir.Shape([d if isinstance(d, int) else 1 for d in value.shape])
     infer_shapes(shaped)
-    total = 0
-    unknown = []
-    for node in ir.traversal.RecursiveGraphIterator(shaped.graph):
-        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            continue
-        macs = _node_macs(node)
-        if macs is None:
-            unknown.append(node.name or node.op_type)
-        else:
-            total += macs
-    return total, unknown
+    found: dict[str, int | None] = {}
+    for index, node in enumerate(ir.traversal.RecursiveGraphIterator(shaped.graph)):
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            found[node.name or f"{node.op_type}#{index}"] = _node_macs(node)
+    return found
 
 
 def _static(value: ir.Value | None) -> list[int] | None:

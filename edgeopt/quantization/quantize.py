@@ -40,6 +40,7 @@ from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_roundin
 from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
 from edgeopt.passes.smooth_quant import DYNAMIC_SMOOTH_ALPHA, MUL_PREFIX
 from edgeopt.quantization.analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
+from edgeopt.quantization.mixed_precision import MixedPrecision, choose_16bit_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ class QuantizeConfig:
     LayerNorm absorbs the scales), which moves activation outliers into the weights. On MiniLM-L6
     (100 sentences) embedding cosine 0.9933 -> 0.9983."""
     smooth_alpha: float = DYNAMIC_SMOOTH_ALPHA
+    budget: float = 0.0
+    """Static mode: share of the model's MACs (0 to 1) that may lose int8 kernels so that the activations
+    around the most sensitive nodes are 16-bit (:mod:`edgeopt.quantization.mixed_precision`); 0: all 8-bit."""
     rounding: Literal["nearest", "learned"] = "learned"
     """Static mode: ``learned`` fits the int8 weight codes on each layer's inputs from the calibration
     data (:mod:`edgeopt.calibration.rounding`); ``nearest`` rounds to nearest. With the ``correct-bias``
@@ -111,6 +115,8 @@ class QuantizeResult:
     """Static and dynamic modes: the CPU family the weights are stored for."""
     guarded_weights: int = 0
     """Weight tensors rewritten so that the CPU family's int8 kernels cannot saturate."""
+    mixed_precision: MixedPrecision | None = None
+    """Static mode with a budget: the 16-bit activations chosen."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -213,13 +219,14 @@ def _quantize_static(
     )
 
     rounding: tuple[list[WeightLayer], dict[str, np.ndarray]] = ([], {})
+    overrides: dict[str, str] = {}
 
     def emit(float_nodes: Sequence[str]) -> ir.Model:
         quantized = quantize_with_ranges(
             prepared, calibrated.ranges, format=config.format, per_channel=config.per_channel,
             activation_type=config.activation_type, weight_type=config.weight_type,
             symmetric_activations=config.symmetric_activations, op_types=op_types,
-            exclude=[*config.exclude, *smoothing_muls, *float_nodes])
+            exclude=[*config.exclude, *smoothing_muls, *float_nodes], overrides=overrides)
         if rounding[0]:
             apply_learned_rounding(quantized, *rounding)
         return quantized
@@ -236,6 +243,12 @@ def _quantize_static(
                                 batch_size=config.batch_size)
         apply_learned_rounding(quantized, *rounding)
     extra: dict[str, Any] = {"calibration_seconds": calibrated.seconds, "op_types": list(op_types) or ["all"]}
+    if config.budget > 0:
+        mixed = choose_16bit_tensors(prepared, sensitivity(prepared, quantized, evaluation), config.budget)
+        overrides.update(dict.fromkeys(mixed.tensors, "uint16"))  # every later emission is mixed too
+        extra["mixed_precision"] = mixed
+        if mixed.tensors:
+            quantized = emit(())
     ranked: list[NodeError] | None = None
     if report or config.max_drop is not None:
         ranked = sensitivity(prepared, quantized, evaluation,
