@@ -178,16 +178,16 @@ def main() -> None:
     args = parser.parse_args()
     host = detect_host_cpu()
     results: dict[str, Any] = {}
+    out = BENCH / "results" / f"int8_kernels-{host.family}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             try:
                 results[name] = bench_model(name, args.cache_dir, args.samples, args.repeat, Path(tmp))
             except pretrained.MissingModelPackage as e:
                 results[name] = {"skipped": str(e)}
-    out = BENCH / "results" / f"int8_kernels-{host.family}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"host": host.describe(), "models": results}, indent=1))
-    render(results, host.describe())
+            out.write_text(json.dumps({"host": host.describe(), "models": results}, indent=1))  # after each model
+            render({name: results[name]}, host.describe())
     print(f"wrote {out}")
 
 
