@@ -145,6 +145,11 @@ def quantize_file(
         progress: Progress callback for calibration and analysis.
     """
     resolve_cpu(config.cpu)  # an unknown family fails before any work
+    if not 0.0 <= config.budget <= 1.0:
+        raise PassOptionError(f"quantize: --budget is a share of the model's MACs, 0 to 1; got {config.budget}.")
+    if config.budget > 0 and config.mode != "static":
+        raise PassOptionError(f"quantize: --budget (16-bit activations) applies to static mode, not {config.mode}. "
+                              "Drop --budget, or use --mode static with --calib.")
     model = load_model(model_path)
     before = summarize(model)
     reader = _reader(calibration, model, open_reader)

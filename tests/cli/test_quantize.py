@@ -421,3 +421,15 @@ def test_budget_gives_the_most_sensitive_activations_16_bits(runner: CliRunner, 
     # simulation (graph optimizations off); measured 0.0083 -> 0.0064 (what is left: the spiky input x,
     # whose own quantization the sensitivity table does not rank)
     assert error["mixed"] < 0.9 * error["a8"], error
+
+
+def test_budget_outside_static_mode_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], mlp: Path, calib: Path, tmp_path: Path
+) -> None:
+    code, err = _main(monkeypatch, capsys, "quantize", str(mlp), "-o", str(tmp_path / "q.onnx"),
+                      "--calib", str(calib), "--mode", "dynamic", "--budget", "0.1")
+
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1, err
+    assert "--budget (16-bit activations) applies to static mode" in err
+    assert not (tmp_path / "q.onnx").exists()
