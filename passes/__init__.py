@@ -34,6 +34,7 @@ from edgeopt.passes.quantize_static import QuantizeStaticPass
 from edgeopt.passes.quantize_weights import QuantizeWeightsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
 from edgeopt.passes.share_weights_across_layers import ShareWeightsAcrossLayersPass
+from edgeopt.passes.simplify_patterns import SimplifyPatternsPass
 from edgeopt.passes.smooth_quant import SmoothQuantPass
 from edgeopt.passes.topological_sort import TopologicalSortPass
 
@@ -65,6 +66,7 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         QuantizeWeightsPass,
         RemoveUnusedPass,
         ShareWeightsAcrossLayersPass,
+        SimplifyPatternsPass,
         SmoothQuantPass,
         TopologicalSortPass,
     )
@@ -78,6 +80,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "lift-constants",
         "eliminate-identity",
         "fold-batchnorm",
+        "simplify-patterns",
         "remove-unused",
         "deduplicate-initializers",
     ),
@@ -112,6 +115,7 @@ __all__ = [
     "QuantizeWeightsPass",
     "RemoveUnusedPass",
     "ShareWeightsAcrossLayersPass",
+    "SimplifyPatternsPass",
     "SmoothQuantPass",
     "TopologicalSortPass",
 ]

@@ -19,10 +19,11 @@ tensor, only broadcasts with 8- and b-element constants::
     -Reshape(b, 8M)-> MatMul([1, 2, 4, ...]) -> (1, 8M) -Reshape(-1)- Slice[:n] -Reshape(shape)-
     Cast(int64) -(+ channel offsets)- Gather(codebook)
 
-The first ``Reshape`` takes its target shape ``[-1]`` from a ``ConstantOfShape`` node:
-onnxscript's constant folder (our ``fold-constants``) never evaluates ConstantOfShape,
-so nothing downstream has a known value and no cleanup expands the codebook back into
-a dense tensor in the file; ONNX Runtime does fold the whole chain when it loads the
+Every decode node carries ``DECODE_KEY`` in its metadata and ``fold-constants`` never
+evaluates such a node; the first ``Reshape`` also takes its target shape ``[-1]`` from a
+``ConstantOfShape`` node, which onnxscript's own folder leaves alone. So nothing
+downstream has a known value and no cleanup expands the codebook back into a dense
+tensor in the file; ONNX Runtime does fold the whole chain when it loads the
 model (graph optimizations on, its default), so inference runs on dense weights at
 fp32 speed. (A ``DequantizeLinear`` start would also stop the folder, but ONNX Runtime
 leaves DequantizeLinear unfolded too, and then decodes at every run: measured 170 ms
@@ -227,7 +228,7 @@ def decode_nodes(
     def const(suffix: str, array: np.ndarray) -> ir.Value:
         return constants.add(f"{name}_{suffix}", array)
 
-    # Reshape to [-1] given by ConstantOfShape: a shape onnxscript's folder never computes (see above)
+    # Reshape to [-1] given by ConstantOfShape: a shape onnxscript's own folder never computes
     flat = add("ConstantOfShape", const("flat", np.array([1], np.int64)), value=-1)
     if bits == 8:
         stored = const("indices", book.labels.astype(np.uint8))

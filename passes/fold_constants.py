@@ -23,6 +23,7 @@ import onnx_ir as ir
 from onnxscript.optimizer import _constant_folding
 
 from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.passes.codebook import DECODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,8 @@ class _GuardedFolder(_constant_folding.FoldConstantsPass):
     def __init__(
         self, *, input_size_limit: int, output_size_limit: int, constant_nodes: bool
     ) -> None:
-        super().__init__(shape_inference=False, input_size_limit=input_size_limit,
-                         output_size_limit=output_size_limit)
+        super().__init__(shape_inference=True, input_size_limit=input_size_limit,
+                         output_size_limit=output_size_limit, should_fold=_should_fold)
         self.constant_nodes = constant_nodes
 
     def process_node(
@@ -93,6 +94,15 @@ class _GuardedFolder(_constant_folding.FoldConstantsPass):
                              node.name, node.op_type, problem)
                 return None
         return replacement
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    """Fold ``ConstantOfShape`` too (onnxscript keeps it by default: window-attention
+    masks and padding arithmetic start there; the output size limit still bounds what
+    it may create), never a codebook's decode chain (that would store dense weights)."""
+    if DECODE_KEY in node.metadata_props:
+        return False
+    return True if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") else None
 
 
 def _invalid_at_opset(node: ir.Node, opsets: dict[str, int]) -> str | None:

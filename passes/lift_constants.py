@@ -16,19 +16,20 @@ class LiftConstantsPass(EdgeoptPass):
     """Store weights held in ``Constant`` nodes as initializers, where passes expect them.
 
     Exported and hand-edited models often keep weights in Constant nodes; later
-    passes (BatchNorm folding, quantization, pruning) look for initializers. Only
-    Constants with a dense ``value`` tensor of at least ``min_elements`` elements
-    are lifted; Constants that are graph outputs stay. Models with IR < 4, where
+    passes (BatchNorm folding, quantization, pruning) look for initializers, and a
+    Constant node is one more node to run. Every Constant (``value`` or a typed form
+    such as ``value_floats``) of at least ``min_elements`` elements is lifted (all of
+    them by default); Constants that are graph outputs stay. Models with IR < 4, where
     every initializer must also be a graph input, are left unchanged. Subgraphs
     are visited; model-local functions are not (they cannot hold initializers).
 
     Args:
-        min_elements: Smallest tensor (in elements) to lift; small shape constants stay.
+        min_elements: Smallest tensor (in elements) to lift.
     """
 
     name = "lift-constants"
 
-    def __init__(self, *, min_elements: int = 16) -> None:
+    def __init__(self, *, min_elements: int = 0) -> None:
         super().__init__()
         self.min_elements = min_elements
 
@@ -36,7 +37,7 @@ class LiftConstantsPass(EdgeoptPass):
         if model.ir_version < 4:
             logger.debug("lift-constants: IR version %d < 4; skipped", model.ir_version)
             return ir.passes.PassResult(model, modified=False)
-        lifter = LiftConstantsToInitializersPass(lift_all_constants=False,
+        lifter = LiftConstantsToInitializersPass(lift_all_constants=True,
                                                  size_limit=self.min_elements)
         modified = lifter(model).modified
         logger.info("lift-constants: %s", "lifted" if modified else "nothing to lift")

@@ -10,6 +10,26 @@ from edgeopt.passes import LiftConstantsPass
 _SIXTEEN = ", ".join(f"{i * 0.25:.2f}" for i in range(16))
 
 
+def test_every_constant_is_lifted_by_default(apply_pass, op_counts):
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[2] x) => (float[2] y)
+        {
+            b = Constant<value = float[1] {0.5}>()
+            s = Constant<value_float = 2.0>()
+            t = Mul(x, s)
+            y = Add(t, b)
+        }
+        """
+    )
+
+    assert apply_pass(LiftConstantsPass(), model).modified
+    assert op_counts(model) == {"Mul": 1, "Add": 1}
+    assert sorted(model.graph.initializers) == ["b", "s"]
+    assert model.graph.initializers["s"].const_value.numpy() == np.float32(2.0)
+
+
 def test_large_constant_is_lifted_and_small_one_kept(apply_pass, op_counts):
     model = ir.from_onnx_text(
         f"""
@@ -24,7 +44,7 @@ def test_large_constant_is_lifted_and_small_one_kept(apply_pass, op_counts):
         """
     )
 
-    result = apply_pass(LiftConstantsPass(), model)
+    result = apply_pass(LiftConstantsPass(min_elements=16), model)
 
     assert result.modified
     assert op_counts(model) == {"Constant": 1, "Mul": 1, "Add": 1}
@@ -33,7 +53,7 @@ def test_large_constant_is_lifted_and_small_one_kept(apply_pass, op_counts):
     np.testing.assert_array_equal(w.const_value.numpy(), np.arange(16, dtype=np.float32) * 0.25)
     mul = next(n for n in model.graph if n.op_type == "Mul")
     assert mul.inputs[1] is w
-    assert not LiftConstantsPass()(model).modified
+    assert not LiftConstantsPass(min_elements=16)(model).modified
 
 
 def test_min_elements_option(apply_pass, op_counts):
@@ -73,8 +93,8 @@ def test_constant_that_is_a_graph_output_stays(apply_pass, op_counts):
     assert len(model.graph.initializers) == 0
 
 
-def test_non_tensor_constants_stay(apply_pass, op_counts):
-    """``value_floats`` is not a dense ``value`` tensor; only those are lifted."""
+def test_list_valued_constants_are_lifted_too(apply_pass, op_counts):
+    """``value_floats`` (and the other typed forms) become initializers with the same values."""
     model = ir.from_onnx_text(
         f"""
         <ir_version: 10, opset_import: ["" : 17]>
@@ -86,8 +106,10 @@ def test_non_tensor_constants_stay(apply_pass, op_counts):
         """
     )
 
-    assert not apply_pass(LiftConstantsPass(), model).modified
-    assert op_counts(model) == {"Constant": 1, "Mul": 1}
+    assert apply_pass(LiftConstantsPass(), model).modified
+    assert op_counts(model) == {"Mul": 1}
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(),
+                                  np.arange(16, dtype=np.float32) * 0.25)
 
 
 def test_ir3_model_is_unchanged(apply_pass, op_counts):

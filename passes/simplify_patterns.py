@@ -1,0 +1,114 @@
+"""Simplify common exporter patterns with onnxscript's rewrite rules, chosen and guarded.
+
+onnxscript ships a library of pattern rewrites; this pass applies the ones that
+keep outputs identical (float round-off aside) and that shrink what the
+exporters emit: Pad fused into Conv, no-op Cast/Expand/Transpose/Reshape/Slice/
+ScatterND, chains of Reshape/Transpose/Unsqueeze/Slice collapsed, ``x*1``/``x+0``
+removed, successive Relu/Clip/Min/Max merged, Reshape shapes made literal,
+MatMul+Add into Gemm on 2-D operands. Rules whose result depends on the opset run only where the model's
+opset has the ops they emit.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter._basics import MatchResult
+from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
+from onnxscript.rewriter.rules.common import (
+    _basic_rules,
+    _collapse_slices,
+    _fuse_hardswish,
+    _fuse_pad_into_conv,
+    _fuse_relus_clips,
+    _materialize_reshape_shape,
+    _min_max_to_clip,
+    _no_op,
+    _redundant_scatter_nd,
+    _remove_expand_before_binary_op,
+)
+
+from edgeopt.core.pass_base import EdgeoptPass
+
+logger = logging.getLogger(__name__)
+
+#: HardSigmoid*x -> HardSwish needs HardSwish (opset 14).
+_HARDSWISH_OPSET = 14
+
+
+class SimplifyPatternsPass(EdgeoptPass):
+    """Rewrite exporter idioms into fewer, simpler nodes (onnxscript's rules, curated).
+
+    Needs opset 13 or later: the rules emit the input-based forms of Slice,
+    Unsqueeze and Reshape. Subgraphs are visited by the rule engine; model-local
+    functions are left alone.
+
+    Args:
+        gemm: Turn 2-D ``MatMul`` + ``Add`` into ``Gemm`` (one kernel in ONNX Runtime
+            and TFLite's FullyConnected).
+    """
+
+    name = "simplify-patterns"
+    min_opset = 13
+
+    def __init__(self, *, gemm: bool = True) -> None:
+        super().__init__()
+        self.gemm = gemm
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+        rules = pattern.RewriteRuleSet(_rules(opset=opset, gemm=self.gemm))
+        count = rules.apply_to_model(model)
+        logger.info("simplify-patterns: %d rewrite(s)", count)
+        return ir.passes.PassResult(model, modified=bool(count))
+
+
+def _rules(*, opset: int, gemm: bool) -> list[pattern.RewriteRule]:
+    rules: list[pattern.RewriteRule] = [
+        *_no_op.rules.rules,
+        *_basic_rules.basic_optimization_rules().rules,
+        *_collapse_slices.rules.rules,
+        *_redundant_scatter_nd.rules.rules,
+        *_remove_expand_before_binary_op.expand_before_binary_op_rules.rules,
+        *_materialize_reshape_shape.rules.rules,
+        *_min_max_to_clip.rules.rules,
+        *_fuse_relus_clips.rules.rules,
+        *_fuse_pad_into_conv.rules.rules,
+    ]
+    if opset >= _HARDSWISH_OPSET:
+        rules.extend(_fuse_hardswish.fuse_hardswish_rules().rules)
+    if gemm:
+        rules.append(MatMulAddToGemm.rule())
+    return rules
+
+
+class MatMulAddToGemm(RewriteRuleClassBase):
+    """``Add(MatMul(a, b), c)`` -> ``Gemm(a, b, c)`` for 2-D float ``a``, ``b`` and a
+    ``c`` that Gemm can broadcast to the product's shape (so the Add's own
+    broadcasting never grows the result)."""
+
+    def pattern(self, op, a, b, c):  # type: ignore[no-untyped-def]
+        return op.Add(op.MatMul(a, b), c)
+
+    def check(self, context, a: ir.Value, b: ir.Value, c: ir.Value) -> MatchResult:  # type: ignore[no-untyped-def]
+        result = MatchResult()
+        if a.dtype not in _GEMM_TYPES or a.shape is None or b.shape is None:
+            return result.fail("a float MatMul with known shapes is needed")
+        if len(a.shape) != 2 or len(b.shape) != 2:
+            return result.fail("Gemm takes 2-D operands")
+        product = (a.shape[0], b.shape[1])
+        if c.shape is None or len(c.shape) > 2:
+            return result.fail("the addend must be at most 2-D")
+        for dim, target in zip(reversed(list(c.shape)), reversed(product)):
+            if dim != 1 and dim != target:
+                return result.fail("the addend does not broadcast to the product's shape")
+        return result
+
+    def rewrite(self, op, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:  # type: ignore[no-untyped-def]
+        return op.Gemm(a, b, c)
+
+
+#: ONNX Runtime's CPU Gemm kernels.
+_GEMM_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
