@@ -31,6 +31,7 @@ from onnxscript.rewriter.rules.common import (
 )
 
 from edgeopt.core.pass_base import EdgeoptPass
+from edgeopt.passes.eliminate_identity import EliminateIdentityPass
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class SimplifyPatternsPass(EdgeoptPass):
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
         rules = pattern.RewriteRuleSet(_rules(opset=opset, gemm=self.gemm))
         count = rules.apply_to_model(model)
+        if count:  # rules that find a no-op leave an Identity in its place
+            EliminateIdentityPass()(model)
         logger.info("simplify-patterns: %d rewrite(s)", count)
         return ir.passes.PassResult(model, modified=bool(count))
 
