@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import Counter
@@ -13,6 +14,8 @@ import onnx_ir as ir
 
 from edgeopt.core.model_io import SOURCE_PATH_KEY
 from edgeopt.core.shapes import infer_shapes
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,30 @@ def node_macs(model: ir.Model) -> dict[str, int | None]:
         if value.shape is not None and not value.shape.is_static():
             value.shape = ir.Shape([d if isinstance(d, int) else 1 for d in value.shape])
     infer_shapes(shaped)
-    found: dict[str, int | None] = {}
-    for index, node in enumerate(ir.traversal.RecursiveGraphIterator(shaped.graph)):
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            found[node.name or f"{node.op_type}#{index}"] = _node_macs(node)
+    nodes = {node.name or f"{node.op_type}#{index}": node
+             for index, node in enumerate(ir.traversal.RecursiveGraphIterator(shaped.graph))
+             if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")}
+    found = {name: _node_macs(node) for name, node in nodes.items()}
+    if any(macs is None for macs in found.values()):
+        _fold_shape_arithmetic(shaped)  # the same node objects, now with more shapes known
+        found = {name: macs if macs is not None else _node_macs(nodes[name]) for name, macs in found.items()}
     return found
+
+
+def _fold_shape_arithmetic(model: ir.Model) -> None:
+    """Evaluate shape arithmetic (a raw export's computed pads) so that shapes after it are known.
+
+    Only for counting: ``model`` is a copy; the Conv/Gemm/MatMul nodes stay the same objects.
+    """
+    from onnxscript.optimizer import fold_constants  # lazy: inspect starts without onnxscript
+
+    try:
+        fold_constants(model, onnx_shape_inference=True,
+                       should_fold=lambda node: True if node.op_type == "ConstantOfShape" else None)
+    except Exception as e:  # noqa: BLE001 - counting is best effort; unknown stays unknown
+        logger.debug("inspect: folding shape arithmetic failed (%s)", e)
+        return
+    infer_shapes(model)
 
 
 def _static(value: ir.Value | None) -> list[int] | None:

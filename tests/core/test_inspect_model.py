@@ -205,3 +205,38 @@ def test_ir3_initializers_listed_as_inputs_are_parameters(tmp_path: Path) -> Non
     assert summary.parameters == 16 * 8 + 8
     assert summary.weight_bytes == {"float": (16 * 8 + 8) * 4}
     assert summary.macs == 2 * 8 * 16
+
+
+def test_macs_through_computed_pads_of_a_raw_export() -> None:
+    """A Pad whose pads come from Shape arithmetic (TF "same" padding, as exporters emit it)
+    hides the Conv's input shape from shape inference; the MACs are still counted."""
+    text = """
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[1, 2, 7, 7] x) => (float[1, 4, 3, 3] y)
+    {
+        s = Shape(x)
+        h = Slice(s, two, three)
+        odd = Mod(h, two)
+        extra = Sub(two, odd)
+        zeros = ConstantOfShape<value = int64[1] {0}>(six)
+        pads = Concat<axis = 0>(zeros, extra, extra)
+        p = Pad(x, pads)
+        y = Conv<kernel_shape = [3, 3], strides = [2, 2]>(p, W)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend([
+        onnx.numpy_helper.from_array(_f32(4, 2, 3, 3), "W"),
+        onnx.numpy_helper.from_array(np.array([2], np.int64), "two"),
+        onnx.numpy_helper.from_array(np.array([3], np.int64), "three"),
+        onnx.numpy_helper.from_array(np.array([6], np.int64), "six"),
+    ])
+    onnx.checker.check_model(model, full_check=True)
+    ir_model = ir.serde.deserialize_model(model)
+    out = run_model(ir_model, {"x": _f32(1, 2, 7, 7)})
+    assert out["y"].shape == (1, 4, 3, 3)  # pads [0,0,0,0, 0,0,1,1]: 8x8 in, 3x3 out
+
+    summary = summarize(ir_model)
+
+    assert summary.macs_unknown == []
+    assert summary.macs == 4 * 3 * 3 * 2 * 3 * 3
