@@ -27,6 +27,8 @@ class ExportCheck:
     inputs: Literal["example", "random"]
     max_abs: float
     max_rel: float
+    outputs: tuple[tuple[str, float], ...] = ()
+    """Max abs error of each graph output, in output order."""
 
 
 class ExportRequest(Protocol):
@@ -113,7 +115,9 @@ def _check_once(
             "Python control flow on tensor values, which tracing bakes in."
         )
     kind: Literal["example", "random"] = "example" if label == "example" else "random"
-    return ExportCheck(kind, deviation.max_abs, deviation.max_rel)
+    per_output = tuple((n, compare_outputs({n: ref[n]}, {n: actual[n]}, rtol=rtol, atol=atol).max_abs)
+                       for n in output_names if n in actual)
+    return ExportCheck(kind, deviation.max_abs, deviation.max_rel, per_output)
 
 
 def _grown_shape(arg: torch.Tensor, axes: Mapping[int, str | None], grow: int) -> list[int]:

@@ -30,6 +30,8 @@ from edgeopt.exporting.check import ExportCheck, ExporterName, check_numerics, r
 logger = logging.getLogger(__name__)
 
 DynamicAxes = Mapping[str, Mapping[int, str] | Sequence[int]]
+DEFAULT_OPSET = 18
+"""The ``ai.onnx`` opset :func:`export` targets unless told otherwise."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ def export(
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     dynamic_axes: DynamicAxes | None = None,
-    opset: int = 18,
+    opset: int = DEFAULT_OPSET,
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto",
     rtol: float = 1e-3,
     atol: float = 1e-4,
