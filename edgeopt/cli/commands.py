@@ -10,8 +10,9 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.markup import escape
 
-from edgeopt.cli import compress, console, deploy, drop, prune
+from edgeopt.cli import compress, console, deploy, drop, export, prune
 from edgeopt.cli.console import JsonFlag
 from edgeopt.cli.render import (
     demo_table,
@@ -327,7 +328,7 @@ def _quiet_torch() -> None:
 
 # Commands that live in their own modules, one area each: each module's
 # ``register(app)`` adds its commands.
-for _area in (compress, deploy, drop, prune):
+for _area in (compress, deploy, drop, export, prune):
     _area.register(app)
 
 
@@ -338,7 +339,7 @@ def main() -> None:
     except EdgeoptError as e:
         if console.state["debug"]:
             raise
-        console.err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
