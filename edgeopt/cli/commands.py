@@ -289,6 +289,8 @@ def run(
     from edgeopt.workflow.recipe import load_recipe
 
     parsed = load_recipe(recipe)
+    if parsed.export is not None:
+        _quiet_torch()
     total = len(registry.expand([name for name, _ in parsed.passes]))
     with steps_progress(console.err, total, disable=as_json) as advance:
         result = run_recipe(parsed, on_step=advance)

@@ -16,6 +16,7 @@ from edgeopt.core.runtime import Feeds
 from edgeopt.deploy.target_registry import get_target
 from edgeopt.pipeline.runner import Pipeline, PipelineResult, StepResult, StepSpec
 from edgeopt.workflow.compile_section import run_compile
+from edgeopt.workflow.export_section import run_export
 from edgeopt.workflow.recipe import Recipe
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ def export_target(model: ir.Model, target_name: str, out_dir: Path) -> Path:
 def run_recipe(
     recipe: Recipe, *, on_step: Callable[[StepResult], None] | None = None
 ) -> OptimizeResult:
-    """Execute a validated recipe (and its ``compile:`` section, on the optimized model)."""
+    """Execute a validated recipe: its ``export:`` section, the passes, its ``compile:`` section."""
+    if recipe.export is not None:
+        run_export(recipe.export)
     result = optimize_file(
         recipe.model, recipe.output, recipe.passes, verify=recipe.verify,
         rtol=recipe.rtol, atol=recipe.atol, targets=recipe.targets, on_step=on_step,

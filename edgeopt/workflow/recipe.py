@@ -13,6 +13,9 @@ targets: [ort-cpu]             # optional: artifacts go to <output folder>/<targ
 compile: {output: out/compiled, devices: [cpu]}   # optional: see edgeopt.workflow.compile_section
 ```
 
+Instead of ``model:``, ``export: {source: ..., inputs: [...]}`` starts from a torch
+source (see edgeopt.workflow.export_section).
+
 Every key is validated; an error names the file and the exact key path.
 """
 
@@ -32,9 +35,10 @@ from edgeopt.deploy.target_registry import list_targets
 from edgeopt.pipeline import registry
 from edgeopt.pipeline.runner import resolve
 from edgeopt.workflow.compile_section import CompileSpec, parse_compile
+from edgeopt.workflow.export_section import ExportSpec, parse_export
 
-_KEYS = {"model", "output", "passes", "verify", "tolerance", "targets", "compile"}
-_REQUIRED = ("model", "output", "passes")
+_KEYS = {"model", "export", "output", "passes", "verify", "tolerance", "targets", "compile"}
+_REQUIRED = ("output", "passes")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class Recipe:
     atol: float = 1e-5
     targets: list[str] = field(default_factory=list)
     compile: CompileSpec | None = None
+    export: ExportSpec | None = None
+    """With an ``export:`` section, ``model`` is the file it writes."""
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -86,10 +92,12 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
             close = difflib.get_close_matches(str(key), sorted(_KEYS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise fail(str(key), f"unknown key{hint}. Known keys: {', '.join(sorted(_KEYS))}.")
+    if ("model" in raw) == ("export" in raw):
+        raise fail("model", "give either model: (an ONNX file) or export: (a torch source), one of them.")
     for key in _REQUIRED:
         if key not in raw:
             raise fail(key, "missing; it is required.")
-    for key in ("model", "output"):
+    for key in ("model", "output") if "model" in raw else ("output",):
         if not isinstance(raw[key], str) or not raw[key]:
             raise fail(key, f"expects a file path, got {raw[key]!r}.")
     if not isinstance(raw["passes"], list) or not raw["passes"]:
@@ -107,11 +115,13 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
         if name not in list_targets():
             raise fail(f"targets[{i}]", f"unknown target '{name}'. Known: {', '.join(list_targets())}.")
     base = path.parent
-    model, output = (base / raw["model"]).resolve(), (base / raw["output"]).resolve()
+    output = (base / raw["output"]).resolve()
+    exported = parse_export(fail, raw["export"], base, output) if "export" in raw else None
+    model = exported.output if exported else (base / raw["model"]).resolve()
     if model == output:
         raise fail("output", "is the input model; write the result to another path.")
     compiled = parse_compile(fail, raw["compile"], base) if "compile" in raw else None
-    return Recipe(path, model, output, passes, verify, rtol, atol, list(targets), compiled)
+    return Recipe(path, model, output, passes, verify, rtol, atol, list(targets), compiled, exported)
 
 
 def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]:
