@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from edgeopt.core.errors import ModelLoadError, ModelSaveError
+from edgeopt.core.references import undefined_reads
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +46,14 @@ def load_model(source: ModelSource) -> ir.Model:
     """Load a model from a path, serialized bytes, a ``ModelProto`` or an IR model.
 
     Raises:
-        ModelLoadError: the file is missing or not ONNX, or external data is
-            missing or points outside the model's folder.
+        ModelLoadError: the file is missing, empty or not ONNX, has an IR version
+            newer than onnx reads, has a node that reads a name nothing defines, or
+            external data is missing or points outside the model's folder.
     """
     if isinstance(source, ir.Model):
         return source
     if isinstance(source, onnx.ModelProto):
-        return ir.serde.deserialize_model(source)
+        return ir.serde.deserialize_model(_checked(source, "<ModelProto>"))
     if isinstance(source, bytes):
         return ir.serde.deserialize_model(_parse(source, "<bytes>"))
     path = Path(source).resolve()
@@ -69,6 +71,8 @@ def load_model(source: ModelSource) -> ir.Model:
 
 
 def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{where}: not a valid ONNX model (the file is empty). Re-export or re-download it.")
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)
@@ -82,6 +86,20 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
             f"{where}: not a valid ONNX model (no graph found). "
             "The file may be truncated or not ONNX; re-export or re-download it."
         )
+    return _checked(proto, where)
+
+
+def _checked(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """``proto`` if onnx can read its IR version and every name its nodes read is defined."""
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelLoadError(
+            f"{where}: IR version {proto.ir_version} is newer than this onnx {onnx.__version__} reads "
+            f"(up to {onnx.IR_VERSION}). Re-export the model with a released exporter, or upgrade onnx."
+        )
+    undefined = undefined_reads(proto)
+    if undefined:
+        more = f" (and {len(undefined) - 1} more)" if len(undefined) > 1 else ""
+        raise ModelLoadError(f"{where}: {undefined[0]}{more}: the file is broken; re-export it.")
     return proto
 
 
