@@ -27,7 +27,6 @@ from edgeopt.cli.render import (
     summary_table,
 )
 from edgeopt.core.errors import EdgeoptError, PassOptionError
-from edgeopt.pipeline import registry
 
 app = typer.Typer(
     name="edgeopt",
@@ -55,15 +54,20 @@ def _main(
 def inspect(
     model: Annotated[Path, typer.Argument(help="ONNX model file.")], as_json: JsonFlag = False
 ) -> None:
-    """Opsets, signature, op histogram, parameters, weight bytes and MACs of a model."""
+    """Opsets, signature, op histogram, parameters, weight bytes and MACs of a model, and what is wrong with it."""
     from edgeopt.core.inspect_model import summarize
+    from edgeopt.core.model_checks import model_problems
     from edgeopt.core.model_io import load_model
 
-    summary = summarize(load_model(model))
+    loaded = load_model(model)
+    summary = summarize(loaded)
+    problems = [p.message for p in model_problems(loaded)]  # noted, not fatal: inspect only reads
     if as_json:
-        console.emit_json(summary.as_dict())
-    else:
-        console.out.print(inspect_table(summary))
+        console.emit_json({**summary.as_dict(), "problems": problems})
+        return
+    console.out.print(inspect_table(summary))
+    for message in problems:
+        console.out.print(f"[bold yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _parse_options(specs: list[str]) -> dict[str, dict[str, Any]]:
@@ -86,6 +90,8 @@ def _steps_with_options(
     names: list[str], options: dict[str, dict[str, Any]]
 ) -> list[tuple[str, dict[str, Any]]]:
     """Attach each ``-O PASS.OPTION=VALUE`` to PASS, or to the preset that contains it."""
+    from edgeopt.pipeline import registry  # here, not at the top: it imports every pass (the CLI starts fast)
+
     steps: list[tuple[str, dict[str, Any]]] = [(n, {}) for n in names]
     for pass_name, values in options.items():
         for step_name, step_options in steps:
@@ -119,6 +125,7 @@ def optimize(
     as_json: JsonFlag = False,
 ) -> None:
     """Run passes on MODEL and write OUTPUT (and target artifacts beside it)."""
+    from edgeopt.pipeline import registry
     from edgeopt.workflow.optimize import optimize_file
 
     names = [n.strip() for n in passes.split(",") if n.strip()]
@@ -247,6 +254,8 @@ def convert_opset(
 @app.command("list-passes")
 def list_passes(as_json: JsonFlag = False) -> None:
     """Every registered pass with its options, and the presets."""
+    from edgeopt.pipeline import registry
+
     infos = registry.list_passes()
     if as_json:
         console.emit_json({
@@ -285,6 +294,7 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.")], as_json: JsonFlag = False
 ) -> None:
     """Execute a recipe (model, passes with options, verify, targets)."""
+    from edgeopt.pipeline import registry
     from edgeopt.workflow.optimize import run_recipe
     from edgeopt.workflow.recipe import load_recipe
 
@@ -342,6 +352,14 @@ def main() -> None:
         if console.state["debug"]:
             raise
         console.err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the safety net: a bug still answers in one line
+        if console.state["debug"]:
+            raise
+        verb = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "edgeopt")
+        said = next(iter(str(e).strip().splitlines()), "")
+        console.err.print(f"[bold red]error:[/] internal error in {escape(verb)}: {type(e).__name__}: "
+                          f"{escape(said)}; rerun with --debug and report it.", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

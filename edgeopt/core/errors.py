@@ -28,6 +28,10 @@ class UnsupportedOpError(EdgeoptError):
     """The model uses an operator (or domain) that a pass or target cannot handle."""
 
 
+class NonFiniteWeightsError(EdgeoptError):
+    """A weight of the model holds NaN or infinite values."""
+
+
 class CalibrationDataError(EdgeoptError):
     """Sample/calibration data does not match the model's inputs."""
 

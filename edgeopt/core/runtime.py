@@ -105,11 +105,14 @@ def random_feeds(
     dims: Mapping[str, int] | None = None,
     default_dim: int = 1,
 ) -> Feeds:
-    """Random inputs for every graph input of ``model``.
+    """Random inputs for every graph input of ``model``, valid for what the model does with them.
 
     Symbolic dimensions take their value from ``dims`` (by name), else ``default_dim``.
-    Floats are standard normal; integers lie in ``[0, 4)`` so that index-like
-    inputs stay valid for small tensors; booleans are fair coins.
+    Floats are standard normal; booleans are fair coins. Integers that index a
+    constant table through ``Gather`` (directly or through Cast, Reshape and the
+    like: token ids into an embedding) lie in ``[0, rows)``, other integers in
+    ``[0, 4)``. Inputs named like a mask (``attention_mask``) are ones, and
+    ``token_type_ids`` / ``segment_ids`` zeros, as in a single-segment text.
     """
     rng = np.random.default_rng(seed)
     dims = dims or {}
@@ -125,12 +128,15 @@ def random_feeds(
             for d in (value.shape.dims if value.shape is not None else ())
         ]
         np_dtype = value.dtype.numpy()
-        if value.dtype == ir.DataType.BOOL:
+        name = (value.name or "").lower()
+        if "mask" in name or name in _SEGMENT_NAMES:
+            array = np.full(shape, "mask" in name, dtype=np_dtype)
+        elif value.dtype == ir.DataType.BOOL:
             array = rng.integers(0, 2, size=shape).astype(bool)
         elif value.dtype.is_floating_point():
             array = rng.standard_normal(size=shape).astype(np_dtype)
         elif value.dtype.is_integer():
-            array = rng.integers(0, 4, size=shape).astype(np_dtype)
+            array = rng.integers(0, _index_bound(value) or 4, size=shape).astype(np_dtype)
         else:
             raise CalibrationDataError(
                 f"input '{value.name}' has dtype {value.dtype}; no random data for it. "
@@ -138,6 +144,42 @@ def random_feeds(
             )
         feeds[value.name or ""] = array
     return feeds
+
+
+_SEGMENT_NAMES = frozenset({"token_type_ids", "segment_ids"})
+_INDEX_PASSTHROUGH = frozenset({"Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand"})
+
+
+def _index_bound(value: ir.Value) -> int | None:
+    """Rows of the smallest constant table ``value`` indexes with ``Gather``, following shape-only ops."""
+    bounds: list[int] = []
+    pending, seen = [value], set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for node, index in current.uses():
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "Gather" and index == 1:
+                rows = _static_rows(node.inputs[0], node.attributes.get_int("axis", 0))
+                bounds += [rows] if rows else []
+            elif node.op_type in _INDEX_PASSTHROUGH and index == 0:
+                pending.extend(node.outputs)
+    return min(bounds) if bounds else None
+
+
+def _static_rows(table: ir.Value | None, axis: int) -> int | None:
+    producer = table.producer() if table is not None else None
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        shape: Any = producer.attributes["value"].as_tensor().shape
+    else:
+        shape = table.shape if table is not None else None
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    rows = shape[axis]
+    return rows if isinstance(rows, int) and rows > 0 else None
 
 
 @dataclass(frozen=True)

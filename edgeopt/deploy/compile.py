@@ -2,7 +2,9 @@
 
 Each target gets its own copy of the model, runs its ``prepare()`` passes, is
 checked, and exports into ``OUT/<target>/`` (staged in a temporary folder and
-moved into place, so a failed export leaves nothing half-written). A target
+moved into place, so a failed export leaves nothing half-written); the artifact
+then runs once in its own runtime (on the first calibration sample, else on random
+inputs) before it counts as built. A target
 that fails is recorded in the manifest with its error class and message, its
 folder (say, from an earlier compile) is removed, and the others go on.
 """
@@ -21,10 +23,12 @@ from pathlib import Path
 import onnx_ir as ir
 
 from edgeopt.core.cpu import resolve_cpu
-from edgeopt.core.errors import EdgeoptError, ModelSaveError, PassOptionError
+from edgeopt.core.errors import CalibrationDataError, ConversionError, EdgeoptError, ModelSaveError, PassOptionError
+from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import Feeds, random_feeds
 from edgeopt.core.target import Target, raise_for_issues
-from edgeopt.data.readers import CalibrationReader, open_reader
+from edgeopt.data.readers import CalibrationReader, batches, open_reader
 from edgeopt.deploy.manifest import ArtifactEntry, Manifest, sha256, write_manifest
 from edgeopt.deploy.target_registry import get_target, list_targets
 from edgeopt.pipeline.runner import Pipeline
@@ -102,6 +106,7 @@ def compile_model(
     source = Path(model_path).resolve()
     out = Path(out_dir).resolve()
     model = load_model(source)
+    check_model(model)
     if cleanup:
         model = Pipeline(["cleanup"]).run(model).model
     reader, described = _reader(calibration, model)
@@ -110,11 +115,12 @@ def compile_model(
         tempfile.TemporaryFile(dir=out).close()  # writable, before any target runs
     except OSError as e:
         raise ModelSaveError(f"{out}: cannot create the output folder ({e}). Check the path is writable.") from e
+    smoke = _smoke_feeds(model, reader)
     entries = []
     for target in chosen:
         if on_target:
             on_target(target.name, None)
-        entry = _compile_one(target, model, out, reader)
+        entry = _compile_one(target, model, out, reader, smoke)
         entries.append(entry)
         if on_target:
             on_target(target.name, entry)
@@ -130,11 +136,37 @@ def _reader(
     if isinstance(calibration, str | os.PathLike):
         spec = os.fspath(calibration)
         described = spec if spec.startswith("random:") else str(Path(spec).resolve())
-        return open_reader(calibration, model), described
+        reader = open_reader(calibration, model)
+        next(iter(batches(reader, model, limit=1)), None)  # data that does not fit fails before any target
+        return reader, described
     return calibration, f"{type(calibration).__name__} (in-process reader)"
 
 
-def _compile_one(target: Target, model: ir.Model, out: Path, reader: CalibrationReader | None) -> ArtifactEntry:
+def _smoke_feeds(model: ir.Model, reader: CalibrationReader | None) -> Feeds | None:
+    """One sample to run each artifact once: the first of ``reader``, else random; None (logged) if neither."""
+    try:
+        return next(iter(batches(reader, model, limit=1))) if reader is not None else random_feeds(model)
+    except CalibrationDataError as e:
+        logger.warning("compile: artifacts are not run once after export: %s", e)
+        return None
+
+
+def _run_once(target: Target, artifact: Path, feeds: Feeds | None) -> None:
+    """Run ``artifact`` in its runtime once, so that one it cannot load or run is never recorded as built."""
+    if feeds is None:
+        return
+    try:
+        target.run(artifact, feeds)
+    except Exception as e:  # noqa: BLE001 - every runtime raises its own classes
+        first = next(iter(str(e).strip().splitlines()), type(e).__name__)
+        raise ConversionError(f"the {target.runtime} artifact was written but does not run ({first}). "
+                              f"List what {target.name} cannot run with edgeopt check MODEL -t {target.name}, "
+                              "or report it.") from e
+
+
+def _compile_one(
+    target: Target, model: ir.Model, out: Path, reader: CalibrationReader | None, smoke: Feeds | None
+) -> ArtifactEntry:
     start = time.perf_counter()
     base = (target.name, target.runtime, target.device, target.precision)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=out))
@@ -149,6 +181,7 @@ def _compile_one(target: Target, model: ir.Model, out: Path, reader: Calibration
             shutil.rmtree(final_dir)
         os.replace(staging, final_dir)
         artifact = final_dir / relative
+        _run_once(target, artifact, smoke)
         signature = target.signature(artifact)
         notes = tuple(getattr(target, "notes", lambda _: [])(artifact))
         logger.info("compile: %s -> %s", target.name, artifact)

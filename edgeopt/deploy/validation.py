@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeopt.core.cpu import detect_host_cpu
 from edgeopt.core.errors import CalibrationDataError, EdgeoptError, ModelLoadError
+from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model
 from edgeopt.core.runtime import Feeds, run_session
 from edgeopt.core.scoring import CustomMetric, Scorer, Scores, percentiles_ms
@@ -164,6 +165,7 @@ def validate(
                              "manifest's), so it is not what the artifacts were built from. Re-run edgeopt "
                              "compile, or give --reference the model compile used.")
     reference_model = load_model(reference_path)
+    check_model(reference_model)
     session = _reference_session(reference_path)
     report = ValidationReport(str(folder), str(reference_path), os.fspath(data), labels, metric, "host", batch_size)
     live = []

@@ -25,6 +25,7 @@ from edgeopt.blocks.residual import Block, Granularity, find_blocks
 from edgeopt.blocks.scoring import Batches, BlockScore, Metric, MetricName, fidelity_metric, greedy_pick, score_blocks
 from edgeopt.core.errors import PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
+from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds
 from edgeopt.data.readers import batches, open_reader
@@ -177,6 +178,7 @@ def drop_layers_file(
 ) -> DropFileResult:
     """Drop layers of the model at ``model_path`` and write ``output`` (never the input)."""
     model = load_model(model_path)
+    check_model(model)
     result = drop_layers(model, calibration_batches(model, calibration, config), config, metric=metric,
                          on_block=on_block)
     out = save_model(result.model, output)

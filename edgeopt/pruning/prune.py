@@ -17,6 +17,7 @@ from typing import Any
 from edgeopt.channels.importance import Criterion
 from edgeopt.channels.plan import Kinds, PrunePlan, Rounding, Scope
 from edgeopt.core.inspect_model import ModelSummary, summarize
+from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.passes import PruneChannelsPass, PruneMagnitudePass
 
@@ -80,6 +81,7 @@ def prune_file(
     and why any are left alone.
     """
     model = load_model(model_path)
+    check_model(model)
     result = PruneResult(before=summarize(model))
     if config.unstructured:
         magnitude = PruneMagnitudePass(sparsity=config.ratio, exclude=config.exclude,

@@ -24,6 +24,7 @@ from edgeopt.calibration.stream import calibrate
 from edgeopt.core.cpu import CPU_METADATA_KEY, resolve_cpu
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
+from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds, create_session, random_feeds, run_session
 from edgeopt.data.readers import batches, open_reader
@@ -151,6 +152,7 @@ def quantize_file(
         raise PassOptionError(f"quantize: --budget (16-bit activations) applies to static mode, not {config.mode}. "
                               "Drop --budget, or use --mode static with --calib.")
     model = load_model(model_path)
+    check_model(model)
     before = summarize(model)
     reader = _reader(calibration, model, open_reader)
     if config.mode == "static" and reader is None:

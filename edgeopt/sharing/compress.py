@@ -8,6 +8,7 @@ and zipped), the parameters, and the fidelity of the first output on sample data
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import onnx_ir as ir
 
 from edgeopt.core.errors import PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
+from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds, random_feeds
 from edgeopt.data.readers import batches, open_reader
@@ -105,14 +107,18 @@ def _compress(
     calibration: str | Iterable[Feeds] | None, samples: int,
 ) -> CompressResult:
     model = load_model(model_path)
+    check_model(model)
     reference = model.clone()
     before = summarize(model)
-    for pass_ in passes:
-        pass_(model)
-    out = save_model(model, output)
     reader = _reader(calibration, model_path)
     evaluation: Iterable[Feeds] = batches(reader, reference, limit=samples) if reader is not None \
         else (random_feeds(reference, seed=i, default_dim=8) for i in range(2))  # one batch at a time
+    if reader is not None:  # data that does not fit fails before any work; still one pass over it
+        stream = iter(evaluation)
+        evaluation = itertools.chain([next(stream)], stream)
+    for pass_ in passes:
+        pass_(model)
+    out = save_model(model, output)
     changes = [dict(vars(row)) for pass_ in passes for row in getattr(pass_, "last_report", [])]
     return CompressResult(out, before, summarize(load_model(out)), file_size(model_path), file_size(out),
                           output_fidelity(reference, model, evaluation), changes)

@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from edgeopt.core.inspect_model import ModelSummary, summarize
+from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds
 from edgeopt.deploy.target_registry import get_target
@@ -56,6 +57,9 @@ def optimize_file(
     for name in targets:
         get_target(name)  # an unknown target fails before any work is done
     model = load_model(model_path)
+    converts = any((spec if isinstance(spec, str) else spec[0] if isinstance(spec, tuple) else None)
+                   == "convert-opset" for spec in steps)
+    check_model(model, opsets=not converts)
     before = summarize(model)
     result = pipeline.run(model, on_step=on_step)
     out = save_model(result.model, output, overwrite_input=in_place, external_data=external_data)
