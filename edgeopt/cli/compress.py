@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from edgeopt.cli import console
 from edgeopt.cli.console import JsonFlag
-from edgeopt.sharing.compress import CompressResult
+
+if TYPE_CHECKING:  # the road is imported when a command runs, not at the CLI's start
+    from edgeopt.sharing.compress import CompressResult
 
 
 def register(app: typer.Typer) -> None:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Group
 from rich.table import Table
 
-from edgeopt.channels.plan import PrunePlan
 from edgeopt.cli import console
 from edgeopt.cli.console import JsonFlag
-from edgeopt.pruning.prune import PruneResult
+
+if TYPE_CHECKING:  # the road is imported when a command runs, not at the CLI's start
+    from edgeopt.channels.plan import PrunePlan
+    from edgeopt.pruning.prune import PruneResult
 
 
 def register(app: typer.Typer) -> None:

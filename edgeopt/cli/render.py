@@ -12,14 +12,13 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgeopt.core.inspect_model import ModelSummary
-from edgeopt.core.target import Issue
-from edgeopt.pipeline.registry import PassInfo
-from edgeopt.pipeline.runner import StepResult
-from edgeopt.quantization.analysis import NodeError
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: importing them would load onnx and the passes at the CLI's start
     from edgeopt.cli.demo import DemoResult
+    from edgeopt.core.inspect_model import ModelSummary
+    from edgeopt.core.target import Issue
+    from edgeopt.pipeline.registry import PassInfo
+    from edgeopt.pipeline.runner import StepResult
+    from edgeopt.quantization.analysis import NodeError
     from edgeopt.quantization.quantize import QuantizeResult
 
 
