@@ -31,15 +31,17 @@ _SAVE_HINT = "Save each batch with numpy.savez(file, <input_name>=array), or num
 _ACCEPTED = "Accepted: a folder (or file) of .npz/.npy arrays, a folder of images (.png, .jpg, ...), or random:N."
 
 
-def check_feeds(model: ir.Model, feeds: Mapping[str, np.ndarray], *, source: str = "calibration data") -> None:
+def check_feeds(
+    model: ir.Model, feeds: Mapping[str, np.ndarray], *, source: str = "calibration data", check_axis0: bool = True
+) -> None:
     """Check one feed against the model inputs: names, dtypes, ranks and static dims.
 
-    Symbolic dims accept any size.
+    Symbolic dims accept any size; so does axis 0 without ``check_axis0`` (data to be re-batched).
 
     Raises:
         CalibrationDataError: one line naming the input, what was expected and what came.
     """
-    _check_feeds(model, feeds, source, check_axis0=True)
+    _check_feeds(model, feeds, source, check_axis0=check_axis0)
 
 
 def _check_feeds(model: ir.Model, feeds: Mapping[str, Any], source: str, *, check_axis0: bool) -> None:

@@ -26,9 +26,9 @@ from edgeopt.core.cpu import resolve_cpu
 from edgeopt.core.errors import CalibrationDataError, ConversionError, EdgeoptError, ModelSaveError, PassOptionError
 from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model
-from edgeopt.core.runtime import Feeds, random_feeds
+from edgeopt.core.runtime import Feeds, model_inputs, random_feeds
 from edgeopt.core.target import Target, raise_for_issues
-from edgeopt.data.readers import CalibrationReader, batches, open_reader
+from edgeopt.data.readers import CalibrationReader, batches, check_feeds, open_reader
 from edgeopt.deploy.manifest import ArtifactEntry, Manifest, sha256, write_manifest
 from edgeopt.deploy.target_registry import get_target, list_targets
 from edgeopt.pipeline.runner import Pipeline
@@ -137,15 +137,27 @@ def _reader(
         spec = os.fspath(calibration)
         described = spec if spec.startswith("random:") else str(Path(spec).resolve())
         reader = open_reader(calibration, model)
-        next(iter(batches(reader, model, limit=1)), None)  # data that does not fit fails before any target
+        first = next(iter(reader), None)  # data that does not fit fails before any target
+        if first is None:
+            raise CalibrationDataError(f"{described}: the calibration data holds no sample. Give at least one.")
+        check_feeds(model, first, check_axis0=False)  # the targets re-batch it
         return reader, described
     return calibration, f"{type(calibration).__name__} (in-process reader)"
 
 
 def _smoke_feeds(model: ir.Model, reader: CalibrationReader | None) -> Feeds | None:
-    """One sample to run each artifact once: the first of ``reader``, else random; None (logged) if neither."""
+    """One batch to run each artifact once (the model's fixed batch size, else 1): from ``reader``, else
+    random; None (logged) if neither can be made."""
+    static = {v.shape[0] for v in model_inputs(model) if v.shape and isinstance(v.shape[0], int)}
     try:
-        return next(iter(batches(reader, model, limit=1))) if reader is not None else random_feeds(model)
+        first = None if reader is None else \
+            next(iter(batches(reader, model, batch_size=static.pop() if len(static) == 1 else 1)), None)
+        if first is not None:
+            return first
+    except CalibrationDataError as e:  # data the targets read their own way (no sample axis): random instead
+        logger.debug("compile: random inputs for the run after export: %s", e)
+    try:
+        return random_feeds(model)
     except CalibrationDataError as e:
         logger.warning("compile: artifacts are not run once after export: %s", e)
         return None
