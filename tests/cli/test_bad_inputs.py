@@ -37,6 +37,8 @@ MODEL_VERBS: dict[str, Argv] = {
     "compile": lambda m, o, c: ["compile", str(m), "-o", str(o / "compiled"), "-t", "ort-cpu"],
     "validate": lambda m, o, c: ["validate", str(c), "--data", "random:2", "--reference", str(m),
                                  "--report-dir", str(o / "report")],
+    "analyze": lambda m, o, c: ["analyze", str(m), "--calib", "random:2"],
+    "convert-opset": lambda m, o, c: ["convert-opset", str(m), "-o", str(o / "out.onnx"), "--to", "18"],
 }
 """Each verb on a model (``validate``: the model is the fp32 reference)."""
 
