@@ -104,7 +104,7 @@ class MatMulAddToGemm(RewriteRuleClassBase):
         product = (a.shape[0], b.shape[1])
         if c.shape is None or len(c.shape) > 2:
             return result.fail("the addend must be at most 2-D")
-        for dim, target in zip(reversed(list(c.shape)), reversed(product)):
+        for dim, target in zip(reversed(list(c.shape)), reversed(product), strict=False):
             if dim != 1 and dim != target:
                 return result.fail("the addend does not broadcast to the product's shape")
         return result
