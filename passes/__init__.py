@@ -20,9 +20,11 @@ from edgeopt.passes.decompose_norms import DecomposeNormsPass
 from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
 from edgeopt.passes.drop_layers import DropLayersPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass
+from edgeopt.passes.eliminate_neutral import EliminateNeutralPass
 from edgeopt.passes.equalize_cross_layer import EqualizeCrossLayerPass
 from edgeopt.passes.factorize_low_rank import FactorizeLowRankPass
 from edgeopt.passes.fix_static_shapes import FixStaticShapesPass
+from edgeopt.passes.fold_affine import FoldAffinePass
 from edgeopt.passes.fold_batchnorm import FoldBatchNormPass
 from edgeopt.passes.fold_constants import FoldConstantsPass
 from edgeopt.passes.infer_shapes import InferShapesPass
@@ -52,9 +54,11 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         DeduplicateInitializersPass,
         DropLayersPass,
         EliminateIdentityPass,
+        EliminateNeutralPass,
         EqualizeCrossLayerPass,
         FactorizeLowRankPass,
         FixStaticShapesPass,
+        FoldAffinePass,
         FoldBatchNormPass,
         FoldConstantsPass,
         InferShapesPass,
@@ -79,7 +83,9 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "fold-constants",
         "lift-constants",
         "eliminate-identity",
+        "eliminate-neutral",
         "fold-batchnorm",
+        "fold-affine",
         "simplify-patterns",
         "remove-unused",
         "deduplicate-initializers",
@@ -101,9 +107,11 @@ __all__ = [
     "DeduplicateInitializersPass",
     "DropLayersPass",
     "EliminateIdentityPass",
+    "EliminateNeutralPass",
     "EqualizeCrossLayerPass",
     "FactorizeLowRankPass",
     "FixStaticShapesPass",
+    "FoldAffinePass",
     "FoldBatchNormPass",
     "FoldConstantsPass",
     "InferShapesPass",

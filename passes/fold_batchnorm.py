@@ -182,3 +182,7 @@ def _set_layer_params(
 
 
 _FOLDERS = {"Conv": _fold_conv, "ConvTranspose": _fold_conv_transpose, "Gemm": _fold_gemm}
+
+#: Layer op -> folds ``y = s * layer(x) + shift`` (per output channel) into the layer's weights and
+#: bias; False where the weights' layout does not allow it. Used by ``fold-affine`` too.
+LAYER_FOLDERS = _FOLDERS

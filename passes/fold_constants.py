@@ -31,8 +31,11 @@ logger = logging.getLogger(__name__)
 class FoldConstantsPass(EdgeoptPass):
     """Replace constant subexpressions by constants (onnxscript's constant folder).
 
-    Folding is limited by tensor size so that a small expression never turns into
-    a large stored tensor. The folder skips random ops and nodes fed by graph
+    Folding is limited by tensor size (1 MB of float32 in and out per node) so that
+    a small expression never turns into a large stored tensor, and a Cast that
+    widens a stored tensor of more than 8,192 elements is left to run time (an fp16
+    model stays fp16). ``ConstantOfShape`` is folded too: shape arithmetic and
+    attention masks of exported models start there. The folder skips random ops and nodes fed by graph
     inputs (IR < 4 initializers listed as inputs stay overridable), and keeps
     graph output names. With IR < 4, where every initializer must also be a graph
     input, folded values are stored in ``Constant`` nodes instead. Besides folding
@@ -47,7 +50,7 @@ class FoldConstantsPass(EdgeoptPass):
 
     name = "fold-constants"
 
-    def __init__(self, *, input_size_limit: int = 8192, output_size_limit: int = 262144) -> None:
+    def __init__(self, *, input_size_limit: int = 262144, output_size_limit: int = 262144) -> None:
         super().__init__()
         self.input_size_limit = input_size_limit
         self.output_size_limit = output_size_limit
@@ -100,9 +103,25 @@ def _should_fold(node: ir.Node) -> bool | None:
     """Fold ``ConstantOfShape`` too (onnxscript keeps it by default: window-attention
     masks and padding arithmetic start there; the output size limit still bounds what
     it may create), never a codebook's decode chain (that would store dense weights)."""
-    if DECODE_KEY in node.metadata_props:
+    if DECODE_KEY in node.metadata_props or _widens_a_stored_tensor(node):
         return False
     return True if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") else None
+
+
+def _widens_a_stored_tensor(node: ir.Node) -> bool:
+    """A ``Cast`` to a wider type of more than ``_WIDEN_LIMIT`` elements (fp16 weights cast to
+    fp32 at run time): folding it would store the wide copy and grow the file."""
+    if node.op_type != "Cast" or not node.inputs or node.inputs[0] is None:
+        return False
+    source = node.inputs[0].const_value
+    target = node.attributes.get("to")
+    if source is None or target is None or source.size <= _WIDEN_LIMIT:
+        return False
+    return ir.DataType(target.as_int()).itemsize > source.dtype.itemsize
+
+
+#: Elements above which a widening Cast of a constant is left to run time.
+_WIDEN_LIMIT = 8192
 
 
 def _invalid_at_opset(node: ir.Node, opsets: dict[str, int]) -> str | None:

@@ -3,7 +3,8 @@
 onnxscript ships a library of pattern rewrites; this pass applies the ones that
 keep outputs identical (float round-off aside) and that shrink what the
 exporters emit: Pad fused into Conv, no-op Cast/Expand/Transpose/Reshape/Slice/
-ScatterND, chains of Reshape/Transpose/Unsqueeze/Slice collapsed, ``x*1``/``x+0``
+ScatterND, chains of Reshape/Transpose/Unsqueeze/Slice collapsed (a Reshape of a
+Squeeze/Unsqueeze/Flatten too), ``x*1``/``x+0``
 removed, successive Relu/Clip/Min/Max merged, Reshape shapes made literal,
 MatMul+Add into Gemm on 2-D operands. Rules whose result depends on the opset run only where the model's
 opset has the ops they emit.
@@ -82,9 +83,36 @@ def _rules(*, opset: int, gemm: bool) -> list[pattern.RewriteRule]:
     ]
     if opset >= _HARDSWISH_OPSET:
         rules.extend(_fuse_hardswish.fuse_hardswish_rules().rules)
+    rules.extend(ReshapeOfReshaped.rule(producer) for producer in ReshapeOfReshaped.PRODUCERS)
     if gemm:
         rules.append(MatMulAddToGemm.rule())
     return rules
+
+
+class ReshapeOfReshaped(RewriteRuleClassBase):
+    """``Reshape(Squeeze|Unsqueeze|Flatten|Reshape(x), shape)`` -> ``Reshape(x, shape)``: a
+    reshape only needs the element count, which the first op keeps. Only for a constant
+    ``shape`` without zeros (a 0 copies a dimension of the input, which the first op changed)."""
+
+    PRODUCERS = ("Squeeze", "Unsqueeze", "Flatten", "Reshape")
+
+    def __init__(self, producer: str) -> None:
+        super().__init__(f"ReshapeOf{producer}")
+        self.producer = producer
+
+    def pattern(self, op, x, shape):  # type: ignore[no-untyped-def]
+        first = getattr(op, self.producer)(x, _allow_other_inputs=True, _allow_other_attributes=True)
+        return op.Reshape(first, shape, _allow_other_attributes=True)
+
+    def check(self, context, x: ir.Value, shape: ir.Value) -> MatchResult:  # type: ignore[no-untyped-def]
+        result = MatchResult()
+        target = shape.const_value
+        if target is None or 0 in target.numpy().tolist():
+            return result.fail("the target shape must be a constant without zeros")
+        return result
+
+    def rewrite(self, op, x: ir.Value, shape: ir.Value) -> ir.Value:  # type: ignore[no-untyped-def]
+        return op.Reshape(x, shape)
 
 
 class MatMulAddToGemm(RewriteRuleClassBase):

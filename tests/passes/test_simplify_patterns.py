@@ -149,3 +149,24 @@ def test_cleanup_folds_same_padding_and_mask_arithmetic_of_a_torchscript_export(
     got = run_model(model, feeds)
     for name, value in expected.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-5)
+
+
+def test_reshape_of_a_squeeze_reads_the_squeeze_input(apply_pass, op_counts):
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, 6, 4] x) => (float[2, 3, 4] y, float[6, 4] z)
+        <int64[1] axis = {0}, int64[3] to = {2, 3, 4}, int64[2] keep = {0, 4}>
+        {
+            s = Squeeze(x, axis)
+            y = Reshape(s, to)
+            s2 = Squeeze(x, axis)
+            z = Reshape(s2, keep)
+        }
+        """
+    )
+
+    assert apply_pass(SimplifyPatternsPass(), model).modified
+
+    # the first Squeeze goes; the second stays: its Reshape copies a dimension (0) of its input
+    assert op_counts(model) == {"Reshape": 2, "Squeeze": 1}
