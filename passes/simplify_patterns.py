@@ -121,9 +121,9 @@ class MatMulAddToGemm(RewriteRuleClassBase):
     broadcasting never grows the result)."""
 
     def pattern(self, op, a, b, c):  # type: ignore[no-untyped-def]
-        return op.Add(op.MatMul(a, b), c)
+        return op.Add(op.MatMul(a, b, _outputs=["product"]), c)
 
-    def check(self, context, a: ir.Value, b: ir.Value, c: ir.Value) -> MatchResult:  # type: ignore[no-untyped-def]
+    def check(self, context, a: ir.Value, b: ir.Value, c: ir.Value, **_: ir.Value) -> MatchResult:  # type: ignore[no-untyped-def, override]
         result = MatchResult()
         if a.dtype not in _GEMM_TYPES or a.shape is None or b.shape is None:
             return result.fail("a float MatMul with known shapes is needed")
@@ -137,8 +137,12 @@ class MatMulAddToGemm(RewriteRuleClassBase):
                 return result.fail("the addend does not broadcast to the product's shape")
         return result
 
-    def rewrite(self, op, a: ir.Value, b: ir.Value, c: ir.Value) -> ir.Value:  # type: ignore[no-untyped-def]
-        return op.Gemm(a, b, c)
+    def rewrite(self, op, a: ir.Value, b: ir.Value, c: ir.Value, product: ir.Value) -> ir.Value:  # type: ignore[no-untyped-def]
+        out = op.Gemm(a, b, c)
+        matmul, gemm = product.producer(), out.producer()
+        if matmul is not None and gemm is not None and matmul.name:
+            gemm.name = matmul.name  # the layer keeps its name (sensitivity tables, --exclude patterns)
+        return out
 
 
 #: ONNX Runtime's CPU Gemm kernels.

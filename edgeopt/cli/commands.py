@@ -186,6 +186,7 @@ def quantize(
                                           "data) | nearest.")] = "learned",
     cpu: Annotated[str, typer.Option(help="CPU family the int8 model is for: auto (this machine), x86-avx2 "
                                      "(x86 without VNNI), x86-vnni or arm64.")] = "auto",
+    cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset first.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
     """Quantize MODEL (static int8 with calibration, dynamic, or weight-only int4/int8)."""
@@ -199,7 +200,7 @@ def quantize(
                                     op_types=tuple(t for t in op_types.split(",") if t),
                                     samples=samples, batch_size=batch_size, max_drop=max_drop,
                                     prepasses=tuple(p for p in prepasses.split(",") if p), rounding=rounding,
-                                    smooth=smooth, budget=budget, cpu=cpu)
+                                    smooth=smooth, budget=budget, cpu=cpu, cleanup=cleanup)
     with samples_progress(console.err, disable=as_json) as progress:
         result = quantize_file(model, output, config, calibration=calib, report=report,
                                progress=progress)

@@ -34,6 +34,8 @@ def register(app: typer.Typer) -> None:
         calib: Annotated[str | None, typer.Option(help="Sample data for the fidelity check: folder of "
                                                   ".npy/.npz or images, or random:N.")] = None,
         samples: Annotated[int, typer.Option(help="Samples for the fidelity check.")] = 64,
+        cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset "
+                                              "first.")] = True,
         as_json: JsonFlag = False,
     ) -> None:
         """Cluster weights to K shared values (k-means) and/or share weights across layers."""
@@ -46,7 +48,8 @@ def register(app: typer.Typer) -> None:
             result = share_weights_file(model, output, clusters=clusters, form=form,  # type: ignore[arg-type]
                                         per_channel=per_channel, channel_scale=per_channel_scale,
                                         across_layers=across_layers,
-                                        min_elements=min_elements, calibration=calib, samples=samples)
+                                        min_elements=min_elements, calibration=calib, samples=samples,
+                                        cleanup=cleanup)
         _show(result, as_json, console.out, console.emit_json)
 
     @app.command("low-rank")
@@ -61,6 +64,8 @@ def register(app: typer.Typer) -> None:
                                                   "on it (data-aware), and measure fidelity.")] = None,
         samples: Annotated[int, typer.Option(help="Samples for calibration and the fidelity check.")] = 64,
         min_elements: Annotated[int, typer.Option(help="Leave smaller weights alone.")] = 4096,
+        cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset "
+                                              "first.")] = True,
         as_json: JsonFlag = False,
     ) -> None:
         """Factorize MatMul, Gemm and 1x1 Conv weights into two rank-r factors (truncated SVD)."""
@@ -68,7 +73,7 @@ def register(app: typer.Typer) -> None:
 
         with console.err.status("factorizing", spinner="dots", refresh_per_second=4) if not as_json else _nothing():
             result = low_rank_file(model, output, energy=energy, params=params, calibration=calib,
-                                   samples=samples, min_elements=min_elements)
+                                   samples=samples, min_elements=min_elements, cleanup=cleanup)
         _show(result, as_json, console.out, console.emit_json)
 
 

@@ -34,6 +34,6 @@ def checked_config(cls: Any, **values: Any) -> Any:
     for key, value in values.items():
         choices = typing.get_args(hints[key]) if typing.get_origin(hints[key]) is typing.Literal else ()
         if choices and value not in choices:
-            raise PassOptionError(f"quantize: --{key.replace('_', '-')} must be one of "
+            raise PassOptionError(f"--{key.replace('_', '-')} must be one of "
                                   f"{', '.join(map(str, choices))}, got {value!r}.")
     return cls(**values)

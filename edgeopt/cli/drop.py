@@ -32,7 +32,10 @@ def register(app: typer.Typer) -> None:
         rescore: Annotated[int, typer.Option(help="With --count: after each pick, re-score this many of the "
                                              "best remaining blocks with the picks so far dropped "
                                              "(0: rank once).")] = 0,
-        repair: Annotated[bool, typer.Option("--repair", help="Refit the next projections by least squares.")] = False,
+        repair: Annotated[bool, typer.Option("--repair/--no-repair", help="Refit the next projections by least "
+                                             "squares.")] = True,
+        cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset "
+                                              "first.")] = True,
         samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Re-batch calibration data.")] = None,
         report: Annotated[bool, typer.Option("--report", help="Show the ranking of every block.")] = False,
@@ -58,7 +61,7 @@ def register(app: typer.Typer) -> None:
         if output is None or calib is None:
             raise typer.BadParameter("-o OUT and --calib DATA are required unless --plan is given.")
         config = DropConfig(count=count, max_drop=max_drop, metric=metric,  # type: ignore[arg-type]
-                            granularity=granularity, output=compare, repair=repair, rescore=rescore,  # type: ignore[arg-type]
+                            granularity=granularity, output=compare, repair=repair, rescore=rescore, cleanup=cleanup,  # type: ignore[arg-type]
                             samples=samples, batch_size=batch_size)
         with blocks_progress(console.err, disable=as_json) as advance:
             result = drop_layers_file(model, output, config, calibration=calib, on_block=advance)

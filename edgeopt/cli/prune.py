@@ -26,8 +26,9 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the result.")] = None,
         ratio: Annotated[float, typer.Option(help="Fraction of channels to remove (sparsity with "
                                              "--unstructured).")] = 0.3,
-        criterion: Annotated[str, typer.Option(help="l1 | l2 | bn | activation | reconstruction (the last two "
-                                               "need --calib)")] = "l1",
+        criterion: Annotated[str, typer.Option(help="auto | l1 | l2 | bn | activation | reconstruction (the "
+                                               "last two need --calib); auto: reconstruction with --calib, "
+                                               "else l1")] = "auto",
         scope: Annotated[str, typer.Option(help="uniform (same ratio per group) | global (one ranking)")] = "uniform",
         calib: Annotated[str | None, typer.Option(help="Sample data for activation/--repair: folder of "
                                                   ".npy/.npz or images, or random:N.")] = None,
@@ -38,8 +39,11 @@ def register(app: typer.Typer) -> None:
         exclude: Annotated[list[str], typer.Option(help="Node-name pattern whose channels stay (repeatable).")] = [],  # noqa: B006
         kinds: Annotated[str, typer.Option(help="all | channels | heads: which groups to prune (heads: whole "
                                            "attention heads, Q/K/V/O together).")] = "all",
-        repair: Annotated[bool, typer.Option("--repair", help="Refit the next layers by least squares "
-                                             "on --calib data.")] = False,
+        repair: Annotated[bool | None, typer.Option("--repair/--no-repair", help="Refit the next layers by "
+                                                    "least squares on --calib data (default: on with "
+                                                    "--calib).", show_default=False)] = None,
+        cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset "
+                                              "first.")] = True,
         reestimate_bn: Annotated[bool, typer.Option("--reestimate-bn", help="Recompute the statistics of the "
                                                     "BatchNorms left in the graph on --calib data.")] = False,
         unstructured: Annotated[bool, typer.Option("--unstructured", help="Zero the smallest weights instead "
@@ -57,7 +61,7 @@ def register(app: typer.Typer) -> None:
         config = console.checked_config(
             PruneConfig, ratio=ratio, criterion=criterion, scope=scope, round_to=round_to, rounding=rounding,
             max_ratio=max_ratio, exclude=tuple(exclude), kinds=kinds, samples=samples, repair=repair,
-            reestimate_bn=reestimate_bn, unstructured=unstructured)
+            reestimate_bn=reestimate_bn, unstructured=unstructured, cleanup=cleanup)
         with samples_progress(console.err, disable=as_json) as progress:
             result = prune_file(model, output, config, calibration=calib, plan_only=plan, in_place=in_place,
                                 on_batch=lambda n: progress("calibration", n))
@@ -65,6 +69,8 @@ def register(app: typer.Typer) -> None:
             console.emit_json(result.as_dict())
             return
         console.out.print(prune_tables(result, show_plan=plan or result.plan is not None))
+        for note in result.notes:
+            console.out.print(f"note: {note}", markup=False)
         if result.output is not None:
             console.out.print(f"wrote {result.output}")
 
@@ -106,4 +112,21 @@ def prune_tables(result: PruneResult, *, show_plan: bool) -> Group:
         if result.sparsity is not None:
             zipped.add_row("weight sparsity", f"{result.sparsity:.1%}")
         parts.append(zipped)
+    if result.fidelity is not None:
+        parts.append(fidelity_table(result))
     return Group(*parts)
+
+
+def fidelity_table(result: PruneResult) -> Table:
+    """The pruned model's first output vs the original's on the calibration data."""
+    fidelity = result.fidelity
+    assert fidelity is not None
+    table = Table(title=f"fidelity vs the original ({fidelity.output}, {fidelity.samples} samples)",
+                  show_header=False)
+    table.add_column()
+    table.add_column(justify="right")
+    if fidelity.top1_agreement is not None:
+        table.add_row("top-1 agreement", f"{fidelity.top1_agreement:.3f}")
+    table.add_row("cosine (mean)", f"{fidelity.cosine_mean:.4f}")
+    table.add_row("SQNR", f"{fidelity.sqnr_db:.1f} dB")
+    return table

@@ -29,6 +29,7 @@ from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import Feeds
 from edgeopt.data.readers import batches, open_reader
+from edgeopt.pipeline import cleanup
 from edgeopt.quantization.analysis import FallbackStep, fallback
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,10 @@ class DropConfig:
     granularity: Granularity = "layer"
     output: str | None = None
     """Graph output that scoring and the metric compare (default: the first)."""
-    repair: bool = False
+    repair: bool = True
+    """Refit the projection after each dropped block by least squares (measured better: docs/layer_dropping.md)."""
+    cleanup: bool = True
+    """``drop_layers_file``: run the ``cleanup`` preset first."""
     samples: int | None = None
     batch_size: int | None = None
     max_evaluations: int = 10
@@ -118,7 +122,12 @@ def drop_layers(
     def build(kept: Sequence[str]) -> tuple[ir.Model, list[str]]:
         chosen = [by_name[s.name] for s in scores if s.name not in kept]
         chosen.sort(key=lambda b: blocks.index(b))
-        return _apply(model, chosen, data, config.repair)
+        result, repaired = _apply(model, chosen, data, config.repair)
+        if repaired:  # the refit stays only where it helps: after a block that changed nothing it only adds noise
+            plain, _ = _apply(model, chosen, data, False)
+            if metric(plain) >= metric(result):
+                return plain, []
+        return result, repaired
 
     if config.count is not None:
         if not 0 <= config.count <= len(scores):
@@ -179,6 +188,8 @@ def drop_layers_file(
     """Drop layers of the model at ``model_path`` and write ``output`` (never the input)."""
     model = load_model(model_path)
     check_model(model)
+    if config.cleanup:
+        cleanup()(model)
     result = drop_layers(model, calibration_batches(model, calibration, config), config, metric=metric,
                          on_block=on_block)
     out = save_model(result.model, output)

@@ -40,6 +40,7 @@ from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_
 from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_rounding, quantized_weight_nodes
 from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
 from edgeopt.passes.smooth_quant import DYNAMIC_SMOOTH_ALPHA, MUL_PREFIX
+from edgeopt.pipeline import cleanup
 from edgeopt.quantization.analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
 from edgeopt.quantization.mixed_precision import MixedPrecision, choose_16bit_tensors
 
@@ -93,6 +94,9 @@ class QuantizeConfig:
     """Static mode: ``learned`` fits the int8 weight codes on each layer's inputs from the calibration
     data (:mod:`edgeopt.calibration.rounding`); ``nearest`` rounds to nearest. With the ``correct-bias``
     pre-pass (built for rounding to nearest) rounding is to nearest."""
+    cleanup: bool = True
+    """``quantize_file``: run the ``cleanup`` preset first (a raw export's Constant nodes and shape
+    arithmetic get in the quantizer's way)."""
     cpu: str = "auto"
     """The CPU family the int8 model is for (:mod:`edgeopt.core.cpu`): ``auto`` (this machine),
     ``x86-avx2`` (weights that could saturate its kernels stored as uint8), ``x86-vnni``, ``arm64``."""
@@ -154,6 +158,8 @@ def quantize_file(
     model = load_model(model_path)
     check_model(model)
     before = summarize(model)
+    if config.cleanup:
+        cleanup()(model)
     reader = _reader(calibration, model, open_reader)
     if config.mode == "static" and reader is None:
         raise CalibrationDataError("static quantization needs calibration data: pass --calib DATA "

@@ -26,6 +26,7 @@ from edgeopt.data.readers import batches, open_reader
 from edgeopt.passes.cluster_weights import ClusterWeightsPass
 from edgeopt.passes.factorize_low_rank import FactorizeLowRankPass
 from edgeopt.passes.share_weights_across_layers import ShareWeightsAcrossLayersPass
+from edgeopt.pipeline import cleanup as cleanup_preset
 from edgeopt.sharing.report import FileSize, OutputFidelity, file_size, output_fidelity
 
 
@@ -64,6 +65,7 @@ def share_weights_file(
     min_elements: int = 1024,
     calibration: str | Iterable[Feeds] | None = None,
     samples: int = 64,
+    cleanup: bool = True,
 ) -> CompressResult:
     """Cross-layer sharing (``across_layers`` = tolerance, if given), then k-means
     clustering to ``clusters`` values (0: no clustering), written to ``output``."""
@@ -76,7 +78,7 @@ def share_weights_file(
     if clusters:
         passes.append(ClusterWeightsPass(clusters=clusters, form=form, per_channel=per_channel,
                                          channel_scale=channel_scale, min_elements=min_elements))
-    return _compress(model_path, output, passes, calibration, samples)
+    return _compress(model_path, output, passes, calibration, samples, cleanup)
 
 
 def low_rank_file(
@@ -88,11 +90,12 @@ def low_rank_file(
     min_elements: int = 4096,
     calibration: str | Iterable[Feeds] | None = None,
     samples: int = 64,
+    cleanup: bool = True,
 ) -> CompressResult:
     """Factorize MatMul/Gemm/1x1 Conv weights (data-aware when ``calibration`` is given)."""
     factorize = FactorizeLowRankPass(energy=energy, params=params, min_elements=min_elements,
                                      calibration=_reader(calibration, model_path), samples=samples)
-    return _compress(model_path, output, [factorize], calibration, samples)
+    return _compress(model_path, output, [factorize], calibration, samples, cleanup)
 
 
 def _reader(calibration: str | Iterable[Feeds] | None, model_path: str | os.PathLike[str]) -> Any:
@@ -104,12 +107,14 @@ def _reader(calibration: str | Iterable[Feeds] | None, model_path: str | os.Path
 
 def _compress(
     model_path: str | os.PathLike[str], output: str | os.PathLike[str], passes: list[ir.passes.PassBase],
-    calibration: str | Iterable[Feeds] | None, samples: int,
+    calibration: str | Iterable[Feeds] | None, samples: int, cleanup: bool,
 ) -> CompressResult:
     model = load_model(model_path)
     check_model(model)
+    before = summarize(model)  # the file as given: what the user gains includes the clean-up
+    if cleanup:
+        cleanup_preset()(model)
     reference = model.clone()
-    before = summarize(model)
     reader = _reader(calibration, model_path)
     evaluation: Iterable[Feeds] = batches(reader, reference, limit=samples) if reader is not None \
         else (random_feeds(reference, seed=i, default_dim=8) for i in range(2))  # one batch at a time

@@ -324,7 +324,7 @@ def test_list_passes_json(runner: CliRunner) -> None:
     assert payload["presets"]["cleanup"] == CLEANUP
     assert set(payload["presets"]["cleanup"]) <= set(names)
     fold = next(p for p in payload["passes"] if p["name"] == "fold-constants")
-    assert fold["options"]["input_size_limit"] == {"type": "int", "default": 8192}
+    assert fold["options"]["input_size_limit"] == {"type": "int", "default": 262144}
     assert all(p["summary"] for p in payload["passes"])
 
 
@@ -334,7 +334,7 @@ def test_list_passes_table(runner: CliRunner) -> None:
     assert result.exit_code == 0, result.output
     for name in PASS_NAMES:
         assert name in result.stdout
-    assert "input_size_limit: int = 8192" in result.stdout
+    assert "input_size_limit: int = 262144" in result.stdout
 
 
 CUSTOM_DOMAIN_TEXT = """

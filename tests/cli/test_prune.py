@@ -91,7 +91,7 @@ def test_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
                           "--criterion", "activation")
     assert code == 1 and "pass --calib DATA" in message and len(message.strip().splitlines()) == 1
     code, message = _main(monkeypatch, capsys, "prune", str(ONNX_MODEL), "--criterion", "l3", "-o", "x.onnx")
-    assert code == 1 and "--criterion must be one of l1, l2, bn, activation" in message
+    assert code == 1 and "--criterion must be one of auto, l1, l2, bn, activation" in message
     code, _ = _main(monkeypatch, capsys, "prune", str(ONNX_MODEL))
     assert code == 2
 

@@ -55,3 +55,73 @@ def test_unstructured_zeroes_the_requested_share_of_weights(tmp_path: Path, rati
     assert zeros == pytest.approx(ratio, abs=0.05)
     assert result.zipped_after is not None and result.zipped_before is not None
     assert result.zipped_after < result.zipped_before
+
+
+class _SamePaddingNet:
+    """Convolutions padded TensorFlow-style from the input's shape, as timm's Conv2dSame exports."""
+
+    @staticmethod
+    def export(path: Path) -> None:
+        import math
+
+        import torch
+        import torch.nn.functional as F
+
+        class SameConv(torch.nn.Conv2d):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                ih, iw = x.size()[-2:]
+                pad_h = max((math.ceil(ih / self.stride[0]) - 1) * self.stride[0] + 3 - ih, 0)
+                pad_w = max((math.ceil(iw / self.stride[1]) - 1) * self.stride[1] + 3 - iw, 0)
+                x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+                return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.c1, self.c2 = SameConv(3, 16, 3, 2), SameConv(16, 16, 3, 1, groups=16)
+                self.c3, self.fc = torch.nn.Conv2d(16, 32, 1), torch.nn.Linear(32, 10)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                x = torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+                return self.fc(x.mean((2, 3)))
+
+        torch.manual_seed(0)
+        torch.onnx.export(Net().eval(), (torch.randn(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17)
+
+
+def test_a_raw_export_with_computed_pads_prunes_after_the_cleanup(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.onnx"
+    _SamePaddingNet.export(raw)
+    config = PruneConfig(ratio=0.5, round_to=1)
+
+    cleaned = prune_file(raw, tmp_path / "cleaned.onnx", config)
+    as_is = prune_file(raw, tmp_path / "as_is.onnx", PruneConfig(ratio=0.5, round_to=1, cleanup=False))
+
+    assert cleaned.plan is not None and as_is.plan is not None and cleaned.after is not None
+    # the 16-channel group behind the computed Pads prunes only once they are folded
+    assert cleaned.plan.channels[1] < as_is.plan.channels[1]
+    assert cleaned.after.parameters < 0.6 * cleaned.before.parameters
+    feeds = random_feeds(load_model(raw))
+    assert run_model(load_model(cleaned.output), feeds).keys() == run_model(load_model(raw), feeds).keys()
+    assert any("accuracy not checked" in note for note in cleaned.notes)
+
+
+def test_with_calibration_data_it_repairs_and_reports_fidelity(tmp_path: Path) -> None:
+    from edgeopt.cli.demo_model import DATA, preprocess
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    train = preprocess(np.load(DATA)["x_train"][:256])
+    np.savez(calib / "batch.npz", image=train)
+
+    result = prune_file(ONNX_MODEL, tmp_path / "pruned.onnx", PruneConfig(ratio=0.5, round_to=1),
+                        calibration=str(calib))
+    blind = prune_file(ONNX_MODEL, tmp_path / "blind.onnx", PruneConfig(ratio=0.5, round_to=1, repair=False,
+                                                                         criterion="l1"), calibration=str(calib))
+
+    assert result.notes == [] and result.fidelity is not None and blind.fidelity is not None
+    assert result.fidelity.samples == 256
+    assert result.fidelity.top1_agreement is not None and blind.fidelity.top1_agreement is not None
+    # the defaults (reconstruction criterion, repair) beat plain L1 on the same data
+    assert result.fidelity.top1_agreement > blind.fidelity.top1_agreement + 0.05
+    assert result.fidelity.top1_agreement > 0.9
