@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 from onnxscript.rewriter._basics import MatchResult
@@ -85,7 +86,8 @@ def _rules(*, opset: int, gemm: bool) -> list[pattern.RewriteRule]:
         rules.extend(_fuse_hardswish.fuse_hardswish_rules().rules)
     rules.extend(ReshapeOfReshaped.rule(producer) for producer in ReshapeOfReshaped.PRODUCERS)
     if gemm:
-        rules.append(MatMulAddToGemm.rule())
+        for rule in (MatMulAddToGemm.rule(), ReshapedLinearToGemm.rule()):
+            rules.extend(rule.commute())  # the bias is Add's first input in TorchScript exports
     return rules
 
 
@@ -147,3 +149,36 @@ class MatMulAddToGemm(RewriteRuleClassBase):
 
 #: ONNX Runtime's CPU Gemm kernels.
 _GEMM_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
+
+
+class ReshapedLinearToGemm(RewriteRuleClassBase):
+    """``Reshape(Add(MatMul(Reshape(x, s1), W), b), s2)`` -> ``Reshape(Gemm(Reshape(x, [-1, K]), W, b), s2)``:
+    a Linear on an N-D tensor between two Reshapes (window attention's projections) as one
+    Gemm, a node fewer. ``W`` is a constant (K, N), ``b`` a constant of N values, and
+    ``s2`` a constant without zeros (the rows are flattened before it)."""
+
+    def pattern(self, op, x, s1, w, b, s2):  # type: ignore[no-untyped-def]
+        return op.Reshape(op.Add(op.MatMul(op.Reshape(x, s1, _allow_other_attributes=True), w), b), s2,
+                          _allow_other_attributes=True)
+
+    def check(self, context, x: ir.Value, s1: ir.Value, w: ir.Value, b: ir.Value,  # type: ignore[no-untyped-def, override]
+              s2: ir.Value) -> MatchResult:
+        result = MatchResult()
+        weight, bias, target = w.const_value, b.const_value, s2.const_value
+        if weight is None or bias is None or target is None or len(weight.shape) != 2:
+            return result.fail("a constant 2-D weight, bias and output shape are needed")
+        if w.dtype not in _GEMM_TYPES or b.dtype != w.dtype or x.dtype != w.dtype:
+            return result.fail("Gemm runs float and double")
+        if bias.size != weight.shape[1] or any(d != 1 for d in list(bias.shape)[:-1]):
+            return result.fail("the bias must hold one value per output feature")
+        if 0 in target.numpy().tolist():
+            return result.fail("the output shape copies a dimension (0)")
+        return result
+
+    def rewrite(self, op, x: ir.Value, s1: ir.Value, w: ir.Value, b: ir.Value, s2: ir.Value) -> ir.Value:  # type: ignore[no-untyped-def]
+        assert w.const_value is not None and b.const_value is not None
+        rows = op.initializer(ir.tensor(np.array([-1, w.const_value.shape[0]], np.int64)), f"{w.name}_rows")
+        bias = b
+        if len(b.const_value.shape) != 1:
+            bias = op.initializer(ir.tensor(b.const_value.numpy().reshape(-1)), f"{b.name}_vector")
+        return op.Reshape(op.Gemm(op.Reshape(x, rows), w, bias), s2)

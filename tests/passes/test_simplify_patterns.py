@@ -170,3 +170,26 @@ def test_reshape_of_a_squeeze_reads_the_squeeze_input(apply_pass, op_counts):
 
     # the first Squeeze goes; the second stays: its Reshape copies a dimension (0) of its input
     assert op_counts(model) == {"Reshape": 2, "Squeeze": 1}
+
+
+def test_a_linear_between_reshapes_becomes_one_gemm(apply_pass, op_counts):
+    """Window attention's projection: Reshape -> MatMul -> Add(bias first, as TorchScript writes it) -> Reshape."""
+    model = ir.from_onnx_text(
+        f"""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[2, 3, 4] x) => (float[6, 5] y)
+        <int64[3] s1 = {{1, 6, 4}}, float[4, 5] w = {{{_weights(4, 5)}}}, float[5] b = {{1, 2, 3, 4, 5}},
+         int64[2] s2 = {{6, 5}}>
+        {{
+            r = Reshape(x, s1)
+            m = MatMul(r, w)
+            a = Add(b, m)
+            y = Reshape(a, s2)
+        }}
+        """
+    )
+    InferShapesPass()(model)
+
+    assert apply_pass(SimplifyPatternsPass(), model).modified
+
+    assert op_counts(model) == {"Reshape": 2, "Gemm": 1}
