@@ -33,7 +33,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("layers",),
     ("targets",),
     ("deploy",),
-    ("workflow",),
+    ("workflow", "search"),
     ("cli", "testing"),
 )
 """The house, bottom floor first: a room imports only rooms on floors below its own.

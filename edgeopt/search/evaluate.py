@@ -1,0 +1,125 @@
+"""One candidate, start to finish: run its stages (cached by prefix), compile for the target, score.
+
+Scores come from the target's own runtime on the validation data
+(:func:`edgeopt.deploy.validation.validate`): the metric is task accuracy with
+labels, else top-1 agreement with the original model for score vectors, else the
+cosine of the outputs; plus the artifact's size, the p50 latency per sample on
+this machine and the MACs of the candidate's ONNX model.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeopt.core.cpu import resolve_cpu
+from edgeopt.core.errors import ConversionError, EdgeoptError
+from edgeopt.core.inspect_model import summarize
+from edgeopt.core.model_io import load_model
+from edgeopt.deploy.compile import compile_model
+from edgeopt.deploy.validation import validate
+from edgeopt.search.cache import FORMAT, Cache, data_digest, file_digest, key
+from edgeopt.search.space import Candidate, Context, Options, Stage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a candidate measured (the cache stores it; ``feasible`` is the search's to decide)."""
+
+    metric_name: str
+    metric: float
+    base: float
+    """The original model's value of the metric (1.0 for agreement and cosine)."""
+    size_bytes: int
+    latency_ms: float | None
+    macs: int
+
+    @property
+    def drop(self) -> float:
+        return self.base - self.metric
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A candidate's scores, or why it failed; how long it took and whether the cache had it all."""
+
+    scored: Scored | None
+    error: str | None
+    seconds: float
+    cached: bool
+    model: Path | None = None
+    """The candidate's ONNX model (in the cache)."""
+
+
+class Evaluator:
+    """Runs candidates of one search: the model, data, target and cache are fixed."""
+
+    def __init__(self, model: str | os.PathLike[str], *, stages: Sequence[Stage], calibration: str,
+                 data: str, target: str, labels: str | None = None, limit: int | None = None,
+                 samples: int = 128, cache: Cache | None = None) -> None:
+        self.model = Path(model).resolve()
+        self.stages = {stage.name: stage for stage in stages}
+        self.context = Context(calibration, samples)
+        self.data, self.target, self.labels, self.limit = data, target, labels, limit
+        self.cache = cache or Cache()
+        self._root = key(FORMAT, file_digest(self.model), data_digest(calibration), samples, resolve_cpu("auto"))
+        self._scoring = key(target, data_digest(data), labels, limit)
+
+    def evaluate(self, candidate: Candidate) -> Outcome:
+        """Run ``candidate``; a stage, compile or run that fails gives an outcome with the error, never raises
+        an :class:`EdgeoptError`."""
+        start = time.perf_counter()
+        misses = self.cache.misses
+        try:
+            model, entry = self._stages(candidate)
+            stored, _ = self.cache.candidate(key(entry, self._scoring), lambda folder: self._score(model, folder))
+            scored = Scored(**stored)
+        except Exception as e:  # noqa: BLE001 - a candidate that fails is a failed trial, not a failed search
+            error = " ".join(str(e).split()) or type(e).__name__
+            if not isinstance(e, EdgeoptError):  # a bug outside any stage or compile (a cached failure is one)
+                error = f"{type(e).__name__}: {error}"
+                logger.debug("search: candidate failed unexpectedly", exc_info=True)
+            logger.info("search: %s", error)
+            return Outcome(None, error, time.perf_counter() - start, self.cache.misses == misses)
+        return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model)
+
+    def _stages(self, candidate: Candidate) -> tuple[Path, str]:
+        model, entry = self.model, self._root
+        for name, options in candidate:
+            stage, source = self.stages[name], model
+            entry = key(entry, name, options)
+            model, _ = self.cache.stage(entry, functools.partial(self._run, stage, source, options))
+        return model, entry
+
+    def _run(self, stage: Stage, source: Path, options: Options, output: Path) -> dict[str, Any]:
+        return stage.run(source, output, options, self.context)
+
+    def _score(self, model: Path, folder: Path) -> dict[str, Any]:
+        compiled = compile_model(model, folder / "compiled", targets=[self.target],
+                                 calibration=self.context.calibration)
+        entry = compiled.manifest.artifacts[0]
+        if not entry.ok:
+            raise ConversionError(f"compile for {self.target} failed: {entry.message}")
+        report = validate(folder / "compiled", data=self.data, reference=self.model, labels=self.labels,
+                          limit=self.limit, per_layer="never", kernel_check=False)
+        row, reference = report.artifacts[0], report.reference_scores
+        if row.status != "ok" or row.scores is None or reference is None:
+            raise ConversionError(f"the {self.target} artifact did not run: {row.message}")
+        if self.labels is not None and reference.metric_value is not None:
+            name, value, base = "accuracy", row.scores.metric_value, reference.metric_value
+        elif reference.top1_agreement is not None:
+            name, value, base = "agreement", row.scores.top1_agreement, 1.0
+        else:
+            name, value, base = "cosine", row.scores.cosine, 1.0
+        assert value is not None and entry.size_bytes is not None
+        scored = Scored(name, float(value), float(base), entry.size_bytes, row.latency_p50_ms,
+                        summarize(load_model(model)).macs)
+        return asdict(scored)

@@ -1,0 +1,235 @@
+"""``edgeopt search``: sample candidates with Optuna, evaluate them, keep the best that meets the budget.
+
+The study lives in ``OUT/study.journal`` (Optuna's journal file), so ``resume``
+continues a stopped search where it ended; candidates are evaluated through the
+content-addressed cache (:mod:`edgeopt.search.cache`), so a repeated or resumed
+search recomputes nothing it has already measured. The first trials are the
+stages' seeds (static int8 alone, then each other stage alone at a moderate
+setting); TPE, constrained to the metric budget, proposes the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeopt.core.errors import PassOptionError
+from edgeopt.core.model_checks import check_model
+from edgeopt.core.model_io import load_model
+from edgeopt.data.readers import open_reader
+from edgeopt.deploy.compile import CompileResult, compile_model
+from edgeopt.deploy.report import write_report
+from edgeopt.deploy.target_registry import get_target
+from edgeopt.deploy.validation import validate
+from edgeopt.search.cache import Cache
+from edgeopt.search.evaluate import Evaluator, Outcome
+from edgeopt.search.records import OBJECTIVES, Objective, TrialRecord, best, pareto_front, write_tables
+from edgeopt.search.space import Stage, describe, seeds, select, suggest
+from edgeopt.search.stages import STAGES
+
+logger = logging.getLogger(__name__)
+
+STUDY = "study.journal"
+OnTrial = Callable[[TrialRecord, "TrialRecord | None", int, int], None]
+"""Called after each trial with (its record, the best so far, trials done, trials wanted)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What ``edgeopt search`` can be told."""
+
+    target: str
+    max_drop: float
+    objective: Objective = "size"
+    trials: int = 40
+    """Total trials of the study (a resumed search counts the earlier ones)."""
+    time_limit: float | None = None
+    """Seconds this run may start new trials for."""
+    seed: int = 0
+    stages: tuple[str, ...] = ()
+    """Stages to search (empty: all that apply to the model), always run in their fixed order."""
+    labels: str | None = None
+    limit: int | None = None
+    """Validation samples to use (None: all)."""
+    samples: int = 128
+    """Calibration samples each stage reads."""
+    resume: bool = False
+
+
+@dataclass
+class SearchResult:
+    out_dir: Path
+    objective: Objective
+    max_drop: float
+    trials: list[TrialRecord]
+    best: TrialRecord | None
+    front: list[TrialRecord]
+    baseline: TrialRecord | None
+    """The static-int8-alone seed, the result to beat."""
+    computed: int
+    """Stage runs and evaluations this run did (cache misses)."""
+    cache_hits: int
+    seconds: float
+    stopped: str
+    """``trials``, ``time-limit`` or ``resumed-complete`` (nothing left to run)."""
+    compiled: CompileResult | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "objective": self.objective, "max_drop": self.max_drop,
+                "best": asdict(self.best) if self.best else None,
+                "baseline": asdict(self.baseline) if self.baseline else None,
+                "front": [asdict(r) for r in self.front], "trials": len(self.trials),
+                "computed": self.computed, "cache_hits": self.cache_hits, "seconds": round(self.seconds, 3),
+                "stopped": self.stopped, "files": {k: str(v) for k, v in self.files.items()}}
+
+
+def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, calibration: str, data: str,
+           config: SearchConfig, cache: Cache | None = None, on_trial: OnTrial | None = None) -> SearchResult:
+    """Search ``config``'s stages for the artifact that minimizes the objective within ``max_drop``.
+
+    Args:
+        model: The original ONNX model (never modified).
+        out_dir: Gets ``study.journal``, ``trials.json``, ``trials.csv``, ``pareto.json`` and the
+            winner as a compile folder ``best/`` (manifest, artifact, report).
+        calibration: Calibration data spec (folder of .npy/.npz or images, or ``random:N``).
+        data: Validation data spec the candidates are scored on.
+        config: The target, budget, objective and stopping rules.
+        cache: Where candidates are stored (default: under ``EDGEOPT_CACHE_DIR``).
+        on_trial: Progress callback.
+    """
+    started = time.perf_counter()
+    stages, source = _check(model, calibration, config)
+    out = Path(out_dir).resolve()
+    study = _study(out, config, stages)
+    evaluator = Evaluator(source, stages=stages, calibration=calibration, data=data, target=config.target,
+                          labels=config.labels, limit=config.limit, samples=config.samples, cache=cache)
+    records = [_from_attrs(t) for t in _finished(study)]
+    stopped = "resumed-complete" if len(records) >= config.trials else "trials"
+    while len(records) < config.trials:
+        if config.time_limit is not None and time.perf_counter() - started >= config.time_limit:
+            stopped = "time-limit"
+            break
+        records.append(_trial(study, stages, evaluator, config))
+        if on_trial:
+            on_trial(records[-1], best(records, config.objective), len(records), config.trials)
+    records.sort(key=lambda r: r.number)
+    winner, front = best(records, config.objective), pareto_front(records, config.objective)
+    baseline = next((r for r in records if r.seed == "quantize"), None)
+    result = SearchResult(out, config.objective, config.max_drop, records, winner, front, baseline,
+                          evaluator.cache.misses, evaluator.cache.hits, 0.0, stopped)
+    if winner is not None:
+        result.compiled = _write_best(winner, source, out, calibration, data, config)
+    result.seconds = time.perf_counter() - started
+    summary = {k: v for k, v in result.as_dict().items() if k not in ("front", "files")}
+    result.files = write_tables(records, front, out, summary)
+    if result.compiled is not None:
+        result.files["best"] = result.compiled.out_dir
+    return result
+
+
+def _check(model: str | os.PathLike[str], calibration: str, config: SearchConfig) -> tuple[list[Stage], Path]:
+    if config.objective not in OBJECTIVES:
+        raise PassOptionError(f"search: --objective must be one of {', '.join(OBJECTIVES)}, got "
+                              f"{config.objective!r}.")
+    if not 0 <= config.max_drop <= 1:
+        raise PassOptionError(f"search: --max-drop is a drop of the metric, 0 to 1; got {config.max_drop}.")
+    if config.trials < 1:
+        raise PassOptionError(f"search: --trials must be 1 or more, got {config.trials}.")
+    get_target(config.target)  # an unknown name fails with close matches
+    source = Path(model).resolve()
+    loaded = load_model(source)
+    check_model(loaded)
+    next(iter(open_reader(calibration, loaded)), None)  # data that does not fit fails before any trial
+    return select(STAGES, config.stages, loaded), source
+
+
+def _study(out: Path, config: SearchConfig, stages: list[Stage]) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = out / STUDY
+    if journal.exists() and not config.resume:
+        raise PassOptionError(f"{journal}: {out} holds a search already. Add --resume to continue it, or "
+                              "choose another -o folder.")
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=config.seed)
+    study = optuna.create_study(study_name="edgeopt-search", direction="minimize", sampler=sampler,
+                                storage=JournalStorage(JournalFileBackend(str(journal))), load_if_exists=True)
+    settings = {"objective": config.objective, "target": config.target, "max_drop": config.max_drop,
+                "stages": [s.name for s in stages]}
+    stored = study.user_attrs.get("settings")
+    if stored is None:
+        study.set_user_attr("settings", settings)
+    elif stored != settings:
+        changed = ", ".join(f"{k} {stored[k]} -> {settings[k]}" for k in settings if stored.get(k) != settings[k])
+        raise PassOptionError(f"{journal}: --resume with other settings ({changed}). Resume with the same "
+                              "ones, or start a new search in another -o folder.")
+    for point, stage in zip(seeds(stages), sorted((s for s in stages if s.seed), key=lambda s: s.name != "quantize"),
+                            strict=True):
+        study.enqueue_trial(point, user_attrs={"seed": stage.name}, skip_if_exists=True)
+    return study
+
+
+def _finished(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+
+
+def _trial(study: Any, stages: list[Stage], evaluator: Evaluator, config: SearchConfig) -> TrialRecord:
+    from optuna.trial import TrialState
+
+    trial = study.ask()
+    candidate = suggest(trial, stages)
+    outcome = evaluator.evaluate(candidate)
+    record = _record(trial.number, trial.user_attrs.get("seed"), dict(trial.params), describe(candidate),
+                     outcome, config.max_drop)
+    trial.set_user_attr("record", asdict(record))
+    if outcome.scored is None:
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        trial.set_constraint("max_drop", outcome.scored.drop - config.max_drop)  # <= 0: feasible, for TPE
+        study.tell(trial, record.objective(config.objective))
+    return record
+
+
+def _record(number: int, seed: str | None, params: dict[str, Any], stages: str, outcome: Outcome,
+            max_drop: float) -> TrialRecord:
+    record = TrialRecord(number, "failed" if outcome.scored is None else "complete", stages, params, seed,
+                         seconds=round(outcome.seconds, 3), cached=outcome.cached, error=outcome.error,
+                         model=str(outcome.model) if outcome.model else None)
+    if outcome.scored is not None:
+        s = outcome.scored
+        record.metric_name, record.metric, record.drop = s.metric_name, s.metric, round(s.drop, 6)
+        record.size_bytes, record.latency_ms, record.macs = s.size_bytes, s.latency_ms, s.macs
+        record.feasible = s.drop <= max_drop + 1e-9
+    return record
+
+
+def _from_attrs(trial: Any) -> TrialRecord:
+    stored = trial.user_attrs.get("record")
+    if stored is None:  # a trial that ended without its record (killed between tell and the attribute)
+        return TrialRecord(trial.number, "failed", "?", dict(trial.params), error="no record")
+    return TrialRecord(**stored)
+
+
+def _write_best(winner: TrialRecord, source: Path, out: Path, calibration: str, data: str,
+                config: SearchConfig) -> CompileResult:
+    """The winner as a normal compile folder ``out/best`` (its ONNX model beside it), validated, with a report."""
+    assert winner.model is not None
+    model = out / "best.onnx"
+    shutil.copyfile(winner.model, model)
+    compiled = compile_model(model, out / "best", targets=[config.target], calibration=calibration)
+    report = validate(out / "best", data=data, reference=source, labels=config.labels, limit=config.limit,
+                      per_layer="never")
+    write_report(report, out / "best")
+    return compiled

@@ -1,0 +1,84 @@
+"""The stages the search runs, in their fixed order, each declaring its road's searchable options.
+
+The declarations live here rather than beside each road so that the roads stay
+unaware of the search; each stage names the road's config class or function
+(``road``), and a test checks that every searchable option is one of its keywords,
+so a renamed option cannot leave a stale declaration behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from edgeopt.layers.drop import DropConfig, drop_layers_file, plan
+from edgeopt.pruning.prune import PruneConfig, prune_file
+from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
+from edgeopt.search.space import Context, Options, Searchable, Stage
+from edgeopt.sharing.compress import low_rank_file, share_weights_file
+
+
+def _prune(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
+    config = PruneConfig(ratio=options["ratio"], criterion=options["criterion"], samples=context.samples,
+                         eval_samples=min(64, context.samples))
+    result = prune_file(src, dst, config, calibration=context.calibration)
+    return {"channels": list(result.plan.channels) if result.plan else None}
+
+
+def _drop_layers(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
+    result = drop_layers_file(src, dst, DropConfig(count=options["count"], samples=context.samples),
+                              calibration=context.calibration)
+    return {"dropped": list(result.result.dropped)}
+
+
+def _low_rank(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
+    result = low_rank_file(src, dst, energy=options["energy"], calibration=context.calibration,
+                           samples=min(64, context.samples))
+    return {"factorized": len(result.changes)}
+
+
+def _share_weights(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
+    result = share_weights_file(src, dst, clusters=options["clusters"], calibration=context.calibration,
+                                samples=min(64, context.samples))
+    return {"clustered": len(result.changes)}
+
+
+def _quantize(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
+    config = QuantizeConfig(mode=options["mode"], per_channel=options.get("per_channel", True),
+                            budget=options.get("budget", 0.0), samples=context.samples,
+                            eval_samples=min(64, context.samples))
+    calibration = context.calibration if options["mode"] == "static" else None
+    result = quantize_file(src, dst, config, calibration=calibration)
+    return {"agreement": result.score}
+
+
+def _fit_drop_count(stage: Stage, model: ir.Model) -> Stage | None:
+    """Drop 0 to N-1 of the model's N droppable layers; no stage when fewer than two can go."""
+    droppable = sum(block.droppable for block in plan(model))
+    if droppable < 2:
+        return None
+    return stage.with_switch(replace(stage.switch, high=droppable - 1))
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("prune", Searchable("criterion", "choice", choices=("off", "l1", "reconstruction")), off="off",
+          run=_prune, road=PruneConfig, options=(Searchable("ratio", "float", 0.1, 0.6),),
+          seed={"criterion": "reconstruction", "ratio": 0.3}),
+    Stage("drop-layers", Searchable("count", "int", 0, 1), off=0, run=_drop_layers, road=DropConfig,
+          seed={"count": 1}, adapt=_fit_drop_count),
+    Stage("low-rank", Searchable("energy", "choice", choices=("off", 0.8, 0.9, 0.95, 0.99)), off="off",
+          run=_low_rank, road=low_rank_file, seed={"energy": 0.95}),
+    Stage("share-weights", Searchable("clusters", "choice", choices=("off", 16, 32, 64, 256)), off="off",
+          run=_share_weights, road=share_weights_file, seed={"clusters": 64}),
+    Stage("quantize", Searchable("mode", "choice", choices=("off", "dynamic", "static")), off="off",
+          run=_quantize, road=QuantizeConfig,
+          options=(Searchable("per_channel", "choice", choices=(True, False)),
+                   Searchable("budget", "float", 0.0, 0.1, when=("static",))),
+          seed={"mode": "static", "per_channel": True, "budget": 0.0}),
+)
+"""Every stage, in the order a candidate runs them: prune -> drop-layers -> low-rank -> share-weights -> quantize."""
+
+STAGE_NAMES = tuple(stage.name for stage in STAGES)

@@ -1,0 +1,172 @@
+"""``edgeopt search`` on the shipped digits CNN: real passes, real compiles for ort-cpu, no mocks."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import inspect
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from edgeopt import cli
+from edgeopt.cli import console
+from edgeopt.cli.demo_model import DATA, ONNX_MODEL, preprocess
+from edgeopt.core.model_io import load_model
+from edgeopt.search import STAGES, Cache, Evaluator, SearchConfig, search, seeds, select
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Calibration batches (training images) and validation data with labels (key ``label``)."""
+    data = np.load(DATA)
+    root = tmp_path_factory.mktemp("digits")
+    (root / "calib").mkdir()
+    train = preprocess(data["x_train"])
+    for i in range(0, 256, 128):
+        np.savez(root / "calib" / f"batch_{i:04d}.npz", image=train[i:i + 128])
+    np.savez(root / "val.npz", image=preprocess(data["x_val"][:200]), label=data["y_val"][:200])
+    return str(root / "calib"), str(root / "val.npz")
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(sys, "argv", ["edgeopt", *argv])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _argv(digits: tuple[str, str], out: Path, *extra: str) -> list[str]:
+    calib, val = digits
+    return ["search", str(ONNX_MODEL), "--calib", calib, "--data", val, "--labels", "label", "-t", "ort-cpu",
+            "--max-drop", "0.02", "--objective", "size", "-o", str(out), *extra]
+
+
+def test_every_searchable_option_is_a_keyword_of_its_road() -> None:
+    for stage in STAGES:
+        assert stage.road is not None, stage.name
+        if dataclasses.is_dataclass(stage.road):
+            keywords = {f.name for f in dataclasses.fields(stage.road)}
+        else:
+            keywords = set(inspect.signature(stage.road).parameters)
+        for option in (stage.switch, *stage.options):
+            assert option.name in keywords, f"{stage.name}.{option.name} is not an option of {stage.road}"
+        assert stage.off in (stage.switch.choices or (stage.switch.low,)), stage.name
+
+
+def test_stages_fit_the_model_and_seeds_start_with_int8() -> None:
+    stages = select(STAGES, (), load_model(ONNX_MODEL))
+    names = [s.name for s in stages]
+    assert names == ["prune", "low-rank", "share-weights", "quantize"]  # no residual layer to drop
+    points = seeds(stages)
+    assert points[0] == {"prune": "off", "low-rank": "off", "share-weights": "off", "quantize": "static",
+                         "quantize.per_channel": True, "quantize.budget": 0.0}
+    assert len(points) == len(stages)
+    for point, stage in zip(points[1:], [s for s in stages if s.name != "quantize"], strict=True):
+        assert [k for k in names if point[k] != next(s.off for s in stages if s.name == k)] == [stage.name]
+
+
+def test_a_shared_prefix_of_stages_is_computed_once(digits: tuple[str, str], tmp_path: Path) -> None:
+    calib, val = digits
+    cache = Cache(tmp_path / "cache")
+    stages = select(STAGES, ("prune", "quantize"), load_model(ONNX_MODEL))
+    evaluator = Evaluator(ONNX_MODEL, stages=stages, calibration=calib, data=val, target="ort-cpu",
+                          labels="label", cache=cache)
+    pruned = ("prune", {"criterion": "l1", "ratio": 0.3})
+    first = evaluator.evaluate((pruned,))
+    assert first.error is None and not first.cached and (cache.misses, cache.hits) == (2, 0)
+    both = evaluator.evaluate((pruned, ("quantize", {"mode": "static", "per_channel": True, "budget": 0.0})))
+    assert both.error is None and not both.cached
+    assert (cache.misses, cache.hits) == (4, 1)  # the pruned model came from the cache
+    assert both.scored is not None and first.scored is not None
+    assert both.scored.size_bytes < first.scored.size_bytes
+    again = evaluator.evaluate((pruned,))
+    assert again.cached and again.scored == first.scored and cache.misses == 4
+
+
+def test_search_writes_outputs_beats_int8_and_a_repeat_recomputes_nothing(
+        digits: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("EDGEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    args = ("--trials", "5", "--stages", "share-weights,quantize")
+    code, out, err = _main(monkeypatch, capsys, _argv(digits, tmp_path / "one", *args))
+    assert code == 0, err
+    assert "Pareto front" in out and "winner: trial" in out and "int8 seed" in out
+    one = tmp_path / "one"
+    table = json.loads((one / "trials.json").read_text())
+    trials = table["trials"]
+    assert len(trials) == 5 and trials[0]["seed"] == "quantize" and trials[0]["feasible"]
+    assert trials[1]["seed"] == "share-weights"
+    with open(one / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["number"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert {"params", "metric", "size_bytes", "latency_ms", "macs", "feasible", "seconds", "cached"} <= set(rows[0])
+    front = json.loads((one / "pareto.json").read_text())["front"]
+    assert front and all(r["feasible"] for r in front)
+    best = table["best"]
+    assert best["size_bytes"] <= trials[0]["size_bytes"] and best["drop"] <= 0.02
+    manifest = json.loads((one / "best" / "manifest.json").read_text())
+    artifact = manifest["artifacts"][0]
+    assert artifact["target"] == "ort-cpu" and (one / "best" / artifact["file"]).is_file()
+    assert artifact["size_bytes"] == best["size_bytes"]
+    assert (one / "best" / "report.html").is_file()
+
+    code, out, err = _main(monkeypatch, capsys, [*_argv(digits, tmp_path / "two", *args), "--json"])
+    assert code == 0, err
+    again = json.loads(out)
+    assert err == ""  # no progress bar with --json
+    assert again["computed"] == 0 and again["cache_hits"] >= 5
+    repeat = json.loads((tmp_path / "two" / "trials.json").read_text())["trials"]
+    assert all(r["cached"] for r in repeat)
+    assert [r["params"] for r in repeat] == [r["params"] for r in trials]
+    assert again["best"]["size_bytes"] == best["size_bytes"]
+
+
+def test_resume_continues_the_study_without_recomputing(digits: tuple[str, str], tmp_path: Path) -> None:
+    calib, val = digits
+    config = SearchConfig(target="ort-cpu", max_drop=0.02, trials=3, stages=("prune", "quantize"), labels="label")
+    first = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, config=config,
+                   cache=Cache(tmp_path / "cache"))
+    assert [r.number for r in first.trials] == [0, 1, 2]
+    cache = Cache(tmp_path / "cache")
+    resumed = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val,
+                     config=dataclasses.replace(config, trials=5, resume=True), cache=cache)
+    assert [r.number for r in resumed.trials] == [0, 1, 2, 3, 4]
+    assert resumed.trials[:3] == first.trials  # read back from the study, not run again
+    assert cache.misses <= 2 * 3  # only the two new candidates' stages and scores, if they are new at all
+    done = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val,
+                  config=dataclasses.replace(config, trials=5, resume=True), cache=Cache(tmp_path / "cache"))
+    assert done.stopped == "resumed-complete" and done.computed == 0 and len(done.trials) == 5
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (("--objective", "speed"), "--objective must be one of size, latency, macs"),
+    (("--stages", "prune,fuse"), "unknown stage(s) fuse"),
+    (("--max-drop", "2"), "--max-drop is a drop of the metric"),
+    (("-t", "ort-cpux"), "ort-cpu"),
+])
+def test_bad_options_answer_in_one_line(digits: tuple[str, str], tmp_path: Path, extra: tuple[str, ...], says: str,
+                                         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _main(monkeypatch, capsys, [*_argv(digits, tmp_path / "out"), *extra])
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert says in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_search_needs_resume(digits: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "study.journal").write_text("")
+    code, _, err = _main(monkeypatch, capsys, _argv(digits, tmp_path / "out"))
+    assert code == 1 and "holds a search already. Add --resume" in err
