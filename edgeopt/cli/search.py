@@ -98,7 +98,8 @@ def search_tables(result: SearchResult) -> Group:
     front = Table(title=f"Pareto front: metric drop vs {result.objective} (feasible trials, "
                         f"--max-drop {result.max_drop:g})")
     for column in ("trial", "stages", "metric", "drop", "size", "p50 ms", "MACs", ""):
-        front.add_column(column, justify="left" if column in ("stages", "") else "right")
+        front.add_column(column, justify="left" if column in ("stages", "") else "right",
+                         no_wrap=column != "stages", overflow="fold")
     rows: list[TrialRecord] = list(result.front)
     if result.baseline is not None and result.baseline not in rows and result.baseline.feasible:
         rows.append(result.baseline)

@@ -25,7 +25,7 @@ from edgeopt.core.errors import EdgeoptError
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2
 """Bumped whenever what a key stands for changes, so older entries are never read."""
 
 

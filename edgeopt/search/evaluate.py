@@ -4,7 +4,8 @@ Scores come from the target's own runtime on the validation data
 (:func:`edgeopt.deploy.validation.validate`): the metric is task accuracy with
 labels, else top-1 agreement with the original model for score vectors, else the
 cosine of the outputs; plus the artifact's size, the p50 latency per sample on
-this machine and the MACs of the candidate's ONNX model.
+this machine and the MACs of the candidate's ONNX model (before quantization, which changes
+how the operations run, not how many there are).
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ class Evaluator:
         start = time.perf_counter()
         misses = self.cache.misses
         try:
-            model, entry = self._stages(candidate)
-            stored, _ = self.cache.candidate(key(entry, self._scoring), lambda folder: self._score(model, folder))
+            model, counted, entry = self._stages(candidate)
+            stored, _ = self.cache.candidate(key(entry, self._scoring),
+                                             lambda folder: self._score(model, counted, folder))
             scored = Scored(**stored)
         except Exception as e:  # noqa: BLE001 - a candidate that fails is a failed trial, not a failed search
             error = " ".join(str(e).split()) or type(e).__name__
@@ -91,18 +93,21 @@ class Evaluator:
             return Outcome(None, error, time.perf_counter() - start, self.cache.misses == misses)
         return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model)
 
-    def _stages(self, candidate: Candidate) -> tuple[Path, str]:
+    def _stages(self, candidate: Candidate) -> tuple[Path, Path, str]:
+        """The candidate's model, the model its MACs are counted on, and its cache key."""
         model, entry = self.model, self._root
+        counted = model
         for name, options in candidate:
             stage, source = self.stages[name], model
             entry = key(entry, name, options)
             model, _ = self.cache.stage(entry, functools.partial(self._run, stage, source, options))
-        return model, entry
+            counted = counted if stage.keeps_macs else model
+        return model, counted, entry
 
     def _run(self, stage: Stage, source: Path, options: Options, output: Path) -> dict[str, Any]:
         return stage.run(source, output, options, self.context)
 
-    def _score(self, model: Path, folder: Path) -> dict[str, Any]:
+    def _score(self, model: Path, counted: Path, folder: Path) -> dict[str, Any]:
         compiled = compile_model(model, folder / "compiled", targets=[self.target],
                                  calibration=self.context.calibration)
         entry = compiled.manifest.artifacts[0]
@@ -121,5 +126,5 @@ class Evaluator:
             name, value, base = "cosine", row.scores.cosine, 1.0
         assert value is not None and entry.size_bytes is not None
         scored = Scored(name, float(value), float(base), entry.size_bytes, row.latency_p50_ms,
-                        summarize(load_model(model)).macs)
+                        summarize(load_model(counted)).macs)
         return asdict(scored)

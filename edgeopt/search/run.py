@@ -186,19 +186,17 @@ def _finished(study: Any) -> list[Any]:
 
 
 def _trial(study: Any, stages: list[Stage], evaluator: Evaluator, config: SearchConfig) -> TrialRecord:
-    from optuna.trial import TrialState
-
     trial = study.ask()
     candidate = suggest(trial, stages)
     outcome = evaluator.evaluate(candidate)
     record = _record(trial.number, trial.user_attrs.get("seed"), dict(trial.params), describe(candidate),
                      outcome, config.max_drop)
     trial.set_user_attr("record", asdict(record))
-    if outcome.scored is None:
-        study.tell(trial, state=TrialState.FAIL)
-    else:
-        trial.set_constraint("max_drop", outcome.scored.drop - config.max_drop)  # <= 0: feasible, for TPE
-        study.tell(trial, record.objective(config.objective))
+    # TPE ranks infeasible trials by how far they miss the budget (<= 0: feasible). A failed candidate counts
+    # as missing it by the whole metric, so the sampler learns to leave that corner (a FAIL would be ignored).
+    drop = 1.0 if outcome.scored is None else outcome.scored.drop
+    trial.set_constraint("max_drop", drop - config.max_drop)
+    study.tell(trial, record.objective(config.objective))
     return record
 
 

@@ -88,6 +88,7 @@ class Stage:
         road: The road's config class or function whose keywords the options name (checked in tests).
         adapt: Fits the declarations to a model (say, the number of droppable layers); None drops
             the stage for that model.
+        keeps_macs: Count the candidate's MACs on the model before this stage.
     """
 
     name: str
@@ -98,6 +99,8 @@ class Stage:
     seed: Mapping[str, Any] = field(default_factory=dict)
     road: Callable[..., Any] | None = None
     adapt: Callable[[Stage, ir.Model], Stage | None] | None = None
+    keeps_macs: bool = False
+    """The stage changes how operations run, not how many (quantization): MACs are counted before it."""
 
     def for_model(self, model: ir.Model) -> Stage | None:
         return self if self.adapt is None else self.adapt(self, model)

@@ -74,7 +74,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("share-weights", Searchable("clusters", "choice", choices=("off", 16, 32, 64, 256)), off="off",
           run=_share_weights, road=share_weights_file, seed={"clusters": 64}),
     Stage("quantize", Searchable("mode", "choice", choices=("off", "dynamic", "static")), off="off",
-          run=_quantize, road=QuantizeConfig,
+          run=_quantize, road=QuantizeConfig, keeps_macs=True,
           options=(Searchable("per_channel", "choice", choices=(True, False)),
                    Searchable("budget", "float", 0.0, 0.1, when=("static",))),
           seed={"mode": "static", "per_channel": True, "budget": 0.0}),
