@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeopt.core.errors import PassOptionError
+from edgeopt.core.errors import ConversionError, PassOptionError
 from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model
 from edgeopt.data.readers import open_reader
@@ -125,7 +125,8 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
     result = SearchResult(out, config.objective, config.max_drop, records, winner, front, baseline,
                           evaluator.cache.misses, evaluator.cache.hits, 0.0, stopped)
     if winner is not None:
-        result.compiled = _write_best(winner, source, out, calibration, data, config)
+        result.compiled = _write_best(_model_of(winner, stages, evaluator), source, out, calibration, data, config)
+    result.computed, result.cache_hits = evaluator.cache.misses, evaluator.cache.hits
     result.seconds = time.perf_counter() - started
     summary = {k: v for k, v in result.as_dict().items() if k not in ("front", "files")}
     result.files = write_tables(records, front, out, summary)
@@ -220,12 +221,23 @@ def _from_attrs(trial: Any) -> TrialRecord:
     return TrialRecord(**stored)
 
 
-def _write_best(winner: TrialRecord, source: Path, out: Path, calibration: str, data: str,
+def _model_of(record: TrialRecord, stages: list[Stage], evaluator: Evaluator) -> Path:
+    """A trial's ONNX model: from the cache, or run again from its parameters if the cache lost it."""
+    if record.model is not None and Path(record.model).is_file():
+        return Path(record.model)
+    from optuna.trial import FixedTrial
+
+    outcome = evaluator.evaluate(suggest(FixedTrial(record.params), stages))
+    if outcome.model is None:
+        raise ConversionError(f"search: trial {record.number} ({record.stages}) no longer runs: {outcome.error}")
+    return outcome.model
+
+
+def _write_best(winner: Path, source: Path, out: Path, calibration: str, data: str,
                 config: SearchConfig) -> CompileResult:
     """The winner as a normal compile folder ``out/best`` (its ONNX model beside it), validated, with a report."""
-    assert winner.model is not None
     model = out / "best.onnx"
-    shutil.copyfile(winner.model, model)
+    shutil.copyfile(winner, model)
     compiled = compile_model(model, out / "best", targets=[config.target], calibration=calibration)
     report = validate(out / "best", data=data, reference=source, labels=config.labels, limit=config.limit,
                       per_layer="never")

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import inspect
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -170,3 +171,29 @@ def test_an_existing_search_needs_resume(digits: tuple[str, str], tmp_path: Path
     (tmp_path / "out" / "study.journal").write_text("")
     code, _, err = _main(monkeypatch, capsys, _argv(digits, tmp_path / "out"))
     assert code == 1 and "holds a search already. Add --resume" in err
+
+
+def test_drop_layers_stage_counts_the_models_droppable_layers(tmp_path: Path) -> None:
+    import onnx
+
+    from edgeopt.testing.residual_models import residual_cnn
+
+    path = tmp_path / "residual.onnx"
+    onnx.save(residual_cnn(blocks=3), path)
+    (stage,) = select(STAGES, ("drop-layers",), load_model(path))
+    assert (stage.switch.low, stage.switch.high) == (0, 2)
+    assert seeds([stage]) == [{"drop-layers": 1}]
+
+
+def test_time_limit_and_a_lost_cache_entry(digits: tuple[str, str], tmp_path: Path) -> None:
+    calib, val = digits
+    config = SearchConfig(target="ort-cpu", max_drop=0.02, trials=1, stages=("quantize",), labels="label")
+    first = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, config=config,
+                   cache=Cache(tmp_path / "cache"))
+    assert first.best is not None and first.best.seed == "quantize"
+    shutil.rmtree(tmp_path / "cache")
+    stopped = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, cache=Cache(tmp_path / "other"),
+                     config=dataclasses.replace(config, trials=3, resume=True, time_limit=0.0))
+    assert stopped.stopped == "time-limit" and len(stopped.trials) == 1  # no trial starts after the limit
+    # the winner's model is gone with the first cache: it is rebuilt from the trial's parameters
+    assert stopped.best is not None and stopped.computed == 2 and (tmp_path / "out" / "best.onnx").is_file()
