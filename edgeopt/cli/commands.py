@@ -12,7 +12,7 @@ import typer
 import yaml
 from rich.markup import escape
 
-from edgeopt.cli import compress, console, deploy, drop, export, prune, search
+from edgeopt.cli import compress, console, deploy, distill, drop, export, prune, search
 from edgeopt.cli.console import JsonFlag
 from edgeopt.cli.render import (
     demo_table,
@@ -341,7 +341,7 @@ def _quiet_torch() -> None:
 
 # Commands that live in their own modules, one area each: each module's
 # ``register(app)`` adds its commands.
-for _area in (compress, deploy, drop, export, prune, search):
+for _area in (compress, deploy, distill, drop, export, prune, search):
     _area.register(app)
 
 

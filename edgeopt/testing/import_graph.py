@@ -29,7 +29,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("channels", "blocks"),
     ("passes",),
     ("pipeline",),
-    ("quantization", "pruning", "sharing", "exporting"),
+    ("quantization", "pruning", "sharing", "exporting", "training"),
     ("layers",),
     ("targets",),
     ("deploy",),

@@ -1,0 +1,69 @@
+"""Sample streams for distillation: a fixed held-out split, and a shuffle buffer for training.
+
+Samples are numbered in reader order; sample ``i`` is held out when
+``floor((i + 1) * f) > floor(i * f)`` for the held-out fraction ``f``, so the split is
+spread evenly, the same on every pass, and needs no look-ahead. A model with a
+static batch dim is split by whole batches instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeopt.core.runtime import CalibrationReader, Feeds, model_inputs
+from edgeopt.data.readers import batches
+
+__all__ = ["static_batch", "split_stream", "shuffled"]
+
+
+def static_batch(model: ir.Model) -> int | None:
+    """The model's fixed batch size, if an input fixes axis 0."""
+    sizes = {v.shape[0] for v in model_inputs(model) if v.shape is not None and len(v.shape)
+             and isinstance(v.shape[0], int)}
+    return next(iter(sizes)) if sizes else None
+
+
+def _held(index: np.ndarray, fraction: float) -> np.ndarray:
+    return np.floor((index + 1) * fraction) > np.floor(index * fraction)
+
+
+def split_stream(reader: CalibrationReader, model: ir.Model, part: Literal["train", "holdout"], *,
+                 fraction: float, batch_size: int, limit: int | None = None) -> Iterator[Feeds]:
+    """The ``part`` of the reader's samples, checked against ``model``, in batches of up to ``batch_size``."""
+    fixed = static_batch(model)
+    start = 0
+    for k, feeds in enumerate(batches(reader, model, batch_size=fixed or batch_size, limit=limit)):
+        rows = len(next(iter(feeds.values())))
+        if fixed is not None:
+            if bool(_held(np.array([k]), fraction)[0]) == (part == "holdout"):
+                yield feeds
+            continue
+        held = _held(np.arange(start, start + rows), fraction)
+        start += rows
+        keep = held if part == "holdout" else ~held
+        if keep.all():
+            yield feeds
+        elif keep.any():
+            yield {name: array[keep] for name, array in feeds.items()}
+
+
+def shuffled(stream: Iterator[Feeds], rng: np.random.Generator, *, buffer: int = 16) -> Iterator[Feeds]:
+    """Batches of ``stream`` in a random order within a window of ``buffer`` batches, rows mixed too."""
+    pending: list[Feeds] = []
+    for feeds in stream:
+        pending.append(feeds)
+        if len(pending) >= buffer:
+            yield _mixed(pending.pop(int(rng.integers(len(pending)))), rng)
+    while pending:
+        yield _mixed(pending.pop(int(rng.integers(len(pending)))), rng)
+
+
+def _mixed(feeds: Feeds, rng: np.random.Generator) -> Feeds:
+    rows = len(next(iter(feeds.values())))
+    order = rng.permutation(rows)
+    return {name: array[order] for name, array in feeds.items()}
+

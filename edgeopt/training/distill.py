@@ -1,0 +1,179 @@
+"""Knowledge distillation: train an ONNX student to match an ONNX teacher on unlabeled samples.
+
+The teacher runs in ONNX Runtime one batch at a time (nothing is cached); the student
+runs as an :class:`~edgeopt.training.interpreter.OnnxModule` trained with Adam on a
+warm-up + cosine learning-rate schedule. A fixed, evenly spread share of the samples
+is held out: it decides early stopping (the best evaluation's weights are kept) and
+gives the before/after fidelity, measured in ONNX Runtime. The trained weights go
+back into the student's own graph (:func:`~edgeopt.training.writeback.write_back`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx_ir as ir
+
+from edgeopt.core.errors import CalibrationDataError, ModelLoadError, PassOptionError
+from edgeopt.core.model_checks import check_model
+from edgeopt.core.model_io import load_model, save_model
+from edgeopt.core.runtime import CalibrationReader, Feeds, create_session, model_inputs
+from edgeopt.data.readers import open_reader
+from edgeopt.training.config import DistillConfig, OnEval
+from edgeopt.training.data import split_stream
+from edgeopt.training.losses import Objective, agreement, choose_objective
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistillConfig", "DistillResult", "Score", "distill", "distill_file"]
+
+_NO_SPIN = {"session.intra_op.allow_spinning": "0"}
+"""ORT's worker threads otherwise spin between runs, taking the cores torch trains on (5x slower steps)."""
+
+@dataclass(frozen=True)
+class Score:
+    """The student's agreement with the teacher on the held-out samples."""
+
+    metric: float
+    loss: float
+    samples: int
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` did; ``before``/``after`` are measured in ONNX Runtime."""
+
+    objective: Objective
+    before: Score
+    after: Score
+    steps: int
+    best_step: int
+    seconds: float
+    train_samples_seen: int
+    stopped: str
+    changed_initializers: int = 0
+    history: list[tuple[int, float, float]] = field(default_factory=list)
+    output: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["objective"] = {**asdict(self.objective), "metric": self.objective.metric}
+        data["output"] = None if self.output is None else str(self.output)
+        return data
+
+
+def distill_file(student: str | os.PathLike[str], teacher: str | os.PathLike[str], data: str | CalibrationReader,
+                 output: str | os.PathLike[str], config: DistillConfig | None = None, *, in_place: bool = False,
+                 on_eval: OnEval | None = None) -> DistillResult:
+    """Distill the model at ``student`` from ``teacher`` on ``data`` (a reader or a CLI data spec) into ``output``."""
+    student_model, teacher_model = load_model(student), load_model(teacher)
+    check_model(student_model)
+    check_model(teacher_model)
+    reader = open_reader(data, student_model) if isinstance(data, str | os.PathLike) else data
+    trained, result = distill(student_model, teacher_model, reader, config, on_eval=on_eval)
+    result.output = save_model(trained, output, overwrite_input=in_place)
+    return result
+
+
+def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, config: DistillConfig | None = None,
+            *, on_eval: OnEval | None = None) -> tuple[ir.Model, DistillResult]:
+    """Train a copy of ``student`` to match ``teacher`` on ``reader``'s samples; return it and the result."""
+    import torch
+
+    from edgeopt.training.interpreter import OnnxModule
+    from edgeopt.training.loop import Loop
+    from edgeopt.training.writeback import write_back
+
+    config = config or DistillConfig()
+    name = _check_signatures(student, teacher, config.output)
+    teacher_session = create_session(teacher, config=_NO_SPIN)
+    holdout = _Stream(reader, student, "holdout", config)
+    train = _Stream(reader, student, "train", config)
+    first = next(iter(holdout()), None)
+    if first is None:
+        raise CalibrationDataError(f"distillation data: too few samples to hold out {config.holdout:.0%} of them; "
+                                   "give more samples or a larger --holdout.")
+    objective = choose_objective(name, teacher_session.run([name], first)[0], config.loss,
+                                 temperature=config.temperature)
+    logger.info("distill: matching output '%s' (%s) with %s loss", name, objective.kind, objective.loss)
+    before = _score_ort(create_session(student, config=_NO_SPIN), teacher_session, holdout(), objective)
+    torch.manual_seed(config.seed)
+    module = OnnxModule(student).to(config.device)
+    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval)
+    threads = torch.get_num_threads()
+    weights = sum(p.numel() for p in module.parameters())
+    torch.set_num_threads(config.threads or (1 if weights < 1_000_000 else threads))
+    try:
+        loop.run()
+    finally:
+        torch.set_num_threads(threads)
+    module.load_state_dict(loop.best_state)
+    trained = copy.deepcopy(student)
+    changed = write_back(module, trained)
+    after = _score_ort(create_session(trained, config=_NO_SPIN), teacher_session, holdout(), objective)
+    result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,
+                           loop.stopped, changed, loop.history)
+    logger.info("distill: %s %.4f -> %.4f on %d held-out samples in %d steps (%.1f s)", objective.metric,
+                before.metric, after.metric, after.samples, loop.step, loop.seconds)
+    return trained, result
+
+
+class _Stream:
+    """A re-iterable view of one part of the samples."""
+
+    def __init__(self, reader: CalibrationReader, model: ir.Model, part: Literal["train", "holdout"],
+                 config: DistillConfig) -> None:
+        self.reader, self.model, self.part, self.config = reader, model, part, config
+
+    def __call__(self) -> Iterator[Feeds]:
+        return split_stream(self.reader, self.model, self.part, fraction=self.config.holdout,
+                            batch_size=self.config.batch_size, limit=self.config.samples)
+
+
+def _check_signatures(student: ir.Model, teacher: ir.Model, output: str | None) -> str:
+    def described(model: ir.Model) -> dict[str, str]:
+        return {v.name or "": str(v.dtype) for v in model_inputs(model)}
+
+    mine, theirs = described(student), described(teacher)
+    if mine != theirs:
+        raise ModelLoadError(f"student and teacher take different inputs: student {mine}, teacher {theirs}. "
+                             "Distill a student made from this teacher (same input names and types).")
+    outputs = [v.name or "" for v in student.graph.outputs]
+    name = output or outputs[0]
+    if name not in outputs:
+        raise PassOptionError(f"--output '{name}' is not an output of the student; it has {outputs}.")
+    teacher_outputs = [v.name or "" for v in teacher.graph.outputs]
+    if name not in teacher_outputs:
+        raise ModelLoadError(f"the teacher has no output '{name}' (it has {teacher_outputs}). Name the output "
+                             "to match with --output, one both models have.")
+    return name
+
+
+def _score_ort(student: Any, teacher: Any, stream: Iterator[Feeds], objective: Objective) -> Score:
+    """Agreement and loss of two ORT sessions on ``stream``, averaged per sample."""
+    import torch
+
+    agree_sum = loss_sum = 0.0
+    count = rows = 0
+    for feeds in stream:
+        got = student.run([objective.output], feeds)[0]
+        want = teacher.run([objective.output], feeds)[0]
+        _check_shapes(got, want, objective.output)
+        agree, n = agreement(objective.kind, got, want)
+        agree_sum, count = agree_sum + agree, count + n
+        loss_sum += float(objective(torch.from_numpy(got), torch.from_numpy(want))) * len(got)
+        rows += len(got)
+    return Score(agree_sum / max(count, 1), loss_sum / max(rows, 1), rows)
+
+
+def _check_shapes(student: np.ndarray, teacher: np.ndarray, name: str) -> None:
+    if student.shape != teacher.shape:
+        raise ModelLoadError(f"output '{name}': the student gives shape {list(student.shape)}, the teacher "
+                             f"{list(teacher.shape)}; distillation matches outputs of the same shape.")

@@ -1,0 +1,155 @@
+"""ONNX graph -> trainable ``torch.nn.Module``: an interpreter that runs the graph's nodes in torch.
+
+Hand-written rather than onnx2torch (see docs/distillation.md for the numbers): it
+needs no torchvision, makes every float initializer a parameter, reads the opset 18+
+forms edgeopt writes (``Reshape allowzero``, axes as inputs) and runs QDQ as fake
+quantization. The module keeps the graph itself, so trained values go back into the
+same nodes (:func:`edgeopt.training.writeback.write_back`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from edgeopt.core.errors import UnsupportedOpError
+from edgeopt.training import shape_ops  # noqa: F401 - registers the shape and QDQ ops in OPS
+from edgeopt.training.ops import OPS
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OnnxModule", "supported_ops", "torch_dtype"]
+
+
+def supported_ops() -> list[str]:
+    """The op types (default domain) the interpreter runs."""
+    return sorted({*OPS, "Constant"})
+
+
+def torch_dtype(dtype: ir.DataType | int) -> torch.dtype:
+    """The torch dtype of an ONNX element type."""
+    return torch.from_numpy(np.zeros(0, ir.DataType(dtype).numpy())).dtype
+
+
+class OnnxModule(nn.Module):
+    """Runs an ``ir.Model``'s main graph in torch; float initializers are trainable parameters.
+
+    Integer and bool initializers (shapes, indices, quantized weights), the scales of
+    QuantizeLinear/DequantizeLinear, BatchNorm statistics and Constant nodes are buffers. ``forward`` takes
+    the graph inputs in order (tensors) and returns the graph outputs as a tuple;
+    :meth:`run` does the same with dicts.
+
+    Args:
+        model: The model; its graph is read, never changed.
+        trainable: Whether the float initializers require gradients.
+
+    Raises:
+        UnsupportedOpError: one line listing every node whose op has no implementation here.
+    """
+
+    def __init__(self, model: ir.Model, *, trainable: bool = True) -> None:
+        super().__init__()
+        graph = model.graph
+        _check_supported(graph)
+        self.input_names = [v.name or "" for v in graph.inputs]
+        self.output_names = [v.name or "" for v in graph.outputs]
+        self.weights = nn.ParameterDict()
+        self.keys: dict[str, str] = {}  # ONNX initializer name -> key in weights / buffers
+        self._consts: dict[str, str] = {}
+        frozen = _fixed_floats(graph)
+        for name, value in graph.initializers.items():
+            if value.const_value is None or name in self.input_names:
+                continue
+            array = value.const_value.numpy()
+            key = _key(name, len(self.keys))
+            self.keys[name] = key
+            if array.dtype.kind == "f" and name not in frozen:
+                self.weights[key] = nn.Parameter(torch.from_numpy(array.copy()), requires_grad=trainable)
+            else:
+                self.register_buffer(key, torch.from_numpy(np.array(array)), persistent=False)
+        self._nodes: list[tuple[str, list[str], list[str], dict[str, Any]]] = []
+        for node in graph:
+            outputs = [v.name or "" for v in node.outputs]
+            if node.op_type == "Constant":
+                self._add_constant(node, outputs[0])
+                continue
+            inputs = [v.name or "" if v is not None else "" for v in node.inputs]
+            self._nodes.append((node.op_type, inputs, outputs, _attributes(node)))
+
+    def _add_constant(self, node: ir.Node, output: str) -> None:
+        attr = next(iter(node.attributes.values()))
+        if attr.name in ("value", "sparse_value"):
+            array = np.array(attr.value.numpy())
+        else:  # value_float(s), value_int(s)
+            array = np.array(attr.value, np.float32 if "float" in attr.name else np.int64)
+        key = _key(output, len(self.keys) + len(self._consts))
+        self._consts[output] = key
+        self.register_buffer(key, torch.from_numpy(array), persistent=False)
+
+    def parameter_of(self, name: str) -> nn.Parameter | None:
+        """The parameter that holds initializer ``name`` (None when it is not a float initializer)."""
+        key = self.keys.get(name)
+        return self.weights[key] if key is not None and key in self.weights else None
+
+    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Graph outputs by name for inputs by name."""
+        return dict(zip(self.output_names, self(*(feeds[n] for n in self.input_names)), strict=True))
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
+        for name, key in self.keys.items():
+            env[name] = self.weights[key] if key in self.weights else getattr(self, key)
+        for name, key in self._consts.items():
+            env[name] = getattr(self, key)
+        for op, names, outputs, attrs in self._nodes:
+            args = [env[n] if n else None for n in names]
+            try:
+                results = OPS[op](args, attrs)
+            except Exception as e:
+                raise RuntimeError(f"{op} node '{attrs['_name']}' failed in torch: {e}") from e
+            env.update(zip(outputs, results, strict=False))
+        return tuple(env[n] for n in self.output_names)
+
+
+def _check_supported(graph: ir.Graph) -> None:
+    missing = [f"'{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" for node in graph
+               if node.domain not in ("", "ai.onnx") or node.op_type not in OPS and node.op_type != "Constant"
+               or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise UnsupportedOpError(
+            f"{graph.name or 'graph'}: node {shown} has no torch implementation for training (subgraphs and "
+            "custom domains are not run either). Run it through `edgeopt optimize --passes cleanup`, or "
+            "report the op."
+        )
+
+
+def _fixed_floats(graph: ir.Graph) -> set[str]:
+    """Float initializers that stay fixed: Q/DQ scales (QAT will own them) and BatchNorm statistics."""
+    fixed = {v.name or "" for node in graph if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+             for v in node.inputs[1:] if v is not None}
+    return fixed | {v.name or "" for node in graph if node.op_type == "BatchNormalization"
+                    for v in node.inputs[3:5] if v is not None}
+
+
+def _attributes(node: ir.Node) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"_op": node.op_type, "_name": node.name or "", "_outputs": len(node.outputs),
+                             "_dtype": torch_dtype}
+    for name, attr in node.attributes.items():
+        value = attr.value
+        if attr.type == ir.AttributeType.TENSOR:
+            value = np.array(value.numpy())
+        elif isinstance(value, tuple | list):
+            value = list(value)
+        attrs[name] = value
+    return attrs
+
+
+def _key(name: str, index: int) -> str:
+    return f"w{index}_{re.sub(r'[^0-9A-Za-z_]', '_', name)[:40]}"

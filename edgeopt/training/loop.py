@@ -1,0 +1,151 @@
+"""The training loop of :func:`edgeopt.training.distill.distill`: steps, schedule, evaluation, early stopping."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from edgeopt.core.runtime import Feeds
+from edgeopt.training.data import shuffled
+from edgeopt.training.losses import Objective, agreement
+
+if TYPE_CHECKING:
+    from edgeopt.training.config import DistillConfig, OnEval
+    from edgeopt.training.interpreter import OnnxModule
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Loop", "cosine_lr"]
+
+
+def cosine_lr(base: float, progress: float, *, warmup: float = 0.05) -> float:
+    """A cosine schedule from ``base`` to 0 over ``progress`` in [0, 1], after a short linear warm-up."""
+    if progress < warmup:
+        return base * (progress + 1e-3) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+
+
+class Loop:
+    """Trains ``module`` on the train stream; keeps the weights of the best held-out evaluation.
+
+    Attributes after :meth:`run`: ``step``, ``best_step``, ``best_state``, ``seen`` (training
+    samples), ``seconds``, ``stopped`` (why it ended) and ``history`` of (step, train loss, metric).
+    """
+
+    def __init__(self, module: OnnxModule, teacher: Any, objective: Objective, config: DistillConfig,
+                 train: Callable[[], Iterator[Feeds]], holdout: Callable[[], Iterator[Feeds]],
+                 on_eval: OnEval | None) -> None:
+        self.module, self.teacher, self.objective, self.config = module, teacher, objective, config
+        self.train, self.holdout, self.on_eval = train, holdout, on_eval
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        self.step = self.best_step = self.seen = self.stale = 0
+        self.best: tuple[float, float] = (-math.inf, -math.inf)
+        self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.history: list[tuple[int, float, float]] = []
+        self.stopped = ""
+        self.seconds = 0.0
+        self._losses: list[float] = []
+        self._start = 0.0
+
+    def run(self) -> None:
+        self._start = time.perf_counter()
+        config = self.config
+        if not self.params:
+            self.stopped = "nothing to train (no float weights)"
+            return
+        self._evaluate()
+        epochs = config.epochs if config.epochs is not None else (5.0 if config.steps is None and
+                                                                   config.time_limit is None else math.inf)
+        rng = np.random.default_rng(config.seed)
+        epoch = 0
+        while not self.stopped:
+            if epoch >= epochs:
+                self.stopped = f"{epoch} epoch(s) done"
+                break
+            batch_count = 0
+            for feeds in shuffled(self.train(), rng):
+                batch_count += 1
+                if epoch + batch_count / max(self._epoch_batches or 1, 1) > epochs + 1e-9 and self._epoch_batches:
+                    self.stopped = f"{epochs:g} epoch(s) done"
+                    break
+                self._train_step(feeds, epoch + batch_count / max(self._epoch_batches or batch_count, 1))
+                if self.stopped:
+                    break
+            self._epoch_batches = self._epoch_batches or batch_count
+            epoch += 1
+        if self._losses:
+            self._evaluate()
+        self.seconds = time.perf_counter() - self._start
+
+    _epoch_batches = 0
+
+    def _progress(self, epoch_position: float) -> float:
+        config, parts = self.config, []
+        if config.steps is not None:
+            parts.append(self.step / config.steps)
+        if config.time_limit is not None:
+            parts.append((time.perf_counter() - self._start) / config.time_limit)
+        epochs = config.epochs if config.epochs is not None else (5.0 if not parts else None)
+        if epochs is not None and self._epoch_batches:
+            parts.append(epoch_position / epochs)
+        return max(parts, default=0.0)
+
+    def _train_step(self, feeds: Feeds, epoch_position: float) -> None:
+        config, name = self.config, self.objective.output
+        for group in self.optimizer.param_groups:
+            group["lr"] = cosine_lr(config.lr, self._progress(epoch_position))
+        target = torch.from_numpy(self.teacher.run([name], feeds)[0]).to(config.device)
+        inputs = {k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()}
+        loss = self.objective(self.module.run(inputs)[name], target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.seen += len(next(iter(feeds.values())))
+        self._losses.append(float(loss.detach()))
+        if not math.isfinite(self._losses[-1]):
+            self.stopped = "the loss is not finite (lower --lr)"
+        elif config.steps is not None and self.step >= config.steps:
+            self.stopped = f"{config.steps} steps done"
+        elif config.time_limit is not None and time.perf_counter() - self._start >= config.time_limit:
+            self.stopped = f"time limit of {config.time_limit:g} s reached"
+        if self.step % config.eval_every == 0 and not self.stopped:
+            self._evaluate()
+
+    def _evaluate(self) -> None:
+        name = self.objective.output
+        agree_sum = loss_sum = 0.0
+        count = rows = 0
+        self.module.eval()
+        with torch.no_grad():
+            for feeds in self.holdout():
+                want = self.teacher.run([name], feeds)[0]
+                inputs = {k: torch.from_numpy(v).to(self.config.device) for k, v in feeds.items()}
+                got = self.module.run(inputs)[name]
+                agree, n = agreement(self.objective.kind, got.cpu().numpy(), want)
+                agree_sum, count = agree_sum + agree, count + n
+                loss_sum += float(self.objective(got, torch.from_numpy(want).to(got.device))) * len(want)
+                rows += len(want)
+        self.module.train()
+        metric, loss = agree_sum / max(count, 1), loss_sum / max(rows, 1)
+        train_loss = float(np.mean(self._losses)) if self._losses else loss
+        self._losses = []
+        self.history.append((self.step, train_loss, metric))
+        if (metric, -loss) > self.best:
+            self.best, self.best_step, self.stale = (metric, -loss), self.step, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        else:
+            self.stale += 1
+            if self.stale >= self.config.patience and not self.stopped:
+                self.stopped = f"early stop: no better {self.objective.metric} in {self.stale} evaluations"
+        logger.debug("distill step %d: train loss %.4g, held-out %s %.4f", self.step, train_loss,
+                     self.objective.metric, metric)
+        if self.on_eval is not None:
+            self.on_eval(self.step, self.config.steps, train_loss, metric)
