@@ -1,4 +1,5 @@
-"""Remove arithmetic with a neutral constant: ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1``, zero ``Pad``."""
+"""Remove nodes that return their input: ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1``, zero ``Pad``,
+a ``Reshape`` to the shape its input already has."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ _NEUTRAL: dict[str, tuple[float, str]] = {
 
 class EliminateNeutralPass(EdgeoptPass):
     """Drop ``Add``/``Sub`` of an all-zero constant, ``Mul``/``Div`` by an all-one constant,
-    and a constant-mode ``Pad`` whose pads are all zero.
+    a constant-mode ``Pad`` whose pads are all zero, and a ``Reshape`` whose input and
+    output have the same static shape.
 
     Exporters keep such nodes: a Linear's zero bias, a layer scale or a GroupNorm
     affine of ones, padding to a window multiple that happens to be zero. A node goes
@@ -54,6 +56,8 @@ def _kept_input(node: ir.Node) -> ir.Value | None:
         return None
     if node.op_type == "Pad":
         return _zero_pad_input(node)
+    if node.op_type == "Reshape":
+        return _same_shape_input(node)
     if node.op_type not in _NEUTRAL or len(node.inputs) != 2 or None in node.inputs:
         return None
     neutral, where = _NEUTRAL[node.op_type]
@@ -98,3 +102,12 @@ def _zero_pad_input(node: ir.Node) -> ir.Value | None:
     if pads.size == 0 or np.any(pads != 0) or source is None or source.dtype != node.outputs[0].dtype:
         return None
     return source
+
+
+def _same_shape_input(node: ir.Node) -> ir.Value | None:
+    source, out = node.inputs[0] if node.inputs else None, node.outputs[0]
+    if source is None or source.shape is None or out.shape is None or source.dtype != out.dtype:
+        return None
+    if not source.shape.is_static() or not out.shape.is_static():
+        return None
+    return source if tuple(source.shape) == tuple(out.shape) else None

@@ -84,6 +84,7 @@ def _rules(*, opset: int, gemm: bool) -> list[pattern.RewriteRule]:
     ]
     if opset >= _HARDSWISH_OPSET:
         rules.extend(_fuse_hardswish.fuse_hardswish_rules().rules)
+    rules.append(LayoutKeepingTransposeToReshape.rule())
     rules.extend(ReshapeOfReshaped.rule(producer) for producer in ReshapeOfReshaped.PRODUCERS)
     if gemm:
         for rule in (MatMulAddToGemm.rule(), ReshapedLinearToGemm.rule()):
@@ -177,8 +178,46 @@ class ReshapedLinearToGemm(RewriteRuleClassBase):
 
     def rewrite(self, op, x: ir.Value, s1: ir.Value, w: ir.Value, b: ir.Value, s2: ir.Value) -> ir.Value:  # type: ignore[no-untyped-def]
         assert w.const_value is not None and b.const_value is not None
-        rows = op.initializer(ir.tensor(np.array([-1, w.const_value.shape[0]], np.int64)), f"{w.name}_rows")
+        rows = op.initializer(ir.tensor(np.array([-1, w.const_value.shape[0]], np.int64)), _fresh(w, "rows"))
         bias = b
         if len(b.const_value.shape) != 1:
-            bias = op.initializer(ir.tensor(b.const_value.numpy().reshape(-1)), f"{b.name}_vector")
+            bias = op.initializer(ir.tensor(b.const_value.numpy().reshape(-1)), _fresh(b, "vector"))
         return op.Reshape(op.Gemm(op.Reshape(x, rows), w, bias), s2)
+
+
+class LayoutKeepingTransposeToReshape(RewriteRuleClassBase):
+    """A ``Transpose`` that only moves axes of size 1 keeps the memory order: it is a
+    ``Reshape`` (no copy at run time), which then merges with a Reshape after it."""
+
+    def pattern(self, op, x, perm):  # type: ignore[no-untyped-def]
+        return op.Transpose(x, perm=perm)
+
+    def check(self, context, x: ir.Value, perm: ir.Attr) -> MatchResult:  # type: ignore[no-untyped-def, override]
+        result = MatchResult()
+        if x.shape is None or not x.shape.is_static() or perm is None:
+            return result.fail("a static input shape and a perm are needed")
+        order = [axis for axis in perm.as_ints() if x.shape[axis] != 1]
+        if order != sorted(order):
+            return result.fail("the Transpose reorders axes longer than 1")
+        return result
+
+    def rewrite(self, op, x: ir.Value, perm: ir.Attr) -> ir.Value:  # type: ignore[no-untyped-def]
+        assert x.shape is not None
+        shape = np.array([x.shape[axis] for axis in perm.as_ints()], np.int64)
+        return op.Reshape(x, op.initializer(ir.tensor(shape), _fresh(x, "transposed_shape")))
+
+
+def _fresh(value: ir.Value, suffix: str) -> str:
+    """A name for a new initializer next to ``value`` that its graph does not hold yet (the rule
+    engine would otherwise replace an existing initializer of that name)."""
+    graph = value.graph
+    producer = value.producer()
+    if graph is None and producer is not None:
+        graph = producer.graph
+    base = f"{value.name or 'value'}_{suffix}"
+    taken = graph.initializers if graph is not None else {}
+    name, n = base, 0
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    return name

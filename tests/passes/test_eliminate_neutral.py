@@ -48,3 +48,24 @@ def test_neutral_constants_that_would_broadcast_or_sit_on_the_left_of_sub_stay(a
 
     assert not apply_pass(EliminateNeutralPass(), model).modified
     assert op_counts(model) == {"Add": 1, "Sub": 1, "Mul": 1}
+
+
+def test_a_reshape_to_the_same_static_shape_goes(apply_pass, op_counts):
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, 8, 2, 2] x) => (float[1, 8, 2, 2] y, float[1, 8, 4] z)
+        <int64[4] same = {1, 8, 2, 2}, int64[3] flat = {1, 8, 4}>
+        {
+            r = Relu(x)
+            s = Reshape(r, same)
+            y = Sigmoid(s)
+            z = Reshape(r, flat)
+        }
+        """
+    )
+    InferShapesPass()(model)
+
+    assert apply_pass(EliminateNeutralPass(), model).modified
+
+    assert op_counts(model) == {"Relu": 1, "Sigmoid": 1, "Reshape": 1}

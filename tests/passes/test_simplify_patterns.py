@@ -193,3 +193,24 @@ def test_a_linear_between_reshapes_becomes_one_gemm(apply_pass, op_counts):
     assert apply_pass(SimplifyPatternsPass(), model).modified
 
     assert op_counts(model) == {"Reshape": 2, "Gemm": 1}
+
+
+def test_a_transpose_that_moves_only_unit_axes_merges_into_the_reshape_after_it(apply_pass, op_counts):
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, 1, 1, 8] x) => (float[1, 8] y, float[1, 8, 1, 1] z, float[8, 1, 1, 1] w)
+        <int64[2] flat = {1, 8}>
+        {
+            t = Transpose<perm = [0, 3, 1, 2]>(x)
+            y = Reshape(t, flat)
+            z = Transpose<perm = [0, 3, 1, 2]>(x)
+            w = Transpose<perm = [3, 0, 1, 2]>(x)
+        }
+        """
+    )
+
+    assert apply_pass(SimplifyPatternsPass(), model).modified
+
+    assert op_counts(model) == {"Reshape": 3}  # y's Transpose merged; z and w are reshapes now
+    assert len(model.graph.initializers) == 3  # flat and two new shapes, none overwritten
