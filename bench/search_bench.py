@@ -1,6 +1,7 @@
 """``edgeopt search`` on the shipped digits CNN: the winner against static int8 alone, same run.
 
     python bench/search_bench.py --trials 40 --objective size --max-drop 0.01 --out out/search_bench
+    python bench/search_bench.py --trials 16 --workers 2   # the same through a local Ray (time it against 1)
 
 Calibration: 256 training images; validation: the 360 held-out digits with labels
 (accuracy). Prints one JSON line per objective: trials, time, computed vs cached,
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--objective", action="append", choices=("size", "latency", "macs"))
     parser.add_argument("--max-drop", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="above 1: candidates run as local Ray tasks")
     parser.add_argument("--out", type=Path, default=Path("out/search_bench"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -45,7 +47,7 @@ def main() -> None:
         for objective in args.objective or ["size"]:
             cache = Cache(Path(scratch) / f"cache-{objective}")  # cold for each objective
             config = SearchConfig(target="ort-cpu", max_drop=args.max_drop, objective=objective,  # type: ignore[arg-type]
-                                  trials=args.trials, seed=args.seed, labels="label")
+                                  trials=args.trials, seed=args.seed, labels="label", workers=args.workers)
             start = time.perf_counter()
             result = search(ONNX_MODEL, args.out / objective, calibration=calib, data=val, config=config,
                             cache=cache)
@@ -59,7 +61,7 @@ def main() -> None:
             ratio = None
             if best is not None and base is not None and base.feasible:
                 ratio = round(base.objective(objective) / best.objective(objective), 3)
-            print(json.dumps({"objective": objective, "trials": len(result.trials),
+            print(json.dumps({"objective": objective, "workers": args.workers, "trials": len(result.trials),
                               "failed": sum(r.state == "failed" for r in result.trials),
                               "feasible": sum(r.feasible for r in result.trials), "seconds": round(seconds, 1),
                               "computed": result.computed, "cache_hits": result.cache_hits,

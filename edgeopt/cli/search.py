@@ -47,6 +47,11 @@ def register(app: typer.Typer) -> None:
                                                    "quantize.")] = None,
         limit: Annotated[int | None, typer.Option(help="Validation samples to use (default: all).")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="Continue the search in OUTPUT.")] = False,
+        workers: Annotated[int, typer.Option(help="Candidates evaluated at once; above 1, as tasks of a local "
+                                             "Ray (pip install 'edgeopt[distributed]').")] = 1,
+        ray_address: Annotated[str | None, typer.Option(help="Send the tasks to this running Ray cluster "
+                                                        "(its workers must see the data and cache "
+                                                        "paths).")] = None,
         as_json: JsonFlag = False,
     ) -> None:
         """Search pass combinations (prune, drop layers, low rank, weight sharing, quantize) for the best
@@ -55,7 +60,8 @@ def register(app: typer.Typer) -> None:
 
         config = console.checked_config(
             SearchConfig, target=target, max_drop=max_drop, objective=objective, trials=trials,
-            time_limit=time_limit, seed=seed, labels=labels, limit=limit, resume=resume,
+            time_limit=time_limit, seed=seed, labels=labels, limit=limit, resume=resume, workers=workers,
+            ray_address=ray_address,
             stages=tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else ())
         with trial_progress(console.err, config.objective, disable=as_json) as on_trial:
             result = search(model, output, calibration=calib, data=data, config=config, on_trial=on_trial)

@@ -58,6 +58,9 @@ class Outcome:
     cached: bool
     model: Path | None = None
     """The candidate's ONNX model (in the cache)."""
+    computed: int = 0
+    """Stage runs and evaluations done for it (cache misses)."""
+    hits: int = 0
 
 
 class Evaluator:
@@ -78,7 +81,7 @@ class Evaluator:
         """Run ``candidate``; a stage, compile or run that fails gives an outcome with the error, never raises
         an :class:`EdgeoptError`."""
         start = time.perf_counter()
-        misses = self.cache.misses
+        misses, hits = self.cache.misses, self.cache.hits
         try:
             model, counted, entry = self._stages(candidate)
             stored, _ = self.cache.candidate(key(entry, self._scoring),
@@ -90,8 +93,10 @@ class Evaluator:
                 error = f"{type(e).__name__}: {error}"
                 logger.debug("search: candidate failed unexpectedly", exc_info=True)
             logger.info("search: %s", error)
-            return Outcome(None, error, time.perf_counter() - start, self.cache.misses == misses)
-        return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model)
+            return Outcome(None, error, time.perf_counter() - start, self.cache.misses == misses,
+                           computed=self.cache.misses - misses, hits=self.cache.hits - hits)
+        return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model,
+                       self.cache.misses - misses, self.cache.hits - hits)
 
     def _stages(self, candidate: Candidate) -> tuple[Path, Path, str]:
         """The candidate's model, the model its MACs are counted on, and its cache key."""

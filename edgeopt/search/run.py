@@ -29,6 +29,7 @@ from edgeopt.deploy.target_registry import get_target
 from edgeopt.deploy.validation import validate
 from edgeopt.search.cache import Cache
 from edgeopt.search.evaluate import Evaluator, Outcome
+from edgeopt.search.parallel import runner
 from edgeopt.search.records import OBJECTIVES, Objective, TrialRecord, best, pareto_front, write_tables
 from edgeopt.search.space import Stage, describe, seeds, select, suggest
 from edgeopt.search.stages import STAGES
@@ -60,6 +61,10 @@ class SearchConfig:
     samples: int = 128
     """Calibration samples each stage reads."""
     resume: bool = False
+    workers: int = 1
+    """Candidates evaluated at once; above 1 they run as tasks of a local Ray started for the search."""
+    ray_address: str | None = None
+    """A running Ray cluster to send the tasks to (its workers must see the data and cache paths)."""
 
 
 @dataclass
@@ -112,21 +117,28 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
                           labels=config.labels, limit=config.limit, samples=config.samples, cache=cache)
     records = [_from_attrs(t) for t in _finished(study)]
     stopped = "resumed-complete" if len(records) >= config.trials else "trials"
-    while len(records) < config.trials:
-        if config.time_limit is not None and time.perf_counter() - started >= config.time_limit:
-            stopped = "time-limit"
-            break
-        records.append(_trial(study, stages, evaluator, config))
-        if on_trial:
-            on_trial(records[-1], best(records, config.objective), len(records), config.trials)
+    tally = [0, 0]  # cache misses (work done) and hits, as the outcomes report them (Ray workers included)
+    with runner(evaluator, config.workers, config.ray_address) as run:
+        while len(records) < config.trials:
+            if config.time_limit is not None and time.perf_counter() - started >= config.time_limit:
+                stopped = "time-limit"
+                break
+            asked = [study.ask() for _ in range(min(run.width, config.trials - len(records)))]
+            candidates = [suggest(trial, stages) for trial in asked]
+            for trial, candidate, outcome in zip(asked, candidates, run(candidates), strict=True):
+                records.append(_tell(study, trial, describe(candidate), outcome, config))
+                tally[0], tally[1] = tally[0] + outcome.computed, tally[1] + outcome.hits
+                if on_trial:
+                    on_trial(records[-1], best(records, config.objective), len(records), config.trials)
     records.sort(key=lambda r: r.number)
     winner, front = best(records, config.objective), pareto_front(records, config.objective)
     baseline = next((r for r in records if r.seed == "quantize"), None)
-    result = SearchResult(out, config.objective, config.max_drop, records, winner, front, baseline,
-                          evaluator.cache.misses, evaluator.cache.hits, 0.0, stopped)
+    result = SearchResult(out, config.objective, config.max_drop, records, winner, front, baseline, 0, 0, 0.0,
+                          stopped)
     if winner is not None:
-        result.compiled = _write_best(_model_of(winner, stages, evaluator), source, out, calibration, data, config)
-    result.computed, result.cache_hits = evaluator.cache.misses, evaluator.cache.hits
+        result.compiled = _write_best(_model_of(winner, stages, evaluator, tally), source, out, calibration, data,
+                                      config)
+    result.computed, result.cache_hits = tally
     result.seconds = time.perf_counter() - started
     summary = {k: v for k, v in result.as_dict().items() if k not in ("front", "files")}
     result.files = write_tables(records, front, out, summary)
@@ -143,6 +155,8 @@ def _check(model: str | os.PathLike[str], calibration: str, config: SearchConfig
         raise PassOptionError(f"search: --max-drop is a drop of the metric, 0 to 1; got {config.max_drop}.")
     if config.trials < 1:
         raise PassOptionError(f"search: --trials must be 1 or more, got {config.trials}.")
+    if config.workers < 1:
+        raise PassOptionError(f"search: --workers must be 1 or more, got {config.workers}.")
     get_target(config.target)  # an unknown name fails with close matches
     source = Path(model).resolve()
     loaded = load_model(source)
@@ -186,12 +200,9 @@ def _finished(study: Any) -> list[Any]:
     return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
 
 
-def _trial(study: Any, stages: list[Stage], evaluator: Evaluator, config: SearchConfig) -> TrialRecord:
-    trial = study.ask()
-    candidate = suggest(trial, stages)
-    outcome = evaluator.evaluate(candidate)
-    record = _record(trial.number, trial.user_attrs.get("seed"), dict(trial.params), describe(candidate),
-                     outcome, config.max_drop)
+def _tell(study: Any, trial: Any, stages: str, outcome: Outcome, config: SearchConfig) -> TrialRecord:
+    record = _record(trial.number, trial.user_attrs.get("seed"), dict(trial.params), stages, outcome,
+                     config.max_drop)
     trial.set_user_attr("record", asdict(record))
     # TPE ranks infeasible trials by how far they miss the budget (<= 0: feasible). A failed candidate counts
     # as missing it by the whole metric, so the sampler learns to leave that corner (a FAIL would be ignored).
@@ -221,13 +232,14 @@ def _from_attrs(trial: Any) -> TrialRecord:
     return TrialRecord(**stored)
 
 
-def _model_of(record: TrialRecord, stages: list[Stage], evaluator: Evaluator) -> Path:
+def _model_of(record: TrialRecord, stages: list[Stage], evaluator: Evaluator, tally: list[int]) -> Path:
     """A trial's ONNX model: from the cache, or run again from its parameters if the cache lost it."""
     if record.model is not None and Path(record.model).is_file():
         return Path(record.model)
     from optuna.trial import FixedTrial
 
     outcome = evaluator.evaluate(suggest(FixedTrial(record.params), stages))
+    tally[0], tally[1] = tally[0] + outcome.computed, tally[1] + outcome.hits
     if outcome.model is None:
         raise ConversionError(f"search: trial {record.number} ({record.stages}) no longer runs: {outcome.error}")
     return outcome.model

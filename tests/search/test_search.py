@@ -197,3 +197,19 @@ def test_time_limit_and_a_lost_cache_entry(digits: tuple[str, str], tmp_path: Pa
     assert stopped.stopped == "time-limit" and len(stopped.trials) == 1  # no trial starts after the limit
     # the winner's model is gone with the first cache: it is rebuilt from the trial's parameters
     assert stopped.best is not None and stopped.computed == 2 and (tmp_path / "out" / "best.onnx").is_file()
+
+
+def test_two_ray_workers_find_what_one_process_finds(digits: tuple[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    calib, val = digits
+    config = SearchConfig(target="ort-cpu", max_drop=0.02, trials=3, stages=("prune", "share-weights", "quantize"),
+                          labels="label")  # three trials: the three seeds, the same list either way
+    serial = search(ONNX_MODEL, tmp_path / "serial", calibration=calib, data=val, config=config,
+                    cache=Cache(tmp_path / "serial-cache"))
+    parallel = search(ONNX_MODEL, tmp_path / "parallel", calibration=calib, data=val,
+                      config=dataclasses.replace(config, workers=2), cache=Cache(tmp_path / "parallel-cache"))
+    assert parallel.computed == serial.computed > 0  # the work was done (in the Ray workers) and counted
+    assert [r.params for r in parallel.trials] == [r.params for r in serial.trials]
+    assert [(r.metric, r.size_bytes) for r in parallel.trials] == [(r.metric, r.size_bytes) for r in serial.trials]
+    assert parallel.best is not None and serial.best is not None
+    assert parallel.best.params == serial.best.params
