@@ -8,8 +8,8 @@ static batch dim is split by whole batches instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -17,7 +17,7 @@ import onnx_ir as ir
 from edgeopt.core.runtime import CalibrationReader, Feeds, model_inputs
 from edgeopt.data.readers import batches
 
-__all__ = ["static_batch", "split_stream", "shuffled"]
+__all__ = ["HeldOut", "static_batch", "split_stream", "shuffled"]
 
 
 def static_batch(model: ir.Model) -> int | None:
@@ -67,3 +67,31 @@ def _mixed(feeds: Feeds, rng: np.random.Generator) -> Feeds:
     order = rng.permutation(rows)
     return {name: array[order] for name, array in feeds.items()}
 
+
+
+class HeldOut:
+    """The held-out samples with the teacher's output for each batch, re-iterable.
+
+    Kept in memory when inputs and teacher outputs together stay under ``max_bytes``
+    (evaluations then read no files and run no teacher); streamed again on every pass
+    otherwise.
+    """
+
+    def __init__(self, stream: Callable[[], Iterator[Feeds]], teacher: Any, output: str, *,
+                 max_bytes: int = 256 << 20) -> None:
+        self.stream, self.teacher, self.output = stream, teacher, output
+        self.cached: list[tuple[Feeds, np.ndarray]] | None = []
+        size = 0
+        for feeds, want in self._run():
+            size += sum(a.nbytes for a in feeds.values()) + want.nbytes
+            if size > max_bytes:
+                self.cached = None
+                break
+            self.cached.append((feeds, want))
+
+    def _run(self) -> Iterator[tuple[Feeds, np.ndarray]]:
+        for feeds in self.stream():
+            yield feeds, self.teacher.run([self.output], feeds)[0]
+
+    def __call__(self) -> Iterator[tuple[Feeds, np.ndarray]]:
+        return iter(self.cached) if self.cached is not None else self._run()

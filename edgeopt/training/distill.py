@@ -27,7 +27,7 @@ from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import CalibrationReader, Feeds, create_session, model_inputs
 from edgeopt.data.readers import open_reader
 from edgeopt.training.config import DistillConfig, OnEval
-from edgeopt.training.data import split_stream
+from edgeopt.training.data import HeldOut, split_stream
 from edgeopt.training.losses import Objective, agreement, choose_objective
 
 logger = logging.getLogger(__name__)
@@ -94,16 +94,16 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     config = config or DistillConfig()
     name = _check_signatures(student, teacher, config.output)
     teacher_session = create_session(teacher, config=_NO_SPIN)
-    holdout = _Stream(reader, student, "holdout", config)
-    train = _Stream(reader, student, "train", config)
-    first = next(iter(holdout()), None)
+    first = next(iter(_Stream(reader, student, "holdout", config)()), None)
     if first is None:
         raise CalibrationDataError(f"distillation data: too few samples to hold out {config.holdout:.0%} of them; "
                                    "give more samples or a larger --holdout.")
     objective = choose_objective(name, teacher_session.run([name], first)[0], config.loss,
                                  temperature=config.temperature)
     logger.info("distill: matching output '%s' (%s) with %s loss", name, objective.kind, objective.loss)
-    before = _score_ort(create_session(student, config=_NO_SPIN), teacher_session, holdout(), objective)
+    holdout = HeldOut(_Stream(reader, student, "holdout", config), teacher_session, name)
+    train = _Stream(reader, student, "train", config)
+    before = _score_ort(create_session(student, config=_NO_SPIN), holdout(), objective)
     torch.manual_seed(config.seed)
     module = OnnxModule(student).to(config.device)
     loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval)
@@ -117,7 +117,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     module.load_state_dict(loop.best_state)
     trained = copy.deepcopy(student)
     changed = write_back(module, trained)
-    after = _score_ort(create_session(trained, config=_NO_SPIN), teacher_session, holdout(), objective)
+    after = _score_ort(create_session(trained, config=_NO_SPIN), holdout(), objective)
     result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,
                            loop.stopped, changed, loop.history)
     logger.info("distill: %s %.4f -> %.4f on %d held-out samples in %d steps (%.1f s)", objective.metric,
@@ -156,15 +156,14 @@ def _check_signatures(student: ir.Model, teacher: ir.Model, output: str | None) 
     return name
 
 
-def _score_ort(student: Any, teacher: Any, stream: Iterator[Feeds], objective: Objective) -> Score:
-    """Agreement and loss of two ORT sessions on ``stream``, averaged per sample."""
+def _score_ort(student: Any, stream: Iterator[tuple[Feeds, np.ndarray]], objective: Objective) -> Score:
+    """Agreement and loss of an ORT session with the teacher's outputs, averaged per sample."""
     import torch
 
     agree_sum = loss_sum = 0.0
     count = rows = 0
-    for feeds in stream:
+    for feeds, want in stream:
         got = student.run([objective.output], feeds)[0]
-        want = teacher.run([objective.output], feeds)[0]
         _check_shapes(got, want, objective.output)
         agree, n = agreement(objective.kind, got, want)
         agree_sum, count = agree_sum + agree, count + n

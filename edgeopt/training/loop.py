@@ -39,7 +39,7 @@ class Loop:
     """
 
     def __init__(self, module: OnnxModule, teacher: Any, objective: Objective, config: DistillConfig,
-                 train: Callable[[], Iterator[Feeds]], holdout: Callable[[], Iterator[Feeds]],
+                 train: Callable[[], Iterator[Feeds]], holdout: Callable[[], Iterator[tuple[Feeds, np.ndarray]]],
                  on_eval: OnEval | None) -> None:
         self.module, self.teacher, self.objective, self.config = module, teacher, objective, config
         self.train, self.holdout, self.on_eval = train, holdout, on_eval
@@ -125,8 +125,7 @@ class Loop:
         count = rows = 0
         self.module.eval()
         with torch.no_grad():
-            for feeds in self.holdout():
-                want = self.teacher.run([name], feeds)[0]
+            for feeds, want in self.holdout():
                 inputs = {k: torch.from_numpy(v).to(self.config.device) for k, v in feeds.items()}
                 got = self.module.run(inputs)[name]
                 agree, n = agreement(self.objective.kind, got.cpu().numpy(), want)
