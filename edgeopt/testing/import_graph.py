@@ -33,7 +33,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("layers",),
     ("targets",),
     ("deploy",),
-    ("workflow", "search"),
+    ("search",),
+    ("workflow",),
     ("cli", "testing"),
 )
 """The house, bottom floor first: a room imports only rooms on floors below its own.
