@@ -101,11 +101,13 @@ def _objective(record: TrialRecord | None, objective: str) -> str:
 
 def search_tables(result: SearchResult) -> Group:
     """The Pareto front (metric drop vs the objective), the int8 seed marked."""
-    front = Table(title=f"Pareto front: metric drop vs {result.objective} (feasible trials, "
+    metric = next((r.metric_name for r in result.front if r.metric_name), "metric")
+    front = Table(title=f"Pareto front: {metric} drop vs {result.objective} (feasible trials, "
                         f"--max-drop {result.max_drop:g})")
-    for column in ("trial", "stages", "metric", "drop", "size", "p50 ms", "MACs", ""):
+    for column in ("trial", "stages", metric, "drop", "size", "p50 ms", "MACs", ""):
         front.add_column(column, justify="left" if column in ("stages", "") else "right",
-                         no_wrap=column != "stages", overflow="fold")
+                         no_wrap=column not in ("stages", ""), min_width=24 if column == "stages" else None,
+                         overflow="fold")
     rows: list[TrialRecord] = list(result.front)
     if result.baseline is not None and result.baseline not in rows and result.baseline.feasible:
         rows.append(result.baseline)
@@ -121,7 +123,7 @@ def _cells(r: TrialRecord) -> list[str]:
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    return [str(r.number), r.stages, f"{r.metric_name} {fmt(r.metric, '.4f')}", fmt(r.drop, "+.4f"),
+    return [str(r.number), r.stages, fmt(r.metric, ".4f"), fmt(r.drop, "+.4f"),
             human_bytes(r.size_bytes), fmt(r.latency_ms, ".3f"), fmt(r.macs, ",")]
 
 
