@@ -68,7 +68,7 @@ class QuantizeDynamicPass(EdgeoptPass):
         extra: dict[str, Any] = {"MatMulConstBOnly": True, "WeightSymmetric": self.weight_type == "int8"}
         quantizer = ONNXQuantizer(
             proto, self.per_channel, False, QuantizationMode.IntegerOps, False, weight,
-            QuantType.QUInt8, None, [], list(self.exclude),
+            QuantType.QUInt8, None, [], [*self.exclude, *_computed_weight_convs(model)],
             list(self.op_types) or list(IntegerOpsRegistry), extra,
         )
         with quiet_root_logging():
@@ -83,3 +83,11 @@ class QuantizeDynamicPass(EdgeoptPass):
         logger.info("quantize-dynamic: %d quantized node(s), %s weights%s", count,
                     self.weight_type, ", per channel" if self.per_channel else "")
         return ir.passes.PassResult(model, modified=count > 0)
+
+
+def _computed_weight_convs(model: ir.Model) -> list[str]:
+    """Conv nodes whose weight is computed (a codebook's decode chain): ORT's ConvInteger
+    quantizer needs an initializer, so they stay float (MatMul's ``MatMulConstBOnly`` does the same)."""
+    return [node.name for node in model.graph
+            if node.op_type == "Conv" and node.name and len(node.inputs) > 1 and node.inputs[1] is not None
+            and not node.inputs[1].is_initializer()]

@@ -117,3 +117,26 @@ def test_uint8_weights() -> None:
 
     assert model.graph.initializers["W1_quantized"].const_value.numpy().dtype == np.uint8
     assert error < MAX_RELATIVE_ERROR, error
+
+
+def test_codebook_clustered_convs_stay_float_and_the_rest_quantizes():
+    """A Conv whose weight a codebook decodes at run time cannot be ConvInteger (ORT wants an
+    initializer): it stays float instead of failing the whole model."""
+    from edgeopt.cli.demo_model import ONNX_MODEL
+    from edgeopt.core.model_io import load_model
+    from edgeopt.core.runtime import random_feeds
+    from edgeopt.passes import ClusterWeightsPass
+
+    model = load_model(ONNX_MODEL)
+    ClusterWeightsPass(clusters=16, min_elements=256)(model)
+    feeds = random_feeds(model)
+    expected = run_model(model, feeds)["logits"]
+
+    assert QuantizeDynamicPass(op_types=("Conv", "MatMul", "Gemm"), cpu=None)(model).modified
+
+    ops = [n.op_type for n in model.graph]
+    assert "ConvInteger" in ops or "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    decoded_convs = [n for n in model.graph if n.op_type == "Conv" and not n.inputs[1].is_initializer()]
+    assert decoded_convs  # the clustered ones, still float
+    got = run_model(model, feeds)["logits"]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.05
