@@ -1,11 +1,15 @@
-"""Distillation of a pruned EfficientNet-Lite0 from the original on unlabeled crops (issue 13's CNN goal).
+"""Distillation of compressed pretrained models from the originals on unlabeled samples (issue 13's goals).
 
-The student is the CLI's ``prune --ratio R`` (with least-squares repair on the
-training crops unless ``--no-repair``); it is distilled with ``edgeopt distill``'s
-library function on N crops and scored, in ONNX Runtime, on M other crops (another
-seed) that neither pruning nor training saw. Prints one JSON line.
+``--model efficientnet``: the student is ``edgeopt prune --ratio R`` of EfficientNet-Lite0,
+trained on N crops, scored by top-1 agreement. ``--model minilm``: the student is
+``edgeopt drop-layers --count K`` of all-MiniLM-L6-v2 (64 tokens), trained on N sentences,
+scored by the cosine of ``sentence_embedding``. Both repair by least squares on the training
+samples unless ``--no-repair``, are distilled with ``edgeopt distill``'s library function and
+are scored, in ONNX Runtime, on M other samples that neither compression nor training saw.
+Prints one JSON line.
 
-    python bench/distill_bench.py --crops 600 --unseen 200 --time-limit 300
+    python bench/distill_bench.py --model efficientnet --samples 600 --unseen 200 --time-limit 300
+    python bench/distill_bench.py --model minilm --samples 2000 --unseen 200 --time-limit 600 --lr 5e-5
 """
 
 from __future__ import annotations
@@ -28,51 +32,70 @@ sys.path.insert(0, str(ROOT / "bench"))
 import pretrained  # noqa: E402 - bench/ is not a package
 
 
-def _agreement(student: Path, teacher: Path, x: np.ndarray) -> float:
+def _agreement(student: Path, teacher: Path, feeds: dict[str, np.ndarray], output: str) -> float:
     s, t = create_session(student), create_session(teacher)
-    agree = 0
-    for i in range(0, len(x), 32):
-        feeds = {pretrained.CNN_INPUT: x[i:i + 32]}
-        agree += int((s.run(None, feeds)[0].argmax(1) == t.run(None, feeds)[0].argmax(1)).sum())
-    return agree / len(x)
+    total, rows = 0.0, len(next(iter(feeds.values())))
+    for i in range(0, rows, 32):
+        batch = {k: v[i:i + 32] for k, v in feeds.items()}
+        got, want = s.run([output], batch)[0], t.run([output], batch)[0]
+        if output == "logits":
+            total += float((got.argmax(1) == want.argmax(1)).sum())
+        else:
+            cos = (got * want).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1))
+            total += float(cos.sum())
+    return total / rows
+
+
+def _data(model: str, n: int, seed: int) -> dict[str, np.ndarray]:
+    if model == "efficientnet":
+        return pretrained.efficientnet_lite0_feeds(pretrained.sample_images(n, seed=seed))
+    texts = pretrained.sentences(n + 10_000 * seed)[10_000 * seed:]
+    return pretrained.minilm_tokenizer(64)(texts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crops", type=int, default=600)
+    parser.add_argument("--model", choices=("efficientnet", "minilm"), default="efficientnet")
+    parser.add_argument("--samples", type=int, default=600)
     parser.add_argument("--unseen", type=int, default=200)
-    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--ratio", type=float, default=0.3, help="efficientnet: channels pruned")
+    parser.add_argument("--count", type=int, default=2, help="minilm: layers dropped")
     parser.add_argument("--no-repair", action="store_true")
     parser.add_argument("--time-limit", type=float, default=300)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
     cache = ROOT / "bench" / "results" / "quantize-cache"
-    teacher, _ = pretrained.pretrained_cnn_onnx(cache)
+    if args.model == "efficientnet":
+        teacher, output = pretrained.pretrained_cnn_onnx(cache)[0], "logits"
+        compress = ["prune", "--ratio", str(args.ratio)]
+    else:
+        teacher, output = pretrained.minilm_onnx(cache, seq_len=64)[0], "sentence_embedding"
+        compress = ["drop-layers", "--count", str(args.count), "--compare-output", output]
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "crops"
+        data = Path(tmp) / "samples"
         data.mkdir()
-        train = pretrained.efficientnet_lite0_feeds(pretrained.sample_images(args.crops, seed=0))
-        for i in range(0, args.crops, 50):
-            np.savez(data / f"batch_{i:04d}.npz", input=train[pretrained.CNN_INPUT][i:i + 50])
+        train = _data(args.model, args.samples, seed=0)
+        for i in range(0, args.samples, 50):
+            np.savez(data / f"batch_{i:04d}.npz", **{k: v[i:i + 50] for k, v in train.items()})  # type: ignore[arg-type]
         del train
-        student = Path(tmp) / "pruned.onnx"
-        prune = [str(Path(sys.executable).with_name("edgeopt")), "prune", str(teacher), "-o", str(student),
-                 "--ratio", str(args.ratio)]
-        prune += ["--no-repair"] if args.no_repair else ["--calib", str(data), "--samples", "200"]
-        subprocess.run(prune, check=True, capture_output=True)
-        unseen = pretrained.efficientnet_lite0_feeds(pretrained.sample_images(args.unseen, seed=1))
-        x = unseen[pretrained.CNN_INPUT]
-        before = _agreement(student, teacher, x)
+        student = Path(tmp) / "student.onnx"
+        command = [str(Path(sys.executable).with_name("edgeopt")), compress[0], str(teacher), "-o", str(student),
+                   *compress[1:]]
+        command += ["--no-repair"] if args.no_repair else ["--calib", str(data), "--samples", "200"]
+        subprocess.run(command, check=True, capture_output=True)
+        unseen = _data(args.model, args.unseen, seed=1)
+        before = _agreement(student, teacher, unseen, output)
         start = time.perf_counter()
         result = distill_file(student, teacher, str(data), Path(tmp) / "distilled.onnx",
                               DistillConfig(time_limit=args.time_limit, lr=args.lr, batch_size=args.batch_size,
-                                            eval_every=10, epochs=100))
+                                            eval_every=10, epochs=100, output=output))
         seconds = time.perf_counter() - start
-        after = _agreement(Path(tmp) / "distilled.onnx", teacher, x)
-    print(json.dumps({"model": "EfficientNet-Lite0", "ratio": args.ratio, "repair": not args.no_repair,
-                      "crops": args.crops, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
-                      "unseen_agreement_before": before, "unseen_agreement_after": after,
+        after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
+    print(json.dumps({"model": args.model, "compress": compress, "repair": not args.no_repair,
+                      "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
+                      "metric": result.objective.metric, "loss": result.objective.loss,
+                      "unseen_before": before, "unseen_after": after,
                       "holdout_before": result.before.metric, "holdout_after": result.after.metric,
                       "steps": result.steps, "best_step": result.best_step, "stopped": result.stopped,
                       "seconds": round(seconds, 1), "history": result.history}))

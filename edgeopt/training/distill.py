@@ -10,7 +10,6 @@ back into the student's own graph (:func:`~edgeopt.training.writeback.write_back
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Iterator
@@ -115,7 +114,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     finally:
         torch.set_num_threads(threads)
     module.load_state_dict(loop.best_state)
-    trained = copy.deepcopy(student)
+    trained = student.clone()  # new values and nodes; write_back replaces (never edits) tensors
     changed = write_back(module, trained)
     after = _score_ort(create_session(trained, config=_NO_SPIN), holdout(), objective)
     result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,

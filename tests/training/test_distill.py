@@ -63,8 +63,11 @@ def test_a_model_with_a_layer_dropped_recovers() -> None:
     train = _batches(rng.standard_normal((2048, 16)).astype(np.float32), "x")
     unseen = {"x": rng.standard_normal((1000, 16)).astype(np.float32)}
     before = _agreement(student, teacher, unseen)
+    weights = {k: v.const_value.numpy().copy() for k, v in student.graph.initializers.items()}
 
     trained, result = distill(student, teacher, train, DistillConfig(steps=300, lr=3e-3))
+
+    assert all(np.array_equal(v.const_value.numpy(), weights[k]) for k, v in student.graph.initializers.items())
 
     after = _agreement(trained, teacher, unseen)
     assert after - before > 0.1 and after - before >= 0.5 * (1 - before), (before, after)
