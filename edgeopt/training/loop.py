@@ -61,46 +61,43 @@ class Loop:
             self.stopped = "nothing to train (no float weights)"
             return
         self._evaluate()
-        epochs = config.epochs if config.epochs is not None else (5.0 if config.steps is None and
-                                                                   config.time_limit is None else math.inf)
+        self.epochs = config.epochs if config.epochs is not None else (
+            5.0 if config.steps is None and config.time_limit is None else math.inf)
+        if math.isfinite(self.epochs):  # the schedule needs the epoch's length: one pass that reads only the data
+            self.epoch_batches = sum(1 for _ in self.train())
         rng = np.random.default_rng(config.seed)
         epoch = 0
         while not self.stopped:
-            if epoch >= epochs:
-                self.stopped = f"{epoch} epoch(s) done"
-                break
-            batch_count = 0
             for feeds in shuffled(self.train(), rng):
-                batch_count += 1
-                if epoch + batch_count / max(self._epoch_batches or 1, 1) > epochs + 1e-9 and self._epoch_batches:
-                    self.stopped = f"{epochs:g} epoch(s) done"
+                if self.epoch_batches and self.step >= self.epochs * self.epoch_batches:
                     break
-                self._train_step(feeds, epoch + batch_count / max(self._epoch_batches or batch_count, 1))
+                self._train_step(feeds)
                 if self.stopped:
                     break
-            self._epoch_batches = self._epoch_batches or batch_count
             epoch += 1
+            if not self.stopped and (epoch >= self.epochs or self.step >= self.epochs * self.epoch_batches > 0):
+                self.stopped = f"{self.epochs:g} epoch(s) done"
         if self._losses:
             self._evaluate()
         self.seconds = time.perf_counter() - self._start
 
-    _epoch_batches = 0
+    epochs = math.inf
+    epoch_batches = 0
 
-    def _progress(self, epoch_position: float) -> float:
+    def _progress(self) -> float:
         config, parts = self.config, []
         if config.steps is not None:
             parts.append(self.step / config.steps)
         if config.time_limit is not None:
             parts.append((time.perf_counter() - self._start) / config.time_limit)
-        epochs = config.epochs if config.epochs is not None else (5.0 if not parts else None)
-        if epochs is not None and self._epoch_batches:
-            parts.append(epoch_position / epochs)
+        if self.epoch_batches:
+            parts.append(self.step / (self.epochs * self.epoch_batches))
         return max(parts, default=0.0)
 
-    def _train_step(self, feeds: Feeds, epoch_position: float) -> None:
+    def _train_step(self, feeds: Feeds) -> None:
         config, name = self.config, self.objective.output
         for group in self.optimizer.param_groups:
-            group["lr"] = cosine_lr(config.lr, self._progress(epoch_position))
+            group["lr"] = cosine_lr(config.lr, self._progress())
         target = torch.from_numpy(self.teacher.run([name], feeds)[0]).to(config.device)
         inputs = {k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()}
         loss = self.objective(self.module.run(inputs)[name], target)
