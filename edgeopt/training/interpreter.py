@@ -57,14 +57,14 @@ class OnnxModule(nn.Module):
         super().__init__()
         graph = model.graph
         _check_supported(graph)
-        self.input_names = [v.name or "" for v in graph.inputs]
+        self.input_names = [v.name or "" for v in graph.inputs if not v.is_initializer()]  # IR < 4 lists both
         self.output_names = [v.name or "" for v in graph.outputs]
         self.weights = nn.ParameterDict()
         self.keys: dict[str, str] = {}  # ONNX initializer name -> key in weights / buffers
         self._consts: dict[str, str] = {}
         frozen = _fixed_floats(graph)
         for name, value in graph.initializers.items():
-            if value.const_value is None or name in self.input_names:
+            if value.const_value is None:
                 continue
             array = value.const_value.numpy()
             key = _key(name, len(self.keys))
