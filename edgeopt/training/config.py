@@ -29,7 +29,7 @@ class DistillConfig:
             to match (default: the student's first). device: torch device.
         threads: torch's CPU threads while training; None: 1 for students under a million
             weights (small ops lose more to thread hand-offs than they gain: 4-10x measured on
-            2 busy cores), torch's default otherwise.
+            2 busy cores), otherwise torch's default less the cores the load average says are busy.
     """
 
     steps: int | None = None
