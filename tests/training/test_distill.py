@@ -117,3 +117,11 @@ def test_missing_or_too_little_data_is_one_line(pruned_digits: Path, tmp_path: P
 def test_bad_options_are_rejected(option: str, value: float) -> None:
     with pytest.raises(PassOptionError, match=f"--{option.replace('_', '-')} must be"):
         DistillConfig(**{option: value})  # type: ignore[arg-type]
+
+
+def test_outputs_of_different_shapes_are_one_line() -> None:
+    student = ir.serde.deserialize_model(residual_mlp(blocks=1, classes=10))
+    teacher = ir.serde.deserialize_model(residual_mlp(blocks=1, classes=5))
+    train = _batches(np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32), "x")
+    with pytest.raises(ModelLoadError, match=r"output 'logits': the student gives shape \[\d+, 10\], the teacher"):
+        distill(student, teacher, train)
