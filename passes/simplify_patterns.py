@@ -85,6 +85,7 @@ def _rules(*, opset: int, gemm: bool) -> list[pattern.RewriteRule]:
     if opset >= _HARDSWISH_OPSET:
         rules.extend(_fuse_hardswish.fuse_hardswish_rules().rules)
     rules.append(LayoutKeepingTransposeToReshape.rule())
+    rules.append(SliceOfSlice.rule())
     rules.extend(ReshapeOfReshaped.rule(producer) for producer in ReshapeOfReshaped.PRODUCERS)
     if gemm:
         for rule in (MatMulAddToGemm.rule(), ReshapedLinearToGemm.rule()):
@@ -221,3 +222,35 @@ def _fresh(value: ir.Value, suffix: str) -> str:
         n += 1
         name = f"{base}_{n}"
     return name
+
+
+class SliceOfSlice(RewriteRuleClassBase):
+    """``Slice(Slice(x, ...), ...)`` on different axes -> one ``Slice`` over both (a strided
+    downsampling of rows then columns, as LeViT exports it). Every input is a constant and
+    both Slices name their axes; axes given as negative numbers need ``x``'s rank."""
+
+    def pattern(self, op, x, s1, e1, a1, t1, s2, e2, a2, t2):  # type: ignore[no-untyped-def]
+        return op.Slice(op.Slice(x, s1, e1, a1, t1), s2, e2, a2, t2)
+
+    def check(self, context, x, s1, e1, a1, t1, s2, e2, a2, t2) -> MatchResult:  # type: ignore[no-untyped-def, override]
+        result = MatchResult()
+        parts = (s1, e1, a1, t1, s2, e2, a2, t2)
+        if any(v is None or v.const_value is None for v in parts):
+            return result.fail("every start, end, axis and step must be a constant")
+        if x.shape is None:
+            return result.fail("the input's rank is needed to compare axes")
+        rank = len(x.shape)
+        first = {int(a) % rank for a in a1.const_value.numpy().reshape(-1)}
+        second = {int(a) % rank for a in a2.const_value.numpy().reshape(-1)}
+        if first & second:
+            return result.fail("the Slices share an axis")
+        return result
+
+    def rewrite(self, op, x, s1, e1, a1, t1, s2, e2, a2, t2):  # type: ignore[no-untyped-def]
+        def joined(a: ir.Value, b: ir.Value, suffix: str) -> ir.Value:
+            assert a.const_value is not None and b.const_value is not None
+            array = np.concatenate([a.const_value.numpy().reshape(-1), b.const_value.numpy().reshape(-1)])
+            return op.initializer(ir.tensor(array.astype(np.int64)), _fresh(x, suffix))
+
+        return op.Slice(x, joined(s1, s2, "slice_starts"), joined(e1, e2, "slice_ends"),
+                        joined(a1, a2, "slice_axes"), joined(t1, t2, "slice_steps"))

@@ -214,3 +214,26 @@ def test_a_transpose_that_moves_only_unit_axes_merges_into_the_reshape_after_it(
 
     assert op_counts(model) == {"Reshape": 3}  # y's Transpose merged; z and w are reshapes now
     assert len(model.graph.initializers) == 3  # flat and two new shapes, none overwritten
+
+
+def test_strided_slices_on_two_axes_become_one(apply_pass, op_counts):
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[1, 6, 6, 2] x) => (float[1, 3, 3, 2] y, float[1, 2, 6, 2] z)
+        <int64[1] zero = {0}, int64[1] big = {9223372036854775807}, int64[1] one = {1}, int64[1] two = {2},
+         int64[1] minus = {-3}>
+        {
+            r = Slice(x, zero, big, one, two)
+            y = Slice(r, zero, big, two, two)
+            q = Slice(x, zero, big, one, two)
+            z = Slice(q, zero, big, minus, two)
+        }
+        """
+    )
+    InferShapesPass()(model)
+
+    assert apply_pass(SimplifyPatternsPass(), model).modified
+
+    # y's pair is merged; z's second Slice is on axis -3 (= 1) again, the same axis: a pair stays
+    assert op_counts(model) == {"Slice": 3}
