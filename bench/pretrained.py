@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import importlib.util
 import itertools
 import logging
 import os
@@ -58,6 +59,12 @@ class MissingModelPackage(RuntimeError):
 
 
 def _require(module: str, what: str, pip: str) -> Any:
+    if module in ("transformers", "efficientnet_lite_pytorch") and importlib.util.find_spec("torchvision"):
+        # the bench extra's torchvision (for bench/cleanup_zoo.py) cannot load its C++ ops with the
+        # CPU torch, and transformers imports it: register plain-torch stand-ins first
+        from zoo_models import install_torchvision_shim
+
+        install_torchvision_shim()
     try:
         return importlib.import_module(module)
     except ImportError as e:
