@@ -120,9 +120,9 @@ class ReshapeOfReshaped(RewriteRuleClassBase):
 
 
 class MatMulAddToGemm(RewriteRuleClassBase):
-    """``Add(MatMul(a, b), c)`` -> ``Gemm(a, b, c)`` for 2-D float ``a``, ``b`` and a
-    ``c`` that Gemm can broadcast to the product's shape (so the Add's own
-    broadcasting never grows the result)."""
+    """``Add(MatMul(a, b), c)`` -> ``Gemm(a, b, c)`` for 2-D float ``a``, ``b`` and a constant
+    ``c`` (a bias: a residual Add stays visible) that Gemm can broadcast to the product's
+    shape (so the Add's own broadcasting never grows the result)."""
 
     def pattern(self, op, a, b, c):  # type: ignore[no-untyped-def]
         return op.Add(op.MatMul(a, b, _outputs=["product"]), c)
@@ -134,6 +134,8 @@ class MatMulAddToGemm(RewriteRuleClassBase):
         if len(a.shape) != 2 or len(b.shape) != 2:
             return result.fail("Gemm takes 2-D operands")
         product = (a.shape[0], b.shape[1])
+        if c.const_value is None:  # a residual Add stays: block finders and pruning read it
+            return result.fail("the addend must be a constant bias")
         if c.shape is None or len(c.shape) > 2:
             return result.fail("the addend must be at most 2-D")
         for dim, target in zip(reversed(list(c.shape)), reversed(product), strict=False):

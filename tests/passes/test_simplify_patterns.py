@@ -237,3 +237,23 @@ def test_strided_slices_on_two_axes_become_one(apply_pass, op_counts):
 
     # y's pair is merged; z's second Slice is on axis -3 (= 1) again, the same axis: a pair stays
     assert op_counts(model) == {"Slice": 3}
+
+
+def test_a_residual_add_after_a_matmul_stays(apply_pass, op_counts):
+    """Gemm could take the residual as C, but block finders and pruning read the residual Add."""
+    model = ir.from_onnx_text(
+        f"""
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[2, 4] x) => (float[2, 4] y)
+        <float[4, 4] w = {{{_weights(4, 4)}}}>
+        {{
+            h = Relu(x)
+            m = MatMul(h, w)
+            y = Add(x, m)
+        }}
+        """
+    )
+    InferShapesPass()(model)
+
+    assert not apply_pass(SimplifyPatternsPass(), model).modified
+    assert op_counts(model) == {"Relu": 1, "MatMul": 1, "Add": 1}
