@@ -2,12 +2,14 @@
 
 onnxscript ships a library of pattern rewrites; this pass applies the ones that
 keep outputs identical (float round-off aside) and that shrink what the
-exporters emit: Pad fused into Conv, no-op Cast/Expand/Transpose/Reshape/Slice/
-ScatterND, chains of Reshape/Transpose/Unsqueeze/Slice collapsed (a Reshape of a
-Squeeze/Unsqueeze/Flatten too), ``x*1``/``x+0``
-removed, successive Relu/Clip/Min/Max merged, Reshape shapes made literal,
-MatMul+Add into Gemm on 2-D operands. Rules whose result depends on the opset run only where the model's
-opset has the ops they emit.
+exporters emit: Pad fused into Conv, no-op Cast/Expand/Transpose/Slice/ScatterND,
+chains of Reshape/Transpose/Unsqueeze/Slice collapsed, ``x*1``/``x+0`` removed,
+successive Relu/Clip/Min/Max merged, Reshape shapes made literal. Rules of our own
+(onnxscript has none for these, or one that is unsafe) follow: 2-D MatMul + constant
+bias into Gemm (Add's broadcasting checked), a Linear between two Reshapes into one
+Gemm, a Reshape of a Squeeze/Unsqueeze/Flatten/Reshape, a Transpose that moves only
+unit axes into a Reshape, two Slices on different axes into one. Rules whose result
+depends on the opset run only where the model's opset has the ops they emit.
 """
 
 from __future__ import annotations
