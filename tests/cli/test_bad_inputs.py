@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 import pytest
+from rich.console import Console
 
+from edgeopt import cli
+from edgeopt.cli import console
 from edgeopt.testing.bad_models import BAD_DATA, BAD_MODELS, BadInput, text_encoder, write_good_model
-from edgeopt.testing.cli_runs import run_main as _main
 
 Argv = Callable[[Path, Path, Path], list[str]]
 """(model or data, output folder, a compile folder of the good model) -> the command line."""
@@ -78,6 +81,19 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _digest(path: Path) -> dict[str, str]:
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(sys, "argv", ["edgeopt", *argv])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def _assert_one_line_error(code: int, out: str, err: str, case: BadInput, path: Path) -> None:

@@ -7,15 +7,18 @@ import dataclasses
 import inspect
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
+from edgeopt import cli
+from edgeopt.cli import console
 from edgeopt.cli.demo_model import DATA, ONNX_MODEL, preprocess
 from edgeopt.core.model_io import load_model
 from edgeopt.search import STAGES, Cache, Evaluator, SearchConfig, search, seeds, select
-from edgeopt.testing.cli_runs import run_main as _main
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +32,19 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         np.savez(root / "calib" / f"batch_{i:04d}.npz", image=train[i:i + 128])
     np.savez(root / "val.npz", image=preprocess(data["x_val"][:200]), label=data["y_val"][:200])
     return str(root / "calib"), str(root / "val.npz")
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(console, "out", Console(width=300))
+    monkeypatch.setattr(console, "err", Console(stderr=True, width=300))
+    monkeypatch.setattr(sys, "argv", ["edgeopt", *argv])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def _argv(digits: tuple[str, str], out: Path, *extra: str) -> list[str]:
