@@ -97,7 +97,7 @@ def prune_file(
     check_model(model)
     result = PruneResult(before=summarize(model))
     criterion = resolve_criterion(config.criterion, calibration)
-    reference = model.clone()
+    reference = model.clone() if calibration is not None and not plan_only else None  # for the fidelity
     if config.cleanup and criterion == "bn":  # the clean-up folds the BatchNorms this criterion reads
         result.notes.append("cleanup skipped: --criterion bn reads the BatchNorms it would fold.")
     elif config.cleanup:
@@ -128,6 +128,7 @@ def prune_file(
                             ".npy/.npz or images) to measure the output against the original and to repair "
                             "the layers after the pruned channels.")
     else:
+        assert reference is not None
         evaluation = batches(open_reader(calibration, reference), reference, limit=config.eval_samples)
         result.fidelity = output_fidelity(reference, model, evaluation)
     return result
