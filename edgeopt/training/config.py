@@ -27,6 +27,12 @@ class DistillConfig:
         samples: Use at most this many samples. eval_every: Steps between held-out evaluations.
         patience: Evaluations without improvement before stopping. output: Which graph output
             to match (default: the student's first). device: torch device.
+        qat: Quantization-aware training of a QDQ student (:mod:`edgeopt.training.qat`); None: on
+            when the student has quantized weights (nothing else in such a model trains).
+        learn_scales: QAT: train the Q/DQ scales too (LSQ-style), not only the weights.
+        scale_lr: QAT: peak learning rate of the (log) scales; None: ``lr``.
+        keep_clusters: Train clustered weights tied (:mod:`edgeopt.training.clusters`): each
+            tensor keeps its distinct values, the centroids move.
         threads: torch's CPU threads while training; None: 1 for students under a million
             weights (small ops lose more to thread hand-offs than they gain: 4-10x measured on
             2 busy cores), otherwise torch's default less the cores the load average says are busy.
@@ -46,6 +52,10 @@ class DistillConfig:
     output: str | None = None
     seed: int = 0
     device: str = "cpu"
+    qat: bool | None = None
+    learn_scales: bool = True
+    scale_lr: float | None = None
+    keep_clusters: bool = True
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -53,7 +63,7 @@ class DistillConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise PassOptionError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
-        for name in ("epochs", "time_limit", "lr", "temperature"):
+        for name in ("epochs", "time_limit", "lr", "temperature", "scale_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise PassOptionError(f"--{name.replace('_', '-')} must be positive, got {value!r}.")

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -25,9 +25,14 @@ from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import CalibrationReader, Feeds, create_session, model_inputs
 from edgeopt.data.readers import open_reader
+from edgeopt.training.clusters import clustered_weights, decode_constants
 from edgeopt.training.config import DistillConfig, OnEval
 from edgeopt.training.data import HeldOut, split_stream
 from edgeopt.training.losses import Objective, agreement, choose_objective
+
+if TYPE_CHECKING:
+    from edgeopt.training.interpreter import OnnxModule
+    from edgeopt.training.qat import QatPlan
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +91,8 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     """Train a copy of ``student`` to match ``teacher`` on ``reader``'s samples; return it and the result."""
     import torch
 
-    from edgeopt.training.interpreter import OnnxModule
     from edgeopt.training.loop import Loop
+    from edgeopt.training.qat import finish_qat
     from edgeopt.training.writeback import write_back
 
     config = config or DistillConfig()
@@ -104,7 +109,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     train = _Stream(reader, student, "train", config)
     before = _score_ort(create_session(student, config=_NO_SPIN), holdout(), objective)
     torch.manual_seed(config.seed)
-    module = OnnxModule(student).to(config.device)
+    module, plan = _student_module(student, config)
     loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval)
     threads = torch.get_num_threads()
     weights = sum(p.numel() for p in module.parameters())
@@ -114,14 +119,43 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     finally:
         torch.set_num_threads(threads)
     module.load_state_dict(loop.best_state)
-    trained = student.clone()  # new values and nodes; write_back replaces (never edits) tensors
-    changed = write_back(module, trained)
+    if plan is not None:
+        trained = finish_qat(module, student, plan)
+        changed = len(plan.tensors) + len(plan.scales)
+    else:
+        trained = student.clone()  # new values and nodes; write_back replaces (never edits) tensors
+        changed = write_back(module, trained)
     after = _score_ort(create_session(trained, config=_NO_SPIN), holdout(), objective)
     result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,
                            loop.stopped, changed, loop.history)
     logger.info("distill: %s %.4f -> %.4f on %d held-out samples in %d steps (%.1f s)", objective.metric,
                 before.metric, after.metric, after.samples, loop.step, loop.seconds)
     return trained, result
+
+
+def _student_module(student: ir.Model, config: DistillConfig) -> tuple[OnnxModule, QatPlan | None]:
+    """The trainable module of ``student``: QAT for quantized weights, clustered weights tied."""
+    from edgeopt.training.interpreter import OnnxModule
+    from edgeopt.training.qat import prepare_qat
+
+    qat = config.qat if config.qat is not None else has_quantized_weights(student)
+    plan = prepare_qat(student, learn_scales=config.learn_scales) if qat else None
+    graph = plan.graph if plan is not None else student
+    shadows = {t.weight for t in plan.tensors} if plan is not None else set()  # on the int8 grid, not clusters
+    tied = clustered_weights(graph) - shadows if config.keep_clusters else set()
+    if tied:
+        logger.info("distill: %d clustered weight(s) keep their values tied", len(tied))
+    module = OnnxModule(graph, positive=plan.scales if plan else None, frozen=decode_constants(graph), tied=tied)
+    return module.to(config.device), plan
+
+
+def has_quantized_weights(model: ir.Model) -> bool:
+    """Whether a DequantizeLinear of ``model`` reads a constant integer tensor (a QDQ weight)."""
+    for node in model.graph:
+        value = node.inputs[0] if node.op_type == "DequantizeLinear" and node.inputs else None
+        if value is not None and value.const_value is not None and value.const_value.dtype.is_integer():
+            return True
+    return False
 
 
 class _Stream:

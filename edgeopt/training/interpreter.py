@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -24,7 +25,11 @@ from edgeopt.training.ops import OPS
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OnnxModule", "supported_ops", "torch_dtype"]
+__all__ = ["OnnxModule", "Positive", "supported_ops", "torch_dtype"]
+
+Positive = Literal["log", "pow2"]
+"""How a positive weight (a quantization scale) trains: its natural log, or its base-2 log rounded to an
+integer in the forward pass (straight-through), so the value stays a power of two."""
 
 
 def supported_ops() -> list[str]:
@@ -45,16 +50,30 @@ class OnnxModule(nn.Module):
     the graph inputs in order (tensors) and returns the graph outputs as a tuple;
     :meth:`run` does the same with dicts.
 
+    Nodes whose inputs are all buffers (a codebook's index decoding, shape arithmetic on
+    constants) run once here and their outputs become buffers.
+
     Args:
         model: The model; its graph is read, never changed.
         trainable: Whether the float initializers require gradients.
+        positive: Initializers that must stay positive (scales): trained as the log of a factor on
+            the start value, so a scale can never reach 0 or change sign. This makes Q/DQ scales
+            trainable.
+        frozen: More float initializers to keep fixed (buffers).
+        tied: Float initializers whose equal values stay equal (clustered weights): the parameter
+            holds the distinct values and a buffer which one each element takes, so training
+            moves centroids (each one gets the summed gradient of its cluster) and the tensor keeps
+            exactly as many distinct values.
 
     Raises:
         UnsupportedOpError: one line listing every node whose op has no implementation here.
     """
 
-    def __init__(self, model: ir.Model, *, trainable: bool = True) -> None:
+    def __init__(self, model: ir.Model, *, trainable: bool = True, positive: Mapping[str, Positive] | None = None,
+                 frozen: Collection[str] = (), tied: Collection[str] = ()) -> None:
         super().__init__()
+        self.positive = dict(positive or {})
+        self.tied: dict[str, str] = {}  # initializer name -> buffer key of its cluster index
         graph = model.graph
         _check_supported(graph)
         self.input_names = [v.name or "" for v in graph.inputs if not v.is_initializer()]  # IR < 4 lists both
@@ -62,14 +81,24 @@ class OnnxModule(nn.Module):
         self.weights = nn.ParameterDict()
         self.keys: dict[str, str] = {}  # ONNX initializer name -> key in weights / buffers
         self._consts: dict[str, str] = {}
-        frozen = _fixed_floats(graph)
+        fixed = (_fixed_floats(graph) | set(frozen)) - set(self.positive)
         for name, value in graph.initializers.items():
             if value.const_value is None:
                 continue
             array = value.const_value.numpy()
             key = _key(name, len(self.keys))
             self.keys[name] = key
-            if array.dtype.kind == "f" and name not in frozen:
+            if name in self.positive:  # trains a log-factor of the start value (exp(0) keeps it exact)
+                start = np.log2(array) if self.positive[name] == "pow2" else array
+                self.register_buffer(f"{key}_start", torch.from_numpy(np.array(start)), persistent=False)
+                zeros = torch.zeros(array.shape, dtype=torch.from_numpy(np.array(array)).dtype)
+                self.weights[key] = nn.Parameter(zeros, requires_grad=trainable)
+            elif name in tied and array.dtype.kind == "f":
+                values, index = np.unique(array, return_inverse=True)
+                self.weights[key] = nn.Parameter(torch.from_numpy(values), requires_grad=trainable)
+                self.tied[name] = f"{key}_index"
+                self.register_buffer(self.tied[name], torch.from_numpy(index.reshape(array.shape)), persistent=False)
+            elif array.dtype.kind == "f" and name not in fixed:
                 self.weights[key] = nn.Parameter(torch.from_numpy(array.copy()), requires_grad=trainable)
             else:
                 self.register_buffer(key, torch.from_numpy(np.array(array)), persistent=False)
@@ -81,6 +110,27 @@ class OnnxModule(nn.Module):
                 continue
             inputs = [v.name or "" if v is not None else "" for v in node.inputs]
             self._nodes.append((node.op_type, inputs, outputs, _attributes(node)))
+        self._precompute()
+
+    def _precompute(self) -> None:
+        """Run the nodes that read only buffers once; keep the outputs later nodes read as buffers."""
+        known: dict[str, Any] = {n: getattr(self, k) for n, k in self.keys.items() if k not in self.weights}
+        known |= {n: getattr(self, k) for n, k in self._consts.items()}
+        remaining = []
+        with torch.no_grad():
+            for op, names, outputs, attrs in self._nodes:
+                if all(not n or n in known for n in names) and op not in ("RandomNormal", "RandomUniform"):
+                    args = [known[n] if n else None for n in names]
+                    known.update(zip(outputs, OPS[op](args, attrs), strict=False))
+                else:
+                    remaining.append((op, names, outputs, attrs))
+        needed = {n for _, names, _, _ in remaining for n in names} | set(self.output_names)
+        computed = {o for _, _, outputs, _ in self._nodes for o in outputs} - {o for r in remaining for o in r[2]}
+        for name in sorted(computed & needed):
+            key = _key(name, len(self.keys) + len(self._consts))
+            self._consts[name] = key
+            self.register_buffer(key, known[name], persistent=False)
+        self._nodes = remaining
 
     def _add_constant(self, node: ir.Node, output: str) -> None:
         attr = next(iter(node.attributes.values()))
@@ -93,9 +143,30 @@ class OnnxModule(nn.Module):
         self.register_buffer(key, torch.from_numpy(array), persistent=False)
 
     def parameter_of(self, name: str) -> nn.Parameter | None:
-        """The parameter that holds initializer ``name`` (None when it is not a float initializer)."""
+        """The parameter that holds initializer ``name`` (None when it is not a float initializer).
+
+        For a ``positive`` initializer this is the log of its factor, for a ``tied`` one its distinct
+        values; :meth:`value_of` gives the value.
+        """
         key = self.keys.get(name)
         return self.weights[key] if key is not None and key in self.weights else None
+
+    def value_of(self, name: str) -> torch.Tensor:
+        """The current value of initializer ``name`` as the graph sees it."""
+        key = self.keys[name]
+        if key not in self.weights:
+            return getattr(self, key)
+        param = self.weights[key]
+        if name in self.tied:
+            return param[getattr(self, self.tied[name])]
+        mode = self.positive.get(name)
+        if mode is None:
+            return param
+        start = getattr(self, f"{key}_start")
+        if mode == "log":
+            return start * torch.exp(param)
+        exponent = start + param
+        return torch.exp2(exponent + (torch.round(exponent) - exponent).detach())
 
     def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Graph outputs by name for inputs by name."""
@@ -104,7 +175,8 @@ class OnnxModule(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
         for name, key in self.keys.items():
-            env[name] = self.weights[key] if key in self.weights else getattr(self, key)
+            env[name] = self.value_of(name) if name in self.positive or name in self.tied else (
+                self.weights[key] if key in self.weights else getattr(self, key))
         for name, key in self._consts.items():
             env[name] = getattr(self, key)
         for op, names, outputs, attrs in self._nodes:

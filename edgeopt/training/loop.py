@@ -44,7 +44,13 @@ class Loop:
         self.module, self.teacher, self.objective, self.config = module, teacher, objective, config
         self.train, self.holdout, self.on_eval = train, holdout, on_eval
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        scale_keys = {module.keys[n] for n in module.positive}
+        scales = [p for k, p in module.weights.items() if k in scale_keys and p.requires_grad]
+        groups = [{"params": [p for k, p in module.weights.items() if k not in scale_keys and p.requires_grad],
+                   "base_lr": config.lr}]
+        if scales:  # log-scales (QAT) have their own step size
+            groups.append({"params": scales, "base_lr": config.scale_lr or config.lr})
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr)
         self.step = self.best_step = self.seen = self.stale = 0
         self.best: tuple[float, float] = (-math.inf, -math.inf)
         self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -96,8 +102,9 @@ class Loop:
 
     def _train_step(self, feeds: Feeds) -> None:
         config, name = self.config, self.objective.output
+        progress = self._progress()
         for group in self.optimizer.param_groups:
-            group["lr"] = cosine_lr(config.lr, self._progress())
+            group["lr"] = cosine_lr(group["base_lr"], progress)
         target = torch.from_numpy(self.teacher.run([name], feeds)[0]).to(config.device)
         inputs = {k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()}
         loss = self.objective(self.module.run(inputs)[name], target)

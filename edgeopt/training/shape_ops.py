@@ -185,13 +185,20 @@ def _range(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
 
 @_op("QuantizeLinear")
 def _quantize(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
-    """Fake quantization: round (straight-through) and clamp to the integer type's range, kept as float."""
+    """Fake quantization: round (straight-through) and clamp to the integer type's range, kept as float.
+
+    ``x / scale`` is rounded before the zero point is added, as ONNX Runtime does (adding first can
+    round a tie differently). A ``qat_range`` attribute (QAT graphs only) narrows the clamp, e.g. to
+    [-127, 127] for symmetric int8 weights.
+    """
     x, scale = i[0], i[1]
     zero = i[2] if len(i) > 2 and i[2] is not None else None
-    low, high = _int_range(zero, a)
+    low, high = a.get("qat_range") or _int_range(zero, a)
     scale, zp = _along(scale, x, a), _along(zero, x, a)
-    q = x / scale + (0.0 if zp is None else zp.to(x.dtype))
+    q = x / scale
     q = q + (torch.round(q) - q).detach()
+    if zp is not None:
+        q = q + zp.to(x.dtype)
     return [torch.clamp(q, low, high)]
 
 

@@ -36,7 +36,7 @@ def write_back(module: OnnxModule, model: ir.Model) -> int:
         if param is None or value.const_value is None:
             continue
         old = value.const_value.numpy()
-        new = param.detach().cpu().numpy().astype(old.dtype).reshape(old.shape)
+        new = module.value_of(name).detach().cpu().numpy().astype(old.dtype).reshape(old.shape)
         if np.array_equal(old, new):
             continue
         value.const_value = ir.tensor(new, name=name)
