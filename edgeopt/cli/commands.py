@@ -187,11 +187,16 @@ def quantize(
     cpu: Annotated[str, typer.Option(help="CPU family the int8 model is for: auto (this machine), x86-avx2 "
                                      "(x86 without VNNI), x86-vnni or arm64.")] = "auto",
     cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset first.")] = True,
+    qat: Annotated[bool, typer.Option("--qat", help="Static: then train the int8 model to match MODEL "
+                                      "(quantization-aware training; see `edgeopt distill`).")] = False,
+    data: Annotated[str | None, typer.Option(help="--qat: training samples (default: --calib).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Quantize MODEL (static int8 with calibration, dynamic, or weight-only int4/int8)."""
     from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
+    if qat:
+        distill.check_qat(mode, data or calib)
     config = console.checked_config(QuantizeConfig, mode=mode, method=method, percentile=percentile,
                                     per_channel=per_channel, format=fmt, activation_type=activation_type,
                                     bits=bits, block_size=block_size, weight_method=weight_method,
@@ -204,10 +209,11 @@ def quantize(
     with samples_progress(console.err, disable=as_json) as progress:
         result = quantize_file(model, output, config, calibration=calib, report=report,
                                progress=progress)
+    if not as_json:
+        console.out.print(quantize_tables(result, show_report=report))
+    trained = distill.qat_after_quantize(model, output, data or calib or "", as_json=as_json) if qat else None
     if as_json:
-        console.emit_json(quantize_json(result))
-        return
-    console.out.print(quantize_tables(result, show_report=report))
+        console.emit_json({**quantize_json(result), **({"qat": trained.as_dict()} if trained else {})})
 
 
 @app.command()

@@ -44,25 +44,62 @@ def register(app: typer.Typer) -> None:
         match: Annotated[str | None, typer.Option("--output-name", help="The graph output to match "
                                                   "(default: the student's first).")] = None,
         device: Annotated[str, typer.Option(help="torch device: cpu, cuda, ...")] = "cpu",
+        qat: Annotated[bool | None, typer.Option("--qat/--no-qat", help="Quantization-aware training of a QDQ "
+                                                 "student (default: on when it has int8 weights).")] = None,
+        learn_scales: Annotated[bool, typer.Option("--learn-scales/--fixed-scales", help="QAT: train the "
+                                                   "quantization scales too.")] = True,
+        scale_lr: Annotated[float | None, typer.Option(help="QAT: peak learning rate of the scales (default: "
+                                                       "--lr).")] = None,
+        keep_clusters: Annotated[bool, typer.Option("--keep-clusters/--free-clusters", help="Clustered weights "
+                                                    "keep their values tied: centroids train.")] = True,
         in_place: Annotated[bool, typer.Option("--in-place", help="Allow writing over STUDENT.")] = False,
         as_json: JsonFlag = False,
     ) -> None:
-        """Train STUDENT (pruned, layers dropped, ...) to reproduce TEACHER's outputs on unlabeled DATA."""
+        """Train STUDENT (pruned, layers dropped, clustered, int8 QDQ, ...) to match TEACHER on unlabeled DATA."""
         from edgeopt.training.distill import DistillConfig, distill_file
 
         config = console.checked_config(
             DistillConfig, steps=steps, epochs=epochs, time_limit=time_limit, lr=lr, batch_size=batch_size,
             loss=loss, temperature=temperature, holdout=holdout, samples=samples, eval_every=eval_every,
-            patience=patience, output=match, device=device)
+            patience=patience, output=match, device=device, qat=qat, learn_scales=learn_scales, scale_lr=scale_lr,
+            keep_clusters=keep_clusters)
         with _progress(disable=as_json) as on_eval:
             result = distill_file(student, teacher, data, output, config, in_place=in_place, on_eval=on_eval)
         if as_json:
             console.emit_json(result.as_dict())
             return
-        console.out.print(fidelity_table(result))
-        console.out.print(f"{result.steps} steps in {result.seconds:.1f} s ({result.stopped}); kept the weights "
-                          f"of step {result.best_step}", markup=False)
-        console.out.print(f"wrote {result.output}", markup=False)
+        show(result)
+
+
+def show(result: DistillResult) -> None:
+    """The fidelity table, the run's length and the written file."""
+    console.out.print(fidelity_table(result))
+    console.out.print(f"{result.steps} steps in {result.seconds:.1f} s ({result.stopped}); kept the weights "
+                      f"of step {result.best_step}", markup=False)
+    console.out.print(f"wrote {result.output}", markup=False)
+
+
+def check_qat(mode: str, data: str | None) -> None:
+    """``quantize --qat``'s options, checked before anything is written."""
+    from edgeopt.core.errors import PassOptionError
+
+    if mode != "static":
+        raise PassOptionError(f"--qat trains static int8 (QDQ) models, not --mode {mode}; drop --qat or use "
+                              "--mode static.")
+    if data is None:
+        raise PassOptionError("quantize --qat trains on sample data: give --data DIR (or --calib DIR).")
+
+
+def qat_after_quantize(model: Path, quantized: Path, data: str, *, as_json: bool) -> DistillResult:
+    """``quantize --qat``: train the int8 model just written against the float ``model``, in place."""
+    from edgeopt.training.distill import DistillConfig, distill_file
+
+    with _progress(disable=as_json) as on_eval:
+        result = distill_file(quantized, model, data, quantized, DistillConfig(qat=True), in_place=True,
+                              on_eval=on_eval)
+    if not as_json:
+        show(result)
+    return result
 
 
 @contextmanager

@@ -87,3 +87,33 @@ def test_bad_input_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     code, said = _main(monkeypatch, capsys, "distill", str(student), "--teacher", str(teacher_path),
                        "-o", str(tmp_path / "o.onnx"), "--data", *data.split())
     assert code == 1 and message in said and len(said.strip().splitlines()) == 1, said
+
+
+def test_quantize_qat_trains_the_int8_model_in_place(runner: CliRunner, setup: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    _, data = setup
+    out = tmp_path / "int8.onnx"
+    result = runner.invoke(cli.app, ["quantize", str(ONNX_MODEL), "-o", str(out), "--calib", str(data),
+                                     "--per-tensor", "--qat", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["qat"]["output"] == str(out) and report["qat"]["objective"]["metric"] == "top-1 agreement"
+    assert report["qat"]["after"]["metric"] >= report["qat"]["before"]["metric"]
+    model = onnx.load(out)
+    onnx.checker.check_model(model, full_check=True)
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in model.graph.node}
+    again = runner.invoke(cli.app, ["distill", str(out), "--teacher", str(ONNX_MODEL), "--data", str(data),
+                                    "-o", str(tmp_path / "again.onnx"), "--steps", "20", "--qat"])
+    assert again.exit_code == 0 and "fidelity vs the teacher" in again.output, again.output
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ("--mode dynamic --qat --data random:8", "--qat trains static int8 (QDQ) models, not --mode dynamic"),
+    ("--qat", "quantize --qat trains on sample data: give --data DIR (or --calib DIR)."),
+])
+def test_quantize_qat_bad_options_write_nothing(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path, options: str, message: str) -> None:
+    code, said = _main(monkeypatch, capsys, "quantize", str(ONNX_MODEL), "-o", str(tmp_path / "q.onnx"),
+                       *options.split())
+    assert code == 1 and message in said and len(said.strip().splitlines()) == 1, said
+    assert not (tmp_path / "q.onnx").exists()
