@@ -36,11 +36,14 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: trials, Pareto front, "
                                              "the winner as a compile folder (best/).")],
         objective: Annotated[str, typer.Option(help="size | latency | macs: minimized among candidates "
-                                               "within --max-drop.")] = "size",
+                                               "within --max-drop; several, comma-separated (size,latency), "
+                                               "searched jointly with NSGA-II.")] = "size",
         labels: Annotated[str | None, typer.Option(help="Labels' key in the .npz data (or a .npy file): score "
                                                    "task accuracy.")] = None,
         trials: Annotated[int, typer.Option(help="Trials in all (a resumed search counts earlier ones).")] = 40,
         time_limit: Annotated[float | None, typer.Option(help="Start no trial after this many seconds.")] = None,
+        patience: Annotated[int, typer.Option(help="Stop once the budget is met and this many trials after "
+                                              "the seeds improved nothing (0: never stop early).")] = 10,
         seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
         stages: Annotated[str | None, typer.Option(help="Comma-separated stages to search (default: all): "
                                                    "prune, drop-layers, low-rank, share-weights, "
@@ -60,10 +63,10 @@ def register(app: typer.Typer) -> None:
 
         config = console.checked_config(
             SearchConfig, target=target, max_drop=max_drop, objective=objective, trials=trials,
-            time_limit=time_limit, seed=seed, labels=labels, limit=limit, resume=resume, workers=workers,
-            ray_address=ray_address,
+            time_limit=time_limit, patience=patience, seed=seed, labels=labels, limit=limit, resume=resume,
+            workers=workers, ray_address=ray_address,
             stages=tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else ())
-        with trial_progress(console.err, config.objective, disable=as_json) as on_trial:
+        with trial_progress(console.err, (*config.objectives, "size")[0], disable=as_json) as on_trial:
             result = search(model, output, calibration=calib, data=data, config=config, on_trial=on_trial)
         if as_json:
             console.emit_json(result.as_dict())
@@ -102,7 +105,7 @@ def _objective(record: TrialRecord | None, objective: str) -> str:
 def search_tables(result: SearchResult) -> Group:
     """The Pareto front (metric drop vs the objective), the int8 seed marked."""
     metric = next((r.metric_name for r in result.front if r.metric_name), "metric")
-    front = Table(title=f"Pareto front: {metric} drop vs {result.objective} (feasible trials, "
+    front = Table(title=f"Pareto front: {metric} drop vs {', '.join(result.objectives)} (feasible trials, "
                         f"--max-drop {result.max_drop:g})")
     for column in ("trial", "stages", metric, "drop", "size", "p50 ms", "MACs", ""):
         front.add_column(column, justify="left" if column in ("stages", "") else "right",
@@ -141,4 +144,5 @@ def summary_line(result: SearchResult) -> str:
         value, seed_value = best.objective(result.objective), base.objective(result.objective)
         times = f"{seed_value / value:.2f}x" if value else "-"
         line += f" ({times} better than static int8 alone: {_objective(base, result.objective)})"
-    return head + line + f"\nwrote {result.out_dir / 'best'} (compile folder), trials.json, trials.csv, pareto.json"
+    return head + line + (f"\nwrote {result.out_dir / 'report.html'}, {result.out_dir / 'best'} (compile folder), "
+                          "trials.json, trials.csv, pareto.json")

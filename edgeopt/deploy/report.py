@@ -1,14 +1,16 @@
-"""Write a validation report as ``report.json``, ``report.md`` and ``report.html`` (with plots).
+"""Write a validation report as ``report.json``, ``report.md``, ``report.html`` and ``report_plots.png``.
 
-The plot (matplotlib, Agg backend, embedded as a base64 PNG) puts every
-artifact on agreement-with-fp32 vs size and vs latency, so the trade-off
-between targets shows at a glance.
+The HTML page is self-contained (:mod:`edgeopt.deploy.report_html`: it opens
+offline): a sortable artifact table, the metric vs size and vs latency with
+labelled points, size and latency bars per target, per-layer SQNR bars of the
+quantized artifacts and the notes. The matplotlib figure (Agg backend) puts every
+artifact on the metric and SQNR vs size and latency; it is embedded and also
+written as a PNG.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -17,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from edgeopt.core.errors import ModelSaveError
+from edgeopt.deploy.report_html import COLOURS, Point, bars, notes, page, png, scatter, section, table
 from edgeopt.deploy.validation import ArtifactResult, ValidationReport
 
 COLUMNS = ("target", "precision", "status", "metric", "top-1 agree", "cosine", "SQNR dB", "max abs",
@@ -26,20 +29,28 @@ COLUMNS = ("target", "precision", "status", "metric", "top-1 agree", "cosine", "
 def write_report(report: ValidationReport, folder: str | os.PathLike[str]) -> dict[str, Path]:
     """Write the three report files into ``folder`` (each atomically); return their paths."""
     dest = Path(folder).resolve()
+    plot = plot_png(report)
     written = {
-        "json": _write(dest / "report.json", json.dumps(report.as_dict(), indent=2, default=str)),
-        "md": _write(dest / "report.md", markdown(report)),
-        "html": _write(dest / "report.html", html_page(report)),
+        "json": write_text(dest / "report.json", json.dumps(report.as_dict(), indent=2, default=str)),
+        "md": write_text(dest / "report.md", markdown(report)),
+        "html": write_text(dest / "report.html", html_page(report, plot)),
     }
+    if plot:
+        written["png"] = write_bytes(dest / "report_plots.png", base64.b64decode(plot))
     return written
 
 
-def _write(path: Path, text: str) -> Path:
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; a failure is a :class:`ModelSaveError`."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:
         raise ModelSaveError(f"{path}: cannot write the report ({e}). Check the folder is writable.") from e
@@ -98,19 +109,73 @@ def markdown(report: ValidationReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_page(report: ValidationReport) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(row)) + "</tr>"
-                   for row in report.artifacts)
-    notes = "".join(f"<li><b>{html.escape(r.target)}</b>: {html.escape(n)}</li>"
-                    for r in report.artifacts for n in [r.message or "", *r.notes] if n)
-    plot = plot_png(report)
-    image = f'<img alt="agreement vs size and latency" src="data:image/png;base64,{plot}">' if plot else ""
-    header = "".join(f"<li>{html.escape(h)}</li>" for h in _header(report))
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>edgeopt validation</title>"
-            "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ddd}</style>"
-            f"</head><body><h1>edgeopt validation report</h1><ul>{header}</ul>"
-            f"<table><tr>{head}</tr>{body}</table>{image}<ul>{notes}</ul></body></html>\n")
+def html_page(report: ValidationReport, plot: str | None = None) -> str:
+    """The self-contained page: the sortable artifact table, metric vs size and latency, size and latency
+    bars per target, per-layer SQNR of int8 artifacts, the notes and the matplotlib figure (``plot``)."""
+    rows = report.artifacts
+    keys = [_sort_keys(r) for r in rows]
+    classes = ["bad" if r.status != "ok" else "" for r in rows]
+    sections = [section("Artifacts", table(COLUMNS, [cells(r) for r in rows], keys=keys, classes=classes,
+                                           ident="artifacts"), ident="table")]
+    figures = _figures(report)
+    if figures:
+        sections.append(section("Accuracy, size and latency", f"<div class='figs'>{figures}</div>",
+                                ident="figures"))
+    layers = "".join(_layer_chart(r) for r in rows if r.per_layer)
+    if layers:
+        sections.append(section("Per-layer error of the quantized artifacts (SQNR vs fp32 per node, lower is "
+                                "worse)", f"<div class='figs'>{layers}</div>", ident="layers"))
+    lines = [(r.target, n) for r in rows for n in [r.message or "", *r.notes] if n]
+    if lines:
+        sections.append(section("Notes", notes(lines), ident="notes"))
+    if plot:
+        sections.append(section("Figure (also report_plots.png)", png(plot, "agreement vs size and latency")))
+    return page("edgeopt validation report", _header(report), sections)
+
+
+def _sort_keys(row: ArtifactResult) -> list[float | None]:
+    s = row.scores
+    size = None if row.size_bytes is None else row.size_bytes / 1024
+    values = [s.metric_value if s else None, s.top1_agreement if s else None, s.cosine if s else None,
+              s.sqnr_db if s else None, s.max_abs if s else None, row.latency_p50_ms, row.latency_p90_ms, size]
+    return [None, None, None, *values, None]
+
+
+def _figures(report: ValidationReport) -> str:
+    rows = [r for r in report.artifacts if r.status == "ok" and r.scores is not None]
+    if not rows:
+        return ""
+    key, name = _metric_key(report, rows)
+    colours = {runtime: COLOURS[i % len(COLOURS)] for i, runtime in enumerate(dict.fromkeys(r.runtime for r in rows))}
+    legend = ", ".join(f"{runtime}" for runtime in colours)
+    charts = []
+    for x_name, x_of in (("size (KiB)", lambda r: (r.size_bytes or 0) / 1024),
+                         ("latency p50 (ms)", lambda r: float(r.latency_p50_ms or 0))):
+        points = [Point(x_of(r), _y(r, key), r.target, colours[r.runtime]) for r in rows
+                  if math.isfinite(_y(r, key))]
+        charts.append(scatter(points, x_label=x_name, y_label=name, title=f"{name} vs {x_name} ({legend})"))
+    charts.append(bars([(r.target, (r.size_bytes or 0) / 1024) for r in rows if r.size_bytes], unit="KiB",
+                       title="size per target", colours=[colours[r.runtime] for r in rows if r.size_bytes]))
+    timed = [r for r in rows if r.latency_p50_ms is not None]
+    charts.append(bars([(r.target, float(r.latency_p50_ms or 0)) for r in timed], unit="ms",
+                       title="latency p50 per target (this machine)", colours=[colours[r.runtime] for r in timed]))
+    return "".join(charts)
+
+
+def _metric_key(report: ValidationReport, rows: list[ArtifactResult]) -> tuple[str, str]:
+    names = {"metric_value": report.metric, "top1_agreement": "top-1 agreement", "cosine": "cosine vs fp32"}
+    key = next((k for k in ("metric_value", "top1_agreement") if all(getattr(r.scores, k) is not None for r in rows)),
+               "cosine")
+    return key, names[key]
+
+
+def _layer_chart(row: ArtifactResult) -> str:
+    layers = row.per_layer or []
+    items = [(f"{n['node']} ({n['op']})", float(n["sqnr_db"])) for n in layers
+             if n.get("sqnr_db") is not None and math.isfinite(float(n["sqnr_db"]))]
+    worst = [COLOURS[3] if v < 20 else COLOURS[1] if v < 30 else COLOURS[2] for _, v in items]
+    return bars(items, unit="dB", title=f"{row.target}: SQNR per node (most error introduced first)",
+                colours=worst)
 
 
 def plot_png(report: ValidationReport) -> str | None:

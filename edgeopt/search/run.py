@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,21 @@ from edgeopt.data.readers import open_reader
 from edgeopt.deploy.compile import CompileResult, compile_model
 from edgeopt.deploy.report import write_report
 from edgeopt.deploy.target_registry import get_target
-from edgeopt.deploy.validation import validate
+from edgeopt.deploy.validation import ValidationReport, validate
 from edgeopt.search.cache import Cache
 from edgeopt.search.evaluate import Evaluator, Outcome
 from edgeopt.search.parallel import runner
-from edgeopt.search.records import OBJECTIVES, Objective, TrialRecord, best, pareto_front, write_tables
+from edgeopt.search.records import (
+    OBJECTIVES,
+    Objective,
+    SearchResult,
+    TrialRecord,
+    best,
+    pareto_front,
+    stalled,
+    write_tables,
+)
+from edgeopt.search.report import write_search_report
 from edgeopt.search.space import Stage, describe, seeds, select, suggest
 from edgeopt.search.stages import STAGES
 
@@ -47,11 +57,16 @@ class SearchConfig:
 
     target: str
     max_drop: float
-    objective: Objective = "size"
+    objective: str = "size"
+    """``size``, ``latency`` or ``macs``; several, comma-separated (``size,latency``), search them jointly
+    with NSGA-II (the first picks the winner)."""
     trials: int = 40
     """Total trials of the study (a resumed search counts the earlier ones)."""
     time_limit: float | None = None
     """Seconds this run may start new trials for."""
+    patience: int = 10
+    """Stop once the budget is met and this many trials after the seeds brought no improvement (0: never;
+    :func:`edgeopt.search.records.stalled`)."""
     seed: int = 0
     stages: tuple[str, ...] = ()
     """Stages to search (empty: all that apply to the model), always run in their fixed order."""
@@ -66,33 +81,9 @@ class SearchConfig:
     ray_address: str | None = None
     """A running Ray cluster to send the tasks to (its workers must see the data and cache paths)."""
 
-
-@dataclass
-class SearchResult:
-    out_dir: Path
-    objective: Objective
-    max_drop: float
-    trials: list[TrialRecord]
-    best: TrialRecord | None
-    front: list[TrialRecord]
-    baseline: TrialRecord | None
-    """The static-int8-alone seed, the result to beat."""
-    computed: int
-    """Stage runs and evaluations this run did (cache misses)."""
-    cache_hits: int
-    seconds: float
-    stopped: str
-    """``trials``, ``time-limit`` or ``resumed-complete`` (nothing left to run)."""
-    compiled: CompileResult | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "objective": self.objective, "max_drop": self.max_drop,
-                "best": asdict(self.best) if self.best else None,
-                "baseline": asdict(self.baseline) if self.baseline else None,
-                "front": [asdict(r) for r in self.front], "trials": len(self.trials),
-                "computed": self.computed, "cache_hits": self.cache_hits, "seconds": round(self.seconds, 3),
-                "stopped": self.stopped, "files": {k: str(v) for k, v in self.files.items()}}
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return tuple(o.strip() for o in self.objective.split(",") if o.strip())  # type: ignore[misc]
 
 
 def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, calibration: str, data: str,
@@ -101,8 +92,9 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
 
     Args:
         model: The original ONNX model (never modified).
-        out_dir: Gets ``study.journal``, ``trials.json``, ``trials.csv``, ``pareto.json`` and the
-            winner as a compile folder ``best/`` (manifest, artifact, report).
+        out_dir: Gets ``study.journal``, ``trials.json``, ``trials.csv``, ``pareto.json``, the report
+            (``report.html``, ``pareto.png``) and the winner as a compile folder ``best/`` (manifest,
+            artifact, report).
         calibration: Calibration data spec (folder of .npy/.npz or images, or ``random:N``).
         data: Validation data spec the candidates are scored on.
         config: The target, budget, objective and stopping rules.
@@ -116,12 +108,17 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
     evaluator = Evaluator(source, stages=stages, calibration=calibration, data=data, target=config.target,
                           labels=config.labels, limit=config.limit, samples=config.samples, cache=cache)
     records = [_from_attrs(t) for t in _finished(study)]
+    objectives, first = config.objectives, config.objectives[0]
     stopped = "resumed-complete" if len(records) >= config.trials else "trials"
     tally = [0, 0]  # cache misses (work done) and hits, as the outcomes report them (Ray workers included)
+    after = len(seeds(stages))
     with runner(evaluator, config.workers, config.ray_address) as run:
         while len(records) < config.trials:
             if config.time_limit is not None and time.perf_counter() - started >= config.time_limit:
                 stopped = "time-limit"
+                break
+            if stalled(records, objectives, after=after, patience=config.patience):
+                stopped = "no-improvement"
                 break
             asked = [study.ask() for _ in range(min(run.width, config.trials - len(records)))]
             candidates = [suggest(trial, stages) for trial in asked]
@@ -129,28 +126,33 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
                 records.append(_tell(study, trial, describe(candidate), outcome, config))
                 tally[0], tally[1] = tally[0] + outcome.computed, tally[1] + outcome.hits
                 if on_trial:
-                    on_trial(records[-1], best(records, config.objective), len(records), config.trials)
+                    on_trial(records[-1], best(records, first), len(records), config.trials)
     records.sort(key=lambda r: r.number)
-    winner, front = best(records, config.objective), pareto_front(records, config.objective)
+    winner, front = best(records, first), pareto_front(records, objectives)
     baseline = next((r for r in records if r.seed == "quantize"), None)
-    result = SearchResult(out, config.objective, config.max_drop, records, winner, front, baseline, 0, 0, 0.0,
-                          stopped)
+    result = SearchResult(out, first, config.max_drop, records, winner, front, baseline, 0, 0, 0.0, stopped,
+                          target=config.target, objectives=objectives)
+    validation = None
     if winner is not None:
-        result.compiled = _write_best(_model_of(winner, stages, evaluator, tally), source, out, calibration, data,
-                                      config)
+        result.compiled, validation = _write_best(_model_of(winner, stages, evaluator, tally), source, out,
+                                                  calibration, data, config)
     result.computed, result.cache_hits = tally
     result.seconds = time.perf_counter() - started
     summary = {k: v for k, v in result.as_dict().items() if k not in ("front", "files")}
     result.files = write_tables(records, front, out, summary)
+    result.files.update(write_search_report(result, out, validation))
     if result.compiled is not None:
         result.files["best"] = result.compiled.out_dir
     return result
 
 
 def _check(model: str | os.PathLike[str], calibration: str, config: SearchConfig) -> tuple[list[Stage], Path]:
-    if config.objective not in OBJECTIVES:
-        raise PassOptionError(f"search: --objective must be one of {', '.join(OBJECTIVES)}, got "
-                              f"{config.objective!r}.")
+    wrong = [o for o in config.objectives if o not in OBJECTIVES]
+    if wrong or not config.objectives or len(set(config.objectives)) != len(config.objectives):
+        raise PassOptionError(f"search: --objective must be one of {', '.join(OBJECTIVES)}, or several "
+                              f"comma-separated (size,latency); got {config.objective!r}.")
+    if config.patience < 0:
+        raise PassOptionError(f"search: --patience must be 0 (never stop early) or more, got {config.patience}.")
     if not 0 <= config.max_drop <= 1:
         raise PassOptionError(f"search: --max-drop is a drop of the metric, 0 to 1; got {config.max_drop}.")
     if config.trials < 1:
@@ -176,9 +178,12 @@ def _study(out: Path, config: SearchConfig, stages: list[Stage]) -> Any:
                               "choose another -o folder.")
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=config.seed)
-    study = optuna.create_study(study_name="edgeopt-search", direction="minimize", sampler=sampler,
-                                storage=JournalStorage(JournalFileBackend(str(journal))), load_if_exists=True)
+    several = len(config.objectives) > 1
+    sampler = (optuna.samplers.NSGAIISampler(seed=config.seed, population_size=max(8, 2 * len(stages)))
+               if several else optuna.samplers.TPESampler(seed=config.seed))
+    study = optuna.create_study(study_name="edgeopt-search", directions=["minimize"] * len(config.objectives),
+                                sampler=sampler, storage=JournalStorage(JournalFileBackend(str(journal))),
+                                load_if_exists=True)
     settings = {"objective": config.objective, "target": config.target, "max_drop": config.max_drop,
                 "stages": [s.name for s in stages]}
     stored = study.user_attrs.get("settings")
@@ -208,7 +213,8 @@ def _tell(study: Any, trial: Any, stages: str, outcome: Outcome, config: SearchC
     # as missing it by the whole metric, so the sampler learns to leave that corner (a FAIL would be ignored).
     drop = 1.0 if outcome.scored is None else outcome.scored.drop
     trial.set_constraint("max_drop", drop - config.max_drop)
-    study.tell(trial, record.objective(config.objective))
+    values = [record.objective(o) for o in config.objectives]
+    study.tell(trial, values if len(values) > 1 else values[0])
     return record
 
 
@@ -246,12 +252,13 @@ def _model_of(record: TrialRecord, stages: list[Stage], evaluator: Evaluator, ta
 
 
 def _write_best(winner: Path, source: Path, out: Path, calibration: str, data: str,
-                config: SearchConfig) -> CompileResult:
-    """The winner as a normal compile folder ``out/best`` (its ONNX model beside it), validated, with a report."""
+                config: SearchConfig) -> tuple[CompileResult, ValidationReport]:
+    """The winner as a normal compile folder ``out/best`` (its ONNX model beside it), validated (per-layer
+    error when it is quantized and diverges), with a report."""
     model = out / "best.onnx"
     shutil.copyfile(winner, model)
     compiled = compile_model(model, out / "best", targets=[config.target], calibration=calibration)
     report = validate(out / "best", data=data, reference=source, labels=config.labels, limit=config.limit,
-                      per_layer="never")
+                      per_layer="auto")
     write_report(report, out / "best")
-    return compiled
+    return compiled, report

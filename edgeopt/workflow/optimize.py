@@ -19,6 +19,7 @@ from edgeopt.pipeline.runner import Pipeline, PipelineResult, StepResult, StepSp
 from edgeopt.workflow.compile_section import run_compile
 from edgeopt.workflow.export_section import run_export
 from edgeopt.workflow.recipe import Recipe
+from edgeopt.workflow.search_section import run_search
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def export_target(model: ir.Model, target_name: str, out_dir: Path) -> Path:
 def run_recipe(
     recipe: Recipe, *, on_step: Callable[[StepResult], None] | None = None
 ) -> OptimizeResult:
-    """Execute a validated recipe: its ``export:`` section, the passes, its ``compile:`` section."""
+    """Execute a validated recipe: its ``export:`` section, the passes, its ``compile:`` and ``search:`` sections."""
     if recipe.export is not None:
         run_export(recipe.export)
     result = optimize_file(
@@ -93,4 +94,7 @@ def run_recipe(
         result.artifacts.update({f"compile/{a.target}": compiled.out_dir / str(a.file)
                                  for a in compiled.manifest.artifacts})
         result.artifacts["compile/manifest"] = compiled.manifest_path
+    if recipe.search is not None:
+        searched = run_search(recipe.search, result.output)
+        result.artifacts.update({f"search/{name}": path for name, path in searched.files.items()})
     return result

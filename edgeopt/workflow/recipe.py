@@ -11,6 +11,8 @@ verify: true                   # optional: check outputs after every pass
 tolerance: {rtol: 1.0e-4, atol: 1.0e-5}   # optional
 targets: [ort-cpu]             # optional: artifacts go to <output folder>/<target>/
 compile: {output: out/compiled, devices: [cpu]}   # optional: see edgeopt.workflow.compile_section
+search: {output: out/search, calibration: calib/, data: val.npz, target: ort-cpu, max_drop: 0.03}
+                               # optional: see edgeopt.workflow.search_section
 ```
 
 Instead of ``model:``, ``export: {source: ..., inputs: [...]}`` starts from a torch
@@ -36,8 +38,9 @@ from edgeopt.pipeline import registry
 from edgeopt.pipeline.runner import resolve
 from edgeopt.workflow.compile_section import CompileSpec, parse_compile
 from edgeopt.workflow.export_section import ExportSpec, parse_export
+from edgeopt.workflow.search_section import SearchSpec, parse_search
 
-_KEYS = {"model", "export", "output", "passes", "verify", "tolerance", "targets", "compile"}
+_KEYS = {"model", "export", "output", "passes", "verify", "tolerance", "targets", "compile", "search"}
 _REQUIRED = ("output", "passes")
 
 
@@ -54,6 +57,8 @@ class Recipe:
     compile: CompileSpec | None = None
     export: ExportSpec | None = None
     """With an ``export:`` section, ``model`` is the file it writes."""
+    search: SearchSpec | None = None
+    """A ``search:`` section: ``edgeopt search`` from the optimized model."""
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -121,7 +126,8 @@ def _parse(path: Path, raw: Mapping[str, Any]) -> Recipe:
     if model == output:
         raise fail("output", "is the input model; write the result to another path.")
     compiled = parse_compile(fail, raw["compile"], base) if "compile" in raw else None
-    return Recipe(path, model, output, passes, verify, rtol, atol, list(targets), compiled, exported)
+    searched = parse_search(fail, raw["search"], base) if "search" in raw else None
+    return Recipe(path, model, output, passes, verify, rtol, atol, list(targets), compiled, exported, searched)
 
 
 def _parse_pass(fail: Any, index: int, entry: Any) -> tuple[str, dict[str, Any]]:

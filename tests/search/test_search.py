@@ -10,28 +10,14 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from rich.console import Console
 
 from edgeopt import cli
 from edgeopt.cli import console
-from edgeopt.cli.demo_model import DATA, ONNX_MODEL, preprocess
+from edgeopt.cli.demo_model import ONNX_MODEL
 from edgeopt.core.model_io import load_model
 from edgeopt.search import STAGES, Cache, Evaluator, SearchConfig, search, seeds, select
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Calibration batches (training images) and validation data with labels (key ``label``)."""
-    data = np.load(DATA)
-    root = tmp_path_factory.mktemp("digits")
-    (root / "calib").mkdir()
-    train = preprocess(data["x_train"])
-    for i in range(0, 256, 128):
-        np.savez(root / "calib" / f"batch_{i:04d}.npz", image=train[i:i + 128])
-    np.savez(root / "val.npz", image=preprocess(data["x_val"][:200]), label=data["y_val"][:200])
-    return str(root / "calib"), str(root / "val.npz")
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
