@@ -10,9 +10,10 @@ Two forms come out of ``edgeopt share-weights`` / ``cluster-weights``:
   *tied* (:class:`~edgeopt.training.interpreter.OnnxModule`'s ``tied``): one parameter
   per distinct value, so the tensor keeps exactly its number of distinct values.
 
-A dense weight counts as clustered when it has at least ``min_elements`` elements and
-at most ``max(256, size // 16)`` distinct values (per-channel clustering keeps K per
-channel); trained weights have about as many distinct values as elements.
+A dense weight (rank >= 2, at least 64 elements) counts as clustered when it has from 2
+to a quarter as many distinct values as elements, and at most 256 of them or a sixteenth
+of its size (per-channel clustering keeps K per channel); trained weights have about as
+many distinct values as elements.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from edgeopt.passes.codebook import DECODE_KEY
 __all__ = ["clustered_weights", "decode_constants"]
 
 
-def clustered_weights(model: ir.Model, *, min_elements: int = 1024) -> set[str]:
-    """Float initializers of ``model`` that look clustered (few distinct values), outside decode chains."""
+def clustered_weights(model: ir.Model, *, min_elements: int = 64) -> set[str]:
+    """Float weights (rank >= 2) of ``model`` that look clustered (few distinct values), outside decode chains."""
     decode_inputs = {v.name for node in model.graph if DECODE_KEY in node.metadata_props
                      for v in node.inputs if v is not None}
     found = set()
@@ -34,9 +35,10 @@ def clustered_weights(model: ir.Model, *, min_elements: int = 1024) -> set[str]:
         if name in decode_inputs or value.const_value is None:
             continue
         array = value.const_value.numpy()
-        if array.dtype.kind != "f" or array.size < min_elements:
+        if array.dtype.kind != "f" or array.size < min_elements or array.ndim < 2:
             continue
-        if np.unique(array).size <= max(256, array.size // 16):
+        distinct = np.unique(array).size
+        if 2 <= distinct <= array.size // 4 and (distinct <= 256 or distinct <= array.size // 16):
             found.add(name)
     return found
 

@@ -71,6 +71,12 @@ def _div(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
     return [torch.div(x, y, rounding_mode="trunc")]
 
 
+@_op("Mod")
+def _mod(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
+    """``fmod=1``: the sign of the dividend (C's fmod); otherwise the sign of the divisor (Python's %)."""
+    return [torch.fmod(i[0], i[1]) if a.get("fmod", 0) else torch.remainder(i[0], i[1])]
+
+
 def _fold(fn: Callable[[Tensor, Tensor], Tensor], mean: bool = False) -> Op:
     def run(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
         out = i[0]
