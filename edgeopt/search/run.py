@@ -120,7 +120,7 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
             if stalled(records, objectives, after=after, patience=config.patience):
                 stopped = "no-improvement"
                 break
-            asked = [study.ask() for _ in range(min(run.width, config.trials - len(records)))]
+            asked = [_ask(study, config.seed) for _ in range(min(run.width, config.trials - len(records)))]
             candidates = [suggest(trial, stages) for trial in asked]
             for trial, candidate, outcome in zip(asked, candidates, run(candidates), strict=True):
                 records.append(_tell(study, trial, describe(candidate), outcome, config))
@@ -197,6 +197,17 @@ def _study(out: Path, config: SearchConfig, stages: list[Stage]) -> Any:
                             strict=True):
         study.enqueue_trial(point, user_attrs={"seed": stage.name}, skip_if_exists=True)
     return study
+
+
+def _ask(study: Any, seed: int) -> Any:
+    """``study.ask()`` with the sampler's random state set from (seed, trials so far): a resumed search
+    proposes what the uninterrupted one would have (its sampler restarts with a fresh state otherwise)."""
+    number = len(study.get_trials(deepcopy=False))
+    for sampler in (study.sampler, getattr(study.sampler, "_random_sampler", None)):
+        state = getattr(sampler, "_rng", None)  # optuna's LazyRandomState; its .rng is a numpy RandomState
+        if state is not None:
+            state.rng.seed((seed * 1_000_003 + number) % 2**32)
+    return study.ask()
 
 
 def _finished(study: Any) -> list[Any]:

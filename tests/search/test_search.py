@@ -130,6 +130,9 @@ def test_resume_continues_the_study_without_recomputing(digits: tuple[str, str],
                      config=dataclasses.replace(config, trials=5, resume=True), cache=cache)
     assert [r.number for r in resumed.trials] == [0, 1, 2, 3, 4]
     assert resumed.trials[:3] == first.trials  # read back from the study, not run again
+    whole = search(ONNX_MODEL, tmp_path / "whole", calibration=calib, data=val,
+                   config=dataclasses.replace(config, trials=5), cache=Cache(tmp_path / "cache"))
+    assert [r.params for r in whole.trials] == [r.params for r in resumed.trials]  # as if never stopped
     assert cache.misses <= 2 * 3  # only the two new candidates' stages and scores, if they are new at all
     done = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val,
                   config=dataclasses.replace(config, trials=5, resume=True), cache=Cache(tmp_path / "cache"))
