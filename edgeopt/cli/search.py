@@ -49,6 +49,8 @@ def register(app: typer.Typer) -> None:
                                                    "prune, drop-layers, low-rank, share-weights, "
                                                    "quantize.")] = None,
         limit: Annotated[int | None, typer.Option(help="Validation samples to use (default: all).")] = None,
+        metric: Annotated[str, typer.Option(help="auto (accuracy with --labels, else top-1 agreement, else "
+                                            "cosine) | accuracy | agreement | cosine (embeddings).")] = "auto",
         resume: Annotated[bool, typer.Option("--resume", help="Continue the search in OUTPUT.")] = False,
         workers: Annotated[int, typer.Option(help="Candidates evaluated at once; above 1, as tasks of a local "
                                              "Ray (pip install 'edgeopt[distributed]').")] = 1,
@@ -63,7 +65,8 @@ def register(app: typer.Typer) -> None:
 
         config = console.checked_config(
             SearchConfig, target=target, max_drop=max_drop, objective=objective, trials=trials,
-            time_limit=time_limit, patience=patience, seed=seed, labels=labels, limit=limit, resume=resume,
+            time_limit=time_limit, patience=patience, seed=seed, labels=labels, metric=metric, limit=limit,
+            resume=resume,
             workers=workers, ray_address=ray_address,
             stages=tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else ())
         with trial_progress(console.err, (*config.objectives, "size")[0], disable=as_json) as on_trial:

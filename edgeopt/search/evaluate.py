@@ -1,9 +1,9 @@
 """One candidate, start to finish: run its stages (cached by prefix), compile for the target, score.
 
 Scores come from the target's own runtime on the validation data
-(:func:`edgeopt.deploy.validation.validate`): the metric is task accuracy with
-labels, else top-1 agreement with the original model for score vectors, else the
-cosine of the outputs; plus the artifact's size, the p50 latency per sample on
+(:func:`edgeopt.deploy.validation.validate`): the metric (``auto``) is task accuracy
+with labels, else top-1 agreement with the original model for score vectors, else
+the cosine of the outputs (or the one ``metric`` names); plus the artifact's size, the p50 latency per sample on
 this machine and the MACs of the candidate's ONNX model (before quantization, which changes
 how the operations run, not how many there are).
 """
@@ -68,14 +68,14 @@ class Evaluator:
 
     def __init__(self, model: str | os.PathLike[str], *, stages: Sequence[Stage], calibration: str,
                  data: str, target: str, labels: str | None = None, limit: int | None = None,
-                 samples: int = 128, cache: Cache | None = None) -> None:
+                 samples: int = 128, cache: Cache | None = None, metric: str = "auto") -> None:
         self.model = Path(model).resolve()
         self.stages = {stage.name: stage for stage in stages}
         self.context = Context(calibration, samples)
-        self.data, self.target, self.labels, self.limit = data, target, labels, limit
+        self.data, self.target, self.labels, self.limit, self.metric = data, target, labels, limit, metric
         self.cache = cache or Cache()
         self._root = key(FORMAT, file_digest(self.model), data_digest(calibration), samples, resolve_cpu("auto"))
-        self._scoring = key(target, data_digest(data), labels, limit)
+        self._scoring = key(target, data_digest(data), labels, limit, *([] if metric == "auto" else [metric]))
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         """Run ``candidate``; a stage, compile or run that fails gives an outcome with the error, never raises
@@ -123,13 +123,15 @@ class Evaluator:
         row, reference = report.artifacts[0], report.reference_scores
         if row.status != "ok" or row.scores is None or reference is None:
             raise ConversionError(f"the {self.target} artifact did not run: {row.message}")
-        if self.labels is not None and reference.metric_value is not None:
-            name, value, base = "accuracy", row.scores.metric_value, reference.metric_value
-        elif reference.top1_agreement is not None:
-            name, value, base = "agreement", row.scores.top1_agreement, 1.0
-        else:
-            name, value, base = "cosine", row.scores.cosine, 1.0
-        assert value is not None and entry.size_bytes is not None
+        available = {"accuracy": (row.scores.metric_value, reference.metric_value) if self.labels else (None, None),
+                     "agreement": (row.scores.top1_agreement, 1.0), "cosine": (row.scores.cosine, 1.0)}
+        order = ("accuracy", "agreement", "cosine") if self.metric == "auto" else (self.metric,)
+        name = next((m for m in order if available[m][0] is not None and available[m][1] is not None), None)
+        if name is None:
+            raise ConversionError(f"the {self.target} artifact has no {self.metric} score on this data "
+                                  "(accuracy needs --labels; agreement, score vectors)")
+        value, base = available[name]
+        assert value is not None and base is not None and entry.size_bytes is not None
         scored = Scored(name, float(value), float(base), entry.size_bytes, row.latency_p50_ms,
                         summarize(load_model(counted)).macs)
         return asdict(scored)

@@ -47,6 +47,8 @@ from edgeopt.search.stages import STAGES
 logger = logging.getLogger(__name__)
 
 STUDY = "study.journal"
+METRICS = ("auto", "accuracy", "agreement", "cosine")
+ABANDONED = "abandoned"
 OnTrial = Callable[[TrialRecord, "TrialRecord | None", int, int], None]
 """Called after each trial with (its record, the best so far, trials done, trials wanted)."""
 
@@ -71,6 +73,9 @@ class SearchConfig:
     stages: tuple[str, ...] = ()
     """Stages to search (empty: all that apply to the model), always run in their fixed order."""
     labels: str | None = None
+    metric: str = "auto"
+    """``auto`` (accuracy with labels, else top-1 agreement, else cosine), ``accuracy``, ``agreement`` or
+    ``cosine`` (embeddings: argmax agreement means nothing there)."""
     limit: int | None = None
     """Validation samples to use (None: all)."""
     samples: int = 128
@@ -106,7 +111,8 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
     out = Path(out_dir).resolve()
     study = _study(out, config, stages)
     evaluator = Evaluator(source, stages=stages, calibration=calibration, data=data, target=config.target,
-                          labels=config.labels, limit=config.limit, samples=config.samples, cache=cache)
+                          labels=config.labels, limit=config.limit, samples=config.samples, cache=cache,
+                          metric=config.metric)
     records = [_from_attrs(t) for t in _finished(study)]
     objectives, first = config.objectives, config.objectives[0]
     stopped = "resumed-complete" if len(records) >= config.trials else "trials"
@@ -120,7 +126,7 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
             if stalled(records, objectives, after=after, patience=config.patience):
                 stopped = "no-improvement"
                 break
-            asked = [_ask(study, config.seed) for _ in range(min(run.width, config.trials - len(records)))]
+            asked = [ask_trial(study, config.seed) for _ in range(min(run.width, config.trials - len(records)))]
             candidates = [suggest(trial, stages) for trial in asked]
             for trial, candidate, outcome in zip(asked, candidates, run(candidates), strict=True):
                 records.append(_tell(study, trial, describe(candidate), outcome, config))
@@ -151,6 +157,10 @@ def _check(model: str | os.PathLike[str], calibration: str, config: SearchConfig
     if wrong or not config.objectives or len(set(config.objectives)) != len(config.objectives):
         raise PassOptionError(f"search: --objective must be one of {', '.join(OBJECTIVES)}, or several "
                               f"comma-separated (size,latency); got {config.objective!r}.")
+    if config.metric not in METRICS:
+        raise PassOptionError(f"search: --metric must be one of {', '.join(METRICS)}, got {config.metric!r}.")
+    if config.metric == "accuracy" and config.labels is None:
+        raise PassOptionError("search: --metric accuracy needs --labels (the labels' key or .npy file).")
     if config.patience < 0:
         raise PassOptionError(f"search: --patience must be 0 (never stop early) or more, got {config.patience}.")
     if not 0 <= config.max_drop <= 1:
@@ -185,6 +195,7 @@ def _study(out: Path, config: SearchConfig, stages: list[Stage]) -> Any:
                                 sampler=sampler, storage=JournalStorage(JournalFileBackend(str(journal))),
                                 load_if_exists=True)
     settings = {"objective": config.objective, "target": config.target, "max_drop": config.max_drop,
+                **({} if config.metric == "auto" else {"metric": config.metric}),
                 "stages": [s.name for s in stages]}
     stored = study.user_attrs.get("settings")
     if stored is None:
@@ -193,16 +204,30 @@ def _study(out: Path, config: SearchConfig, stages: list[Stage]) -> Any:
         changed = ", ".join(f"{k} {stored[k]} -> {settings[k]}" for k in settings if stored.get(k) != settings[k])
         raise PassOptionError(f"{journal}: --resume with other settings ({changed}). Resume with the same "
                               "ones, or start a new search in another -o folder.")
+    _requeue_abandoned(study)
     for point, stage in zip(seeds(stages), sorted((s for s in stages if s.seed), key=lambda s: s.name != "quantize"),
                             strict=True):
         study.enqueue_trial(point, user_attrs={"seed": stage.name}, skip_if_exists=True)
     return study
 
 
-def _ask(study: Any, seed: int) -> Any:
+def _requeue_abandoned(study: Any) -> None:
+    """Trials left running by a search that was killed: marked failed and ``abandoned`` (left out of the
+    table), their parameters queued again, so the resumed search runs them first, as the killed one would
+    have finished them."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, ABANDONED, True)  # noqa: SLF001 - no public way
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+        attrs = {k: v for k, v in trial.user_attrs.items() if k == "seed"}
+        study.enqueue_trial(trial.params, user_attrs=attrs or None)
+
+
+def ask_trial(study: Any, seed: int) -> Any:
     """``study.ask()`` with the sampler's random state set from (seed, trials so far): a resumed search
     proposes what the uninterrupted one would have (its sampler restarts with a fresh state otherwise)."""
-    number = len(study.get_trials(deepcopy=False))
+    number = sum(not t.user_attrs.get(ABANDONED) for t in study.get_trials(deepcopy=False))
     for sampler in (study.sampler, getattr(study.sampler, "_random_sampler", None)):
         state = getattr(sampler, "_rng", None)  # optuna's LazyRandomState; its .rng is a numpy RandomState
         if state is not None:
@@ -213,7 +238,8 @@ def _ask(study: Any, seed: int) -> Any:
 def _finished(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
-    return [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL) and not t.user_attrs.get(ABANDONED)]
 
 
 def _tell(study: Any, trial: Any, stages: str, outcome: Outcome, config: SearchConfig) -> TrialRecord:

@@ -9,6 +9,7 @@ search:
   max_drop: 0.03                # required: largest allowed drop of the metric
   objective: size               # optional: size | latency | macs, or a list ([size, latency]: NSGA-II)
   labels: label                 # optional: labels' key in the .npz data (score task accuracy)
+  metric: auto                  # optional: auto | accuracy | agreement | cosine
   trials: 40                    # optional (default 40)
   time_limit: 600               # optional: seconds
   patience: 10                  # optional: stop rule (0: never stop early)
@@ -39,7 +40,7 @@ from edgeopt.search.stages import STAGE_NAMES
 _REQUIRED = ("output", "calibration", "data", "target", "max_drop")
 _TYPES: dict[str, tuple[type, ...]] = {"labels": (str,), "trials": (int,), "time_limit": (int, float),
                                        "patience": (int,), "seed": (int,), "limit": (int,), "samples": (int,),
-                                       "workers": (int,), "ray_address": (str,), "resume": (bool,),
+                                       "workers": (int,), "ray_address": (str,), "resume": (bool,), "metric": (str,),
                                        "max_drop": (int, float), "target": (str,)}
 _KEYS = (*_REQUIRED, "objective", "stages", *(k for k in _TYPES if k not in _REQUIRED))
 

@@ -18,6 +18,8 @@ from edgeopt.cli import console
 from edgeopt.cli.demo_model import ONNX_MODEL
 from edgeopt.core.model_io import load_model
 from edgeopt.search import STAGES, Cache, Evaluator, SearchConfig, search, seeds, select
+from edgeopt.search.run import ask_trial
+from edgeopt.search.space import suggest
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
@@ -202,3 +204,25 @@ def test_two_ray_workers_find_what_one_process_finds(digits: tuple[str, str], tm
     assert [(r.metric, r.size_bytes) for r in parallel.trials] == [(r.metric, r.size_bytes) for r in serial.trials]
     assert parallel.best is not None and serial.best is not None
     assert parallel.best.params == serial.best.params
+
+
+def test_a_trial_left_running_by_a_killed_search_runs_again_on_resume(digits: tuple[str, str], tmp_path: Path) -> None:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    calib, val = digits
+    config = SearchConfig(target="ort-cpu", max_drop=0.02, trials=2, stages=("share-weights", "quantize"),
+                          labels="label")
+    search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, config=config, cache=Cache(tmp_path / "cache"))
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "out" / "study.journal")))
+    # the search's own next trial, asked and sampled but never told: what a SIGKILL mid-trial leaves behind
+    left = ask_trial(optuna.load_study(study_name="edgeopt-search", storage=storage), config.seed)
+    suggest(left, select(STAGES, config.stages, load_model(ONNX_MODEL)))
+    resumed = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, cache=Cache(tmp_path / "cache"),
+                     config=dataclasses.replace(config, trials=4, resume=True))
+    assert len(resumed.trials) == 4 and all(r.state == "complete" for r in resumed.trials)
+    assert left.number not in [r.number for r in resumed.trials]  # left out of the table, its parameters rerun
+    whole = search(ONNX_MODEL, tmp_path / "whole", calibration=calib, data=val, cache=Cache(tmp_path / "cache"),
+                   config=dataclasses.replace(config, trials=4))
+    assert [r.params for r in resumed.trials] == [r.params for r in whole.trials]
