@@ -52,6 +52,12 @@ def register(app: typer.Typer) -> None:
                                                        "--lr).")] = None,
         keep_clusters: Annotated[bool, typer.Option("--keep-clusters/--free-clusters", help="Clustered weights "
                                                     "keep their values tied: centroids train.")] = True,
+        labels: Annotated[str | None, typer.Option(help="Name of an int array of class labels in the data: mixes "
+                                                   "a cross-entropy task loss in.")] = None,
+        alpha: Annotated[float, typer.Option(help="With --labels: the task loss's share (0-1).")] = 0.5,
+        features: Annotated[int, typer.Option(help="Also match this many intermediate tensors the student kept "
+                                              "from the teacher (found by name).")] = 0,
+        feature_weight: Annotated[float, typer.Option(help="Weight of the feature-matching loss.")] = 1.0,
         in_place: Annotated[bool, typer.Option("--in-place", help="Allow writing over STUDENT.")] = False,
         as_json: JsonFlag = False,
     ) -> None:
@@ -62,7 +68,8 @@ def register(app: typer.Typer) -> None:
             DistillConfig, steps=steps, epochs=epochs, time_limit=time_limit, lr=lr, batch_size=batch_size,
             loss=loss, temperature=temperature, holdout=holdout, samples=samples, eval_every=eval_every,
             patience=patience, output=match, device=device, qat=qat, learn_scales=learn_scales, scale_lr=scale_lr,
-            keep_clusters=keep_clusters)
+            keep_clusters=keep_clusters, labels=labels, alpha=alpha, features=features,
+            feature_weight=feature_weight)
         with _progress(disable=as_json) as on_eval:
             result = distill_file(student, teacher, data, output, config, in_place=in_place, on_eval=on_eval)
         if as_json:

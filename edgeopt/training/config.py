@@ -33,6 +33,10 @@ class DistillConfig:
         scale_lr: QAT: peak learning rate of the (log) scales; None: ``lr``.
         keep_clusters: Train clustered weights tied (:mod:`edgeopt.training.clusters`): each
             tensor keeps its distinct values, the centroids move.
+        labels: Name of an array in the data holding class labels: mixes a cross-entropy task
+            loss into the distillation loss (logits only). alpha: Its share, 0 to 1.
+        features: Also match this many intermediate tensors the student kept from the teacher
+            (:mod:`edgeopt.training.features`). feature_weight: Their loss's weight.
         threads: torch's CPU threads while training; None: 1 for students under a million
             weights (small ops lose more to thread hand-offs than they gain: 4-10x measured on
             2 busy cores), otherwise torch's default less the cores the load average says are busy.
@@ -56,6 +60,10 @@ class DistillConfig:
     learn_scales: bool = True
     scale_lr: float | None = None
     keep_clusters: bool = True
+    labels: str | None = None
+    alpha: float = 0.5
+    features: int = 0
+    feature_weight: float = 1.0
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -67,5 +75,11 @@ class DistillConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise PassOptionError(f"--{name.replace('_', '-')} must be positive, got {value!r}.")
+        if not 0 <= self.alpha <= 1:
+            raise PassOptionError(f"--alpha must be between 0 and 1, got {self.alpha!r}.")
+        if isinstance(self.features, bool) or not isinstance(self.features, int) or self.features < 0:
+            raise PassOptionError(f"--features must be a count (0 or more), got {self.features!r}.")
+        if not self.feature_weight >= 0:
+            raise PassOptionError(f"--feature-weight must be 0 or more, got {self.feature_weight!r}.")
         if not 0 < self.holdout < 1:
             raise PassOptionError(f"--holdout must be a fraction between 0 and 1, got {self.holdout!r}.")

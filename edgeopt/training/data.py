@@ -8,7 +8,7 @@ static batch dim is split by whole batches instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +17,7 @@ import onnx_ir as ir
 from edgeopt.core.runtime import CalibrationReader, Feeds, model_inputs
 from edgeopt.data.readers import batches
 
-__all__ = ["HeldOut", "static_batch", "split_stream", "shuffled"]
+__all__ = ["HeldOut", "labelled", "static_batch", "split_stream", "shuffled"]
 
 
 def static_batch(model: ir.Model) -> int | None:
@@ -69,6 +69,16 @@ def _mixed(feeds: Feeds, rng: np.random.Generator) -> Feeds:
 
 
 
+def labelled(model: ir.Model, key: str) -> ir.Model:
+    """A node-less model taking ``model``'s inputs and an untyped one named ``key`` (labels), for readers.
+
+    Readers and :func:`split_stream` then read, check and batch the labels with the inputs.
+    """
+    inputs = [ir.Value(name=v.name, shape=v.shape, type=v.type) for v in model_inputs(model)]
+    inputs.append(ir.Value(name=key))
+    return ir.Model(ir.Graph(inputs, [], nodes=[], opset_imports={"": 18}), ir_version=model.ir_version)
+
+
 class HeldOut:
     """The held-out samples with the teacher's output for each batch, re-iterable.
 
@@ -78,8 +88,8 @@ class HeldOut:
     """
 
     def __init__(self, stream: Callable[[], Iterator[Feeds]], teacher: Any, output: str, *,
-                 max_bytes: int = 256 << 20) -> None:
-        self.stream, self.teacher, self.output = stream, teacher, output
+                 inputs: Sequence[str] | None = None, max_bytes: int = 256 << 20) -> None:
+        self.stream, self.teacher, self.output, self.inputs = stream, teacher, output, inputs
         self.cached: list[tuple[Feeds, np.ndarray]] | None = []
         size = 0
         for feeds, want in self._run():
@@ -91,6 +101,8 @@ class HeldOut:
 
     def _run(self) -> Iterator[tuple[Feeds, np.ndarray]]:
         for feeds in self.stream():
+            if self.inputs is not None:  # labels are not the models' inputs
+                feeds = {name: feeds[name] for name in self.inputs}
             yield feeds, self.teacher.run([self.output], feeds)[0]
 
     def __call__(self) -> Iterator[tuple[Feeds, np.ndarray]]:

@@ -27,7 +27,8 @@ from edgeopt.core.runtime import CalibrationReader, Feeds, create_session, model
 from edgeopt.data.readers import open_reader
 from edgeopt.training.clusters import clustered_weights, decode_constants
 from edgeopt.training.config import DistillConfig, OnEval
-from edgeopt.training.data import HeldOut, split_stream
+from edgeopt.training.data import HeldOut, labelled, split_stream
+from edgeopt.training.features import shared_features, with_outputs
 from edgeopt.training.losses import Objective, agreement, choose_objective
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ class DistillResult:
     changed_initializers: int = 0
     history: list[tuple[int, float, float]] = field(default_factory=list)
     output: Path | None = None
+    features: list[str] = field(default_factory=list)
+    """Intermediate tensors matched besides the output."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -80,7 +83,8 @@ def distill_file(student: str | os.PathLike[str], teacher: str | os.PathLike[str
     student_model, teacher_model = load_model(student), load_model(teacher)
     check_model(student_model)
     check_model(teacher_model)
-    reader = open_reader(data, student_model) if isinstance(data, str | os.PathLike) else data
+    readable = labelled(student_model, config.labels) if config and config.labels else student_model
+    reader = open_reader(data, readable) if isinstance(data, str | os.PathLike) else data
     trained, result = distill(student_model, teacher_model, reader, config, on_eval=on_eval)
     result.output = save_model(trained, output, overwrite_input=in_place)
     return result
@@ -97,20 +101,29 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
 
     config = config or DistillConfig()
     name = _check_signatures(student, teacher, config.output)
-    teacher_session = create_session(teacher, config=_NO_SPIN)
-    first = next(iter(_Stream(reader, student, "holdout", config)()), None)
+    features = shared_features(student, teacher, config.features)
+    teacher_session = create_session(with_outputs(teacher, features), config=_NO_SPIN)
+    readable = labelled(student, config.labels) if config.labels else student
+    if config.labels:
+        raw = next(iter(reader), None)
+        if raw is not None and config.labels not in raw:
+            raise CalibrationDataError(f"--labels '{config.labels}': the data has no array '{config.labels}'; "
+                                       f"it has {sorted(raw)}. Save the labels next to the inputs, or drop --labels.")
+    inputs = [v.name or "" for v in model_inputs(student)]
+    holdout = HeldOut(_Stream(reader, readable, "holdout", config), teacher_session, name, inputs=inputs)
+    first = next(holdout(), None)
     if first is None:
         raise CalibrationDataError(f"distillation data: too few samples to hold out {config.holdout:.0%} of them; "
                                    "give more samples or a larger --holdout.")
-    objective = choose_objective(name, teacher_session.run([name], first)[0], config.loss,
-                                 temperature=config.temperature)
+    objective = choose_objective(name, first[1], config.loss, temperature=config.temperature)
     logger.info("distill: matching output '%s' (%s) with %s loss", name, objective.kind, objective.loss)
-    holdout = HeldOut(_Stream(reader, student, "holdout", config), teacher_session, name)
-    train = _Stream(reader, student, "train", config)
+    train = _Stream(reader, readable, "train", config)
+    if config.labels:
+        _check_labels(next(train(), {}), config.labels, objective)
     before = _score_ort(create_session(student, config=_NO_SPIN), holdout(), objective)
     torch.manual_seed(config.seed)
     module, plan = _student_module(student, config)
-    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval)
+    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval, features=features)
     threads = torch.get_num_threads()
     weights = sum(p.numel() for p in module.parameters())
     torch.set_num_threads(config.threads or (1 if weights < 1_000_000 else _idle_cores(threads)))
@@ -120,17 +133,27 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
         torch.set_num_threads(threads)
     module.load_state_dict(loop.best_state)
     if plan is not None:
-        trained = finish_qat(module, student, plan)
-        changed = len(plan.tensors) + len(plan.scales)
+        trained, changed = finish_qat(module, student, plan), len(plan.tensors) + len(plan.scales)
     else:
         trained = student.clone()  # new values and nodes; write_back replaces (never edits) tensors
         changed = write_back(module, trained)
     after = _score_ort(create_session(trained, config=_NO_SPIN), holdout(), objective)
     result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,
-                           loop.stopped, changed, loop.history)
+                           loop.stopped, changed, loop.history, features=features)
     logger.info("distill: %s %.4f -> %.4f on %d held-out samples in %d steps (%.1f s)", objective.metric,
                 before.metric, after.metric, after.samples, loop.step, loop.seconds)
     return trained, result
+
+
+def _check_labels(feeds: Feeds, key: str, objective: Objective) -> None:
+    labels = feeds.get(key)
+    if objective.kind != "logits":
+        raise PassOptionError(f"--labels: a task loss needs class scores, but '{objective.output}' is an "
+                              f"{objective.kind}; drop --labels or match a logits output.")
+    if labels is None or labels.dtype.kind not in "iu" or labels.ndim != 1:
+        got = "nothing" if labels is None else f"{labels.dtype} of shape {list(labels.shape)}"
+        raise CalibrationDataError(f"--labels '{key}': expected integer class indices, one per sample, "
+                                   f"got {got}. Save them as an int array '{key}' next to the inputs.")
 
 
 def _student_module(student: ir.Model, config: DistillConfig) -> tuple[OnnxModule, QatPlan | None]:

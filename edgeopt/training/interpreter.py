@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -168,11 +168,16 @@ class OnnxModule(nn.Module):
         exponent = start + param
         return torch.exp2(exponent + (torch.round(exponent) - exponent).detach())
 
-    def run(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Graph outputs by name for inputs by name."""
-        return dict(zip(self.output_names, self(*(feeds[n] for n in self.input_names)), strict=True))
+    def run(self, feeds: dict[str, torch.Tensor], extra: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        """Graph outputs by name for inputs by name, and the intermediate tensors named in ``extra``."""
+        env = self._run(tuple(feeds[n] for n in self.input_names))
+        return {n: env[n] for n in (*self.output_names, *extra)}
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        env = self._run(inputs)
+        return tuple(env[n] for n in self.output_names)
+
+    def _run(self, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
         env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
         for name, key in self.keys.items():
             env[name] = self.value_of(name) if name in self.positive or name in self.tied else (
@@ -186,7 +191,7 @@ class OnnxModule(nn.Module):
             except Exception as e:
                 raise RuntimeError(f"{op} node '{attrs['_name']}' failed in torch: {e}") from e
             env.update(zip(outputs, results, strict=False))
-        return tuple(env[n] for n in self.output_names)
+        return env
 
 
 def _check_supported(graph: ir.Graph) -> None:

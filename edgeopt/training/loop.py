@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edgeopt.core.runtime import Feeds
 from edgeopt.training.data import shuffled
@@ -40,8 +41,9 @@ class Loop:
 
     def __init__(self, module: OnnxModule, teacher: Any, objective: Objective, config: DistillConfig,
                  train: Callable[[], Iterator[Feeds]], holdout: Callable[[], Iterator[tuple[Feeds, np.ndarray]]],
-                 on_eval: OnEval | None) -> None:
+                 on_eval: OnEval | None, *, features: Sequence[str] = ()) -> None:
         self.module, self.teacher, self.objective, self.config = module, teacher, objective, config
+        self.features = list(features)
         self.train, self.holdout, self.on_eval = train, holdout, on_eval
         self.params = [p for p in module.parameters() if p.requires_grad]
         scale_keys = {module.keys[n] for n in module.positive}
@@ -105,9 +107,18 @@ class Loop:
         progress = self._progress()
         for group in self.optimizer.param_groups:
             group["lr"] = cosine_lr(group["base_lr"], progress)
-        target = torch.from_numpy(self.teacher.run([name], feeds)[0]).to(config.device)
+        feeds = dict(feeds)
+        labels = feeds.pop(config.labels) if config.labels else None
+        wanted = [torch.from_numpy(t).to(config.device) for t in self.teacher.run([name, *self.features], feeds)]
         inputs = {k: torch.from_numpy(v).to(config.device) for k, v in feeds.items()}
-        loss = self.objective(self.module.run(inputs)[name], target)
+        got = self.module.run(inputs, self.features)
+        loss = self.objective(got[name], wanted[0])
+        if labels is not None:
+            task = F.cross_entropy(got[name].flatten(1), torch.from_numpy(labels).long().to(config.device))
+            loss = (1 - config.alpha) * loss + config.alpha * task
+        for feature, want in zip(self.features, wanted[1:], strict=True):
+            matched = F.mse_loss(got[feature], want) / want.pow(2).mean().clamp_min(1e-12)
+            loss = loss + config.feature_weight * matched / len(self.features)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

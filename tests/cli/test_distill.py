@@ -117,3 +117,17 @@ def test_quantize_qat_bad_options_write_nothing(monkeypatch: pytest.MonkeyPatch,
                        *options.split())
     assert code == 1 and message in said and len(said.strip().splitlines()) == 1, said
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_distill_with_labels_and_features(runner: CliRunner, setup: tuple[Path, Path], tmp_path: Path) -> None:
+    student, _ = setup
+    data = tmp_path / "labelled"
+    data.mkdir()
+    digits = np.load(DATA)
+    np.savez(data / "train.npz", image=preprocess(digits["x_train"]), label=digits["y_train"].astype(np.int64))
+    result = runner.invoke(cli.app, ["distill", str(student), "--teacher", str(ONNX_MODEL), "--data", str(data),
+                                     "-o", str(tmp_path / "d.onnx"), "--steps", "30", "--labels", "label",
+                                     "--alpha", "0.3", "--features", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["steps"] == 30 and len(report["features"]) <= 2
