@@ -18,6 +18,7 @@ from edgeopt.passes.correct_bias import CorrectBiasPass
 from edgeopt.passes.decompose_erf import DecomposeErfPass
 from edgeopt.passes.decompose_norms import DecomposeNormsPass
 from edgeopt.passes.deduplicate_initializers import DeduplicateInitializersPass
+from edgeopt.passes.distill import DistillPass
 from edgeopt.passes.drop_layers import DropLayersPass
 from edgeopt.passes.eliminate_identity import EliminateIdentityPass
 from edgeopt.passes.eliminate_neutral import EliminateNeutralPass
@@ -52,6 +53,7 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         DecomposeErfPass,
         DecomposeNormsPass,
         DeduplicateInitializersPass,
+        DistillPass,
         DropLayersPass,
         EliminateIdentityPass,
         EliminateNeutralPass,
