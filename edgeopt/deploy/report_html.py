@@ -147,21 +147,24 @@ def place_labels(anchors: Sequence[tuple[float, float]], labels: Sequence[str], 
 
 
 def scatter(points: Sequence[Point], *, x_label: str, y_label: str, title: str = "", front: Sequence[int] = (),
-            hline: tuple[float, str] | None = None, log_x: bool = False, width: int = 560,
-            height: int = 360) -> str:
+            hline: tuple[float, str] | None = None, y_min: float | None = None, log_x: bool = False,
+            width: int = 560, height: int = 360) -> str:
     """An SVG scatter chart with labelled points; ``front`` (point indices) is joined by a dashed line,
-    ``hline`` = (y, text) draws a horizontal rule (a budget, say)."""
+    ``hline`` = (y, text) draws a horizontal rule (a budget, say); points below ``y_min`` sit on the bottom
+    edge as open triangles, so far outliers do not squash the interesting range."""
     if not points:
         return ""
     left, right, top, bottom = 64, 16, 28 if title else 12, 44
+    floor = -math.inf if y_min is None else y_min
+    ys = [max(p.y, floor) for p in points]
     fx = _scale([_lx(p.x, log_x) for p in points], left, width - right)
-    fy = _scale([p.y for p in points] + ([hline[0]] if hline else []), height - bottom, top)
-    anchors = [(fx(_lx(p.x, log_x)), fy(p.y)) for p in points]
+    fy = _scale(ys + ([hline[0]] if hline else []), height - bottom, top)
+    anchors = [(fx(_lx(p.x, log_x)), fy(y)) for p, y in zip(points, ys, strict=True)]
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
              f"class='chart scatter'><title>{html.escape(title or y_label)}</title>"]
     if title:
         parts.append(f"<text x='{left}' y='16' font-weight='bold'>{html.escape(title)}</text>")
-    parts += _axes(fx, fy, [p.x for p in points], [p.y for p in points], left, width - right, top, height - bottom,
+    parts += _axes(fx, fy, [p.x for p in points], ys, left, width - right, top, height - bottom,
                    log_x)
     parts.append(f"<text x='{(left + width - right) / 2}' y='{height - 6}' text-anchor='middle'>"
                  f"{html.escape(x_label)}</text><text transform='translate(13,{(top + height - bottom) / 2}) "
@@ -170,9 +173,13 @@ def scatter(points: Sequence[Point], *, x_label: str, y_label: str, title: str =
     if hline is not None:
         y = fy(hline[0])
         text_w = CHAR_W * len(hline[1])
-        obstacles.append(Box(width - right - 4 - text_w, y - 4 - LINE_H + 2.5, text_w, LINE_H))
+        dots = [Box(x - 6, yy - 6, 12, 12) for x, yy in anchors]
+        spots = [Box(bx, by, text_w, LINE_H) for by in (y - 3 - LINE_H, y + 3)
+                 for bx in (width - right - 4 - text_w, left + 6, (left + width - right - text_w) / 2)]
+        spot = next((b for b in spots if not any(b.overlaps(d, 0) for d in dots)), spots[0])
+        obstacles.append(spot)
         parts.append(f"<line x1='{left}' y1='{y:.1f}' x2='{width - right}' y2='{y:.1f}' stroke='#c8433a' "
-                     f"stroke-dasharray='6 4'/><text x='{width - right - 4}' y='{y - 4:.1f}' text-anchor='end' "
+                     f"stroke-dasharray='6 4'/><text x='{spot.x:.1f}' y='{spot.y + LINE_H - 3:.1f}' "
                      f"style='fill:#c8433a'>{html.escape(hline[1])}</text>")
     if len(front) > 1:
         ordered = sorted(anchors[i] for i in front)
@@ -184,9 +191,14 @@ def scatter(points: Sequence[Point], *, x_label: str, y_label: str, title: str =
                          radius=6.0, obstacles=obstacles)
     for i, p in enumerate(points):
         x, y = anchors[i]
+        tip = html.escape(p.tip or p.label)
+        if p.y < floor:
+            parts.append(f"<path d='M{x - 4:.1f},{y - 5:.1f}h8l-4,7z' fill='none' stroke='{p.colour}'>"
+                         f"<title>{tip} (below the chart's range)</title></path>")
+            continue
         ring = " stroke='#000' stroke-width='1.5'" if p.strong else ""
         parts.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{5 if p.strong else 3.5}' fill='{p.colour}'{ring}>"
-                     f"<title>{html.escape(p.tip or p.label)}</title></circle>")
+                     f"<title>{tip}</title></circle>")
     for i, box in zip(labelled, boxes, strict=True):
         x, y = anchors[i]
         cx, cy = min(max(x, box.x), box.x + box.w), min(max(y, box.y), box.y + box.h)

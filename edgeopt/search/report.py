@@ -93,13 +93,17 @@ def _fronts(result: SearchResult, metric: str) -> str:
                         _colour(r, result, on_front), strong=result.best is not None and r is result.best,
                         tip=f"#{r.number} {r.stages}: {metric} {r.metric:.4f}") for r in kept]
         budget = next(((r.metric or 0) + (r.drop or 0) - result.max_drop for r in kept), None)
+        best_metric = max((float(r.metric or 0) for r in kept), default=0.0)
+        floor = None if budget is None else budget - max(best_metric - budget, 1e-3) * 1.5
         charts.append(scatter(points, x_label=unit, y_label=metric, title=f"{metric} vs {unit}",
                               front=[i for i, r in enumerate(kept) if r.number in on_front],
-                              hline=None if budget is None else (budget, f"budget (drop {result.max_drop:g})")))
+                              hline=None if budget is None else (budget, f"budget (drop {result.max_drop:g})"),
+                              y_min=floor, width=560 if len(result.objectives) > 1 else 1100,
+                              height=360 if len(result.objectives) > 1 else 420))
     legend = ("<p>Every trial is a point: <b style='color:#3468c0'>Pareto front</b> (labelled by trial), "
               "<b style='color:#9db5e0'>other trials within the budget</b>, <b style='color:#aaa'>over the "
-              "budget</b>, <b style='color:#e08a1e'>static int8 alone</b>; the winner is ringed. Hover a point "
-              "for its passes.</p>")
+              "budget</b>, <b style='color:#e08a1e'>static int8 alone</b>; the winner is ringed; open triangles on "
+              "the bottom edge are trials far below the budget. Hover a point for its passes.</p>")
     return legend + f"<div class='figs'>{''.join(charts)}</div>"
 
 
