@@ -111,7 +111,7 @@ def _config(args: argparse.Namespace, labels: str | None, **changes: Any) -> Sea
 def compare(args: argparse.Namespace, scratch: Path, data: tuple[Path, str, str, str | None]) -> dict[str, Any]:
     model, calib, val, labels = data
     start = time.perf_counter()
-    result = search(model, args.out, calibration=calib, data=val, config=_config(args, labels),
+    result = search(model, args.out, calibration=calib, data=val, config=_config(args, labels, resume=args.resume),
                     cache=Cache(scratch / "cache"))
     seconds = time.perf_counter() - start
     objective = result.objective
@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="above 1: candidates run as local Ray tasks")
     parser.add_argument("--kill-at", type=int, default=0, help="check resume: SIGKILL after this many trials")
     parser.add_argument("--workers-check", action="store_true", help="time --workers 1 against 2")
+    parser.add_argument("--resume", action="store_true", help="continue the search in --out (more trials)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     check = "resume" if args.kill_at else "workers" if args.workers_check else ""
