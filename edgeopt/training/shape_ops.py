@@ -90,7 +90,7 @@ def _gather_nd(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
     x, index = i
     if a.get("batch_dims", 0):
         raise NotImplementedError("GatherND with batch_dims > 0")
-    index = torch.where(index < 0, index + torch.tensor(x.shape[:index.shape[-1]]), index)
+    index = torch.where(index < 0, index + torch.tensor(x.shape[:index.shape[-1]], device=index.device), index)
     return [x[tuple(index[..., k] for k in range(index.shape[-1]))]]
 
 
@@ -162,25 +162,25 @@ def _expand(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
 @_op("Shape")
 def _shape(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
     dims = list(i[0].shape)[a.get("start", 0):a.get("end")]
-    return [torch.tensor(dims, dtype=torch.int64)]
+    return [torch.tensor(dims, dtype=torch.int64, device=i[0].device)]
 
 
 @_op("Size")
 def _size(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
-    return [torch.tensor(i[0].numel(), dtype=torch.int64)]
+    return [torch.tensor(i[0].numel(), dtype=torch.int64, device=i[0].device)]
 
 
 @_op("ConstantOfShape")
 def _constant_of_shape(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
     value = a.get("value")
     fill = torch.from_numpy(value.reshape(-1)) if value is not None else torch.zeros(1)
-    return [fill.expand(_ints(i[0])).clone()]
+    return [fill.to(i[0].device).expand(_ints(i[0])).clone()]
 
 
 @_op("Range")
 def _range(i: list[Any], a: dict[str, Any]) -> list[Tensor]:
     start, limit, delta = (t.item() for t in i)
-    return [torch.arange(start, limit, delta, dtype=i[0].dtype)]
+    return [torch.arange(start, limit, delta, dtype=i[0].dtype, device=i[0].device)]
 
 
 @_op("QuantizeLinear")
