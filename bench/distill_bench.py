@@ -1,15 +1,24 @@
 """Distillation of compressed pretrained models from the originals on unlabeled samples (issue 13's goals).
 
-``--model efficientnet``: the student is ``edgeopt prune --ratio R`` of EfficientNet-Lite0,
-trained on N crops, scored by top-1 agreement. ``--model minilm``: the student is
-``edgeopt drop-layers --count K`` of all-MiniLM-L6-v2 (64 tokens), trained on N sentences,
-scored by the cosine of ``sentence_embedding``. Both repair by least squares on the training
-samples unless ``--no-repair``, are distilled with ``edgeopt distill``'s library function and
-are scored, in ONNX Runtime, on M other samples that neither compression nor training saw.
-Prints one JSON line.
+``--model efficientnet``: EfficientNet-Lite0 on N crops, scored by top-1 agreement;
+``--model minilm``: all-MiniLM-L6-v2 (64 tokens) on N sentences, scored by the cosine of
+``sentence_embedding``. The student (``--student``) is made by the edgeopt command:
+
+- ``prune`` (efficientnet's default): ``edgeopt prune --ratio R``;
+- ``drop-layers`` (minilm's default): ``edgeopt drop-layers --count K``;
+- ``int8`` / ``int8-per-channel``: ``edgeopt quantize`` static int8 with per-tensor / per-channel
+  weights, trained by QAT;
+- ``clusters``: ``edgeopt share-weights --clusters C`` (codebook form), trained cluster-preserving.
+
+Pruning and dropping repair by least squares on the training samples unless ``--no-repair``;
+calibration uses 200 training samples. The student is distilled with ``edgeopt distill``'s
+library function and scored, in ONNX Runtime (graph optimizations off, so int8 is ORT's
+simulation), on M other samples that neither compression nor training saw. Prints one JSON line.
 
     python bench/distill_bench.py --model efficientnet --samples 600 --unseen 200 --time-limit 300
     python bench/distill_bench.py --model minilm --samples 2000 --unseen 200 --time-limit 600 --lr 5e-5
+    python bench/distill_bench.py --model efficientnet --student int8 --samples 1000 --time-limit 900
+    python bench/distill_bench.py --model minilm --student clusters --samples 2000 --time-limit 900 --lr 1e-4
 """
 
 from __future__ import annotations
@@ -60,6 +69,11 @@ def main() -> None:
     parser.add_argument("--unseen", type=int, default=200)
     parser.add_argument("--ratio", type=float, default=0.3, help="efficientnet: channels pruned")
     parser.add_argument("--count", type=int, default=2, help="minilm: layers dropped")
+    parser.add_argument("--student", choices=("prune", "drop-layers", "int8", "int8-per-channel", "clusters"))
+    parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument("--scale-lr", type=float, default=None)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--no-repair", action="store_true")
     parser.add_argument("--time-limit", type=float, default=300)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -68,10 +82,16 @@ def main() -> None:
     cache = ROOT / "bench" / "results" / "quantize-cache"
     if args.model == "efficientnet":
         teacher, output = pretrained.pretrained_cnn_onnx(cache)[0], "logits"
-        compress = ["prune", "--ratio", str(args.ratio)]
     else:
         teacher, output = pretrained.minilm_onnx(cache, seq_len=64)[0], "sentence_embedding"
-        compress = ["drop-layers", "--count", str(args.count), "--compare-output", output]
+    student_kind = args.student or ("prune" if args.model == "efficientnet" else "drop-layers")
+    compress = {
+        "prune": ["prune", "--ratio", str(args.ratio)],
+        "drop-layers": ["drop-layers", "--count", str(args.count), "--compare-output", output],
+        "int8": ["quantize", "--per-tensor"],
+        "int8-per-channel": ["quantize", "--per-channel"],
+        "clusters": ["share-weights", "--clusters", str(args.clusters)],
+    }[student_kind]
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "samples"
         data.mkdir()
@@ -82,17 +102,22 @@ def main() -> None:
         student = Path(tmp) / "student.onnx"
         command = [str(Path(sys.executable).with_name("edgeopt")), compress[0], str(teacher), "-o", str(student),
                    *compress[1:]]
-        command += ["--no-repair"] if args.no_repair else ["--calib", str(data), "--samples", "200"]
+        if compress[0] in ("prune", "drop-layers"):
+            command += ["--no-repair"] if args.no_repair else ["--calib", str(data), "--samples", "200"]
+        elif compress[0] == "quantize":
+            command += ["--calib", str(data), "--samples", "200"]
         subprocess.run(command, check=True, capture_output=True)
         unseen = _data(args.model, args.unseen, seed=1)
         before = _agreement(student, teacher, unseen, output)
         start = time.perf_counter()
         result = distill_file(student, teacher, str(data), Path(tmp) / "distilled.onnx",
                               DistillConfig(time_limit=args.time_limit, lr=args.lr, batch_size=args.batch_size,
-                                            eval_every=10, epochs=100, output=output))
+                                            eval_every=args.eval_every, patience=args.patience, epochs=100,
+                                            output=output, scale_lr=args.scale_lr))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
     print(json.dumps({"model": args.model, "compress": compress, "repair": not args.no_repair,
+                      "scale_lr": args.scale_lr, "patience": args.patience,
                       "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
                       "metric": result.objective.metric, "loss": result.objective.loss,
                       "unseen_before": before, "unseen_after": after,
