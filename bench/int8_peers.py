@@ -99,10 +99,14 @@ def _ocr_case(cache: Path, samples: int) -> Case:
 
 def prepare_for_peers(case: Case, cache: Path) -> None:
     """Run ORT's ``quant_pre_process`` (shape inference, basic graph optimizations: constant folding turns
-    weights stored as Constant nodes into initializers) once; fall back to no symbolic shape inference."""
+    weights stored as Constant nodes into initializers) once, falling back to no symbolic shape inference;
+    then raise an opset below 13 to 13 (per-channel DequantizeLinear needs ``axis``: ORT's quantize_static
+    writes it at opset 12 too, and the result does not load)."""
+    import onnx
+    from onnx import version_converter
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out = cache / "peer-inputs" / f"{case.name}-{case.path.stem}-preprocessed.onnx"
+    out = cache / "peer-inputs" / f"{case.name}-{case.path.stem}-prepared.onnx"
     note = out.with_suffix(".txt")
     if not (out.is_file() and note.is_file()):
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +116,12 @@ def prepare_for_peers(case: Case, cache: Path) -> None:
             how = "quant_pre_process (symbolic shape inference, ORT basic optimizations, ONNX shape inference)"
         except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on some real models
             quant_pre_process(str(case.path), str(tmp), skip_symbolic_shape=True)
-            how = f"quant_pre_process without symbolic shape inference (it failed: {str(e)[:120]})"
+            how = f"quant_pre_process without symbolic shape inference (it failed: {str(e)[:80]})"
+        model = onnx.load(str(tmp))
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if opset < 13:
+            onnx.save(version_converter.convert_version(model, 13), str(tmp))
+            how += f", then opset {opset} -> 13 (onnx.version_converter)"
         os.replace(tmp, out)
         note.write_text(how)
     case.prepared, case.prepared_note = out, note.read_text()
