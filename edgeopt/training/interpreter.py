@@ -197,13 +197,14 @@ class OnnxModule(nn.Module):
 def _check_supported(graph: ir.Graph) -> None:
     missing = [f"'{node.name}' ({node.domain or 'ai.onnx'}::{node.op_type})" for node in graph
                if node.domain not in ("", "ai.onnx") or node.op_type not in OPS and node.op_type != "Constant"
-               or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())]
+               or any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+               or "block_size" in node.attributes]  # blocked (weight-only int4) Q/DQ
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise UnsupportedOpError(
-            f"{graph.name or 'graph'}: node {shown} has no torch implementation for training (subgraphs and "
-            "custom domains are not run either). Run it through `edgeopt optimize --passes cleanup`, or "
-            "report the op."
+            f"{graph.name or 'graph'}: node {shown} has no torch implementation for training (subgraphs, "
+            "custom domains and blocked weight-only quantization are not run either). Run it through "
+            "`edgeopt optimize --passes cleanup`, or report the op."
         )
 
 
