@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--scale-lr", type=float, default=None)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--features", type=int, default=0, help="intermediate tensors to match")
     parser.add_argument("--no-repair", action="store_true")
     parser.add_argument("--time-limit", type=float, default=300)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -113,11 +114,11 @@ def main() -> None:
         result = distill_file(student, teacher, str(data), Path(tmp) / "distilled.onnx",
                               DistillConfig(time_limit=args.time_limit, lr=args.lr, batch_size=args.batch_size,
                                             eval_every=args.eval_every, patience=args.patience, epochs=100,
-                                            output=output, scale_lr=args.scale_lr))
+                                            output=output, scale_lr=args.scale_lr, features=args.features))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
     print(json.dumps({"model": args.model, "compress": compress, "repair": not args.no_repair,
-                      "scale_lr": args.scale_lr, "patience": args.patience,
+                      "scale_lr": args.scale_lr, "patience": args.patience, "features": result.features,
                       "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
                       "metric": result.objective.metric, "loss": result.objective.loss,
                       "unseen_before": before, "unseen_after": after,
