@@ -94,7 +94,8 @@ def _fronts(result: SearchResult, metric: str) -> str:
                         tip=f"#{r.number} {r.stages}: {metric} {r.metric:.4f}") for r in kept]
         budget = next(((r.metric or 0) + (r.drop or 0) - result.max_drop for r in kept), None)
         best_metric = max((float(r.metric or 0) for r in kept), default=0.0)
-        floor = None if budget is None else budget - max(best_metric - budget, 1e-3) * 1.5
+        feasible = budget is not None and any(r.feasible for r in kept)
+        floor = budget - max(best_metric - budget, 1e-3) * 1.5 if feasible and budget is not None else None
         charts.append(scatter(points, x_label=unit, y_label=metric, title=f"{metric} vs {unit}",
                               front=[i for i, r in enumerate(kept) if r.number in on_front],
                               hline=None if budget is None else (budget, f"budget (drop {result.max_drop:g})"),
