@@ -49,6 +49,20 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 TOOLS = ("edgeopt", "ort", "ort-reduce-range", "nncf-performance", "nncf-mixed", "aimet-adaround")
 Feeds = dict[str, np.ndarray]
+OBSERVATIONS = (
+    "Measured 2026-12-03 while building this bench (same machine, data): on the PP-OCRv4 recognizer *as "
+    "shipped* (opset 12, weights in Constant nodes) ORT quantize_static leaves every weight float (11.15 MB, "
+    "CER 9.73 % on the kernels, reduce_range identical) and NNCF's presets give CER 99 %; after "
+    "quant_pre_process alone (still opset 12) ORT's per-channel output does not load (DequantizeLinear 'axis' "
+    "needs opset 13); NNCF without model_type=TRANSFORMER (after the preparation below): CER 99.1 % "
+    "(performance) / 99.8 % (mixed), 1.5 dB. Hence peers get the prepared file; edgeopt gets the file as shipped.",
+    "AIMET-ONNX 2.42.0 does not install beside edgeopt without changing it: it pulls torch 2.14.1 with CUDA 13 "
+    "libraries (6.4 GB) and onnx2torch; it runs from its own virtual environment (--aimet-python). Its AdaRound "
+    "re-runs the whole model for every layer (~20 s a layer on this machine with 20 samples and 1 step), so it "
+    "gets --aimet-samples and --aimet-iterations below the 10,000 steps its docs recommend.",
+    "This CPU has VNNI and AMX, so kernels and simulation agree here; the AVX2-only kernels (where ORT's u8s8 "
+    "saturates) could not be measured: qemu-x86_64 -cpu Haswell took 129 s for one EfficientNet image.",
+)
 
 
 @dataclass
@@ -206,6 +220,8 @@ def run_tool(tool: str, case: Case, out: Path, args: argparse.Namespace) -> dict
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         return {"failed": f"exit {done.returncode}: " + (lines[-1][:400] if lines else "no message")}
     report = json.loads(done.stdout.strip().splitlines()[-1])
+    if tool == "edgeopt":
+        report["edgeopt_commit"] = _commit()
     report["input"] = "the fp32 file as shipped" if source == case.path else case.prepared_note
     if tool == "aimet-adaround":
         report["calibration_samples"] = sum(len(next(iter(np.load(f).values()))) for f in calib)
@@ -237,6 +253,16 @@ def bench_model(case: Case, tools: list[str], args: argparse.Namespace, work: Pa
             "held_out": sum(len(next(iter(f.values()))) for f in case.eval_feeds), "rows": rows}
 
 
+def _commit() -> str:
+    """HEAD, with ``+uncommitted`` when the library's files differ from it (the lead edits them meanwhile)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=BENCH.parent,
+                              check=False).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "edgeopt", "passes", "targets")
+    return git("rev-parse", "--short", "HEAD") + ("+uncommitted" if dirty else "")
+
+
 def _host() -> dict[str, Any]:
     flags, name = set(), platform.processor()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -247,10 +273,8 @@ def _host() -> dict[str, Any]:
             break
     import onnxruntime
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=BENCH.parent, check=False).stdout.strip()
     return {"cpu": name, "int8_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
-            "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "edgeopt_commit": commit,
+            "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__, "edgeopt_commit": _commit(),
             "note": "2 cores shared with other jobs: times are noisy, compare within a model"}
 
 
@@ -265,7 +289,8 @@ def merge(out: Path, models: dict[str, Any], tools: list[str] | None) -> None:
         kept = document["models"].get(name, {}).get("rows", {})
         rows = {**kept, **{t: r for t, r in fresh["rows"].items() if tools is None or t in tools or t == "fp32"}}
         document["models"][name] = {**fresh, "rows": {k: rows[k] for k in ("fp32", *TOOLS) if k in rows}}
-    document.update(host=_host(), updated=datetime.datetime.now().isoformat(timespec="seconds"),
+    document.update(observations=list(OBSERVATIONS), host=_host(),
+                    updated=datetime.datetime.now().isoformat(timespec="seconds"),
                     command="python bench/int8_peers.py " + " ".join(sys.argv[1:]))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

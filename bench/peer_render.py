@@ -49,9 +49,27 @@ def _table(result: dict[str, Any]) -> list[str]:
                      f"{_metric(s, kind)} | {row['size_bytes'] / 1e6:.2f} | {row['seconds']:.1f} | "
                      f"{row['peak_rss_mib']:.0f} | {row['latency_ms']:.2f} |")
         samples = f" ({row['calibration_samples']} samples)" if "calibration_samples" in row else ""
+        at = f" at {row['edgeopt_commit']}" if "edgeopt_commit" in row else ""
         notes.append(f"- {label}: {row['notes']}{samples}; input: {row.get('input', '?')}; "
-                     f"measured {row.get('measured_at', '?')}")
-    return lines + [""] + notes + failures
+                     f"measured {row.get('measured_at', '?')}{at}")
+    return lines + ["", _verdict(result)] + notes + failures
+
+
+def _verdict(result: dict[str, Any]) -> str:
+    """One line: edgeopt's kernels metric beside the best peer's."""
+    kind, rows = result["kind"], result["rows"]
+    key, name = METRIC[kind]
+    sign = -1 if key == "cer" else 1
+    scored = {t: r["kernels"][key] for t, r in rows.items() if t != "fp32" and "kernels" in r}
+    peers = {t: v for t, v in scored.items() if t != "edgeopt"}
+    if "edgeopt" not in scored or not peers:
+        return ""
+    best = max(peers, key=lambda t: sign * peers[t])
+    fmt = (lambda v: f"{100 * v:.2f} %") if key == "cer" else (lambda v: f"{v:.4f}")
+    name = "CER" if key == "cer" else name
+    ahead = sign * (scored["edgeopt"] - peers[best]) >= 0
+    return (f"**edgeopt {fmt(scored['edgeopt'])} {name} on the kernels; best peer {LABELS.get(best, best)} "
+            f"{fmt(peers[best])}: edgeopt {'ahead or tied' if ahead else 'behind'}.**\n")
 
 
 def write_markdown(document: dict[str, Any], path: Path) -> None:
@@ -64,6 +82,9 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
              "off (Q/DQ as float ops). SQNR and the metric are against fp32 on held-out data; for OCR the CER "
              "is against the known text (fp32's CER in the fp32 row). Quantize s: the tool's call in its own "
              "process; peak RSS: that process's high-water mark (imports included).", ""]
+    for line in document.get("observations", []):
+        lines.append(f"- {line}")
+    lines.append("")
     for name, result in document["models"].items():
         if "rows" not in result:
             lines += [f"## {name}", "", f"skipped: {result.get('skipped', result)}", ""]
