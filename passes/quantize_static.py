@@ -11,7 +11,7 @@ is what ORT's kernels and execution providers expect.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -25,14 +25,18 @@ from edgeopt.core.runtime import Feeds
 from edgeopt.data.readers import batches, open_reader
 from edgeopt.passes.avoid_int8_saturation import AvoidInt8SaturationPass
 from edgeopt.passes.quantize_common import (
+    TRANSFORMER_OP_TYPES,
     ir_from_ort,
+    is_transformer_like,
     ort_type,
     prepare_for_quantization,
     quiet_root_logging,
     shape_nodes,
+    unquantize_float_consumers,
     unquantize_inputs,
 )
 from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_rounding, quantized_weight_nodes
+from edgeopt.passes.quantize_tables import gather_tables, quantize_gather_tables
 from edgeopt.passes.remove_unused import RemoveUnusedPass
 
 logger = logging.getLogger(__name__)
@@ -60,7 +64,9 @@ class QuantizeStaticPass(EdgeoptPass):
         activation_type: ``uint8`` (default), ``int8``, or 16-bit for NPUs (A16W8).
         weight_type: ``int8`` (symmetric) or ``uint8``.
         symmetric_activations: Zero point 0 for activations.
-        op_types: Only quantize these op types (default: every type ORT can).
+        op_types: Only quantize these op types. Empty (default): every type ORT can, except in
+            transformers (:func:`~edgeopt.passes.quantize_common.is_transformer_like`), where MatMul, Gemm
+            and Gather tables only; ``("all",)``: every type ORT can, always.
         nodes: Only quantize these node names.
         exclude: Never quantize these node names (they stay float).
         samples: Use at most this many calibration samples.
@@ -134,7 +140,7 @@ class QuantizeStaticPass(EdgeoptPass):
         quantized = quantize_with_ranges(
             model, ranges, format=self.format, per_channel=self.per_channel,
             activation_type=self.activation_type, weight_type=self.weight_type,
-            symmetric_activations=self.symmetric_activations, op_types=self.op_types,
+            symmetric_activations=self.symmetric_activations, op_types=static_op_types(model, self.op_types),
             nodes=self.nodes, exclude=self.exclude,
         )
         if self.rounding == "learned" and reader is not None:
@@ -166,6 +172,19 @@ class QuantizeStaticPass(EdgeoptPass):
         logger.info("quantize-static: calibrated %d tensors on %d samples in %.1fs (%s)",
                     len(result.ranges), result.samples, result.seconds, self.method)
         return result.ranges
+
+
+def static_op_types(model: ir.Model, requested: Sequence[str]) -> tuple[str, ...]:
+    """The op types static mode hands the quantizer (``()`` = every type ORT can)."""
+    if tuple(requested) == ("all",):
+        return ()
+    if requested:
+        return tuple(requested)
+    if is_transformer_like(model):
+        logger.info("quantize: transformer-like graph: static int8 of %s only (op_types=all to quantize every op)",
+                    ", ".join(TRANSFORMER_OP_TYPES))
+        return TRANSFORMER_OP_TYPES
+    return ()
 
 
 def observer_options(
@@ -230,7 +249,12 @@ def quantize_with_ranges(
             for name, (low, high) in ranges.items()}
     tensors = TensorsData(CalibrationMethod.MinMax, data)
     types = list(op_types) or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-    exclude = [*kept_float, *shape_nodes(model)]
+    quantized_types = set(types)
+    only = set(nodes := list(nodes))
+    lookups = [name for name in gather_tables(model, min_elements=0) if not only or name in only] \
+        if "Gather" in quantized_types else []
+    tables = set(gather_tables(model)) & set(lookups)  # a scale per row (quantize_tables); small ones stay float
+    exclude = [*kept_float, *shape_nodes(model), *lookups]
     if format == "qoperator":
         quantizer: Any = ONNXQuantizer(proto, per_channel, False, QuantizationMode.QLinearOps, True,
                                        weight, act, tensors, list(nodes), list(exclude), types, extra)
@@ -240,6 +264,9 @@ def quantize_with_ranges(
     with quiet_root_logging():
         quantizer.quantize_model()
     quantized = ir_from_ort(quantizer.model.model)
-    if kept_float and unquantize_inputs(quantized, kept_float):
+    rewired = unquantize_inputs(quantized, kept_float) if kept_float else 0
+    rewired += unquantize_float_consumers(quantized, quantized_types)
+    tables -= set(kept_float)
+    if quantize_gather_tables(quantized, tables) + rewired:
         RemoveUnusedPass()(quantized)
     return quantized

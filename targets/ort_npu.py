@@ -143,7 +143,7 @@ class OrtNpuTarget(OrtCpuTarget):
         self._static_shapes(strict=True, dims=_dims_from_data(work, calibration))(work)
         ClampMaskConstantsPass()(work)  # a -3.4e38 attention mask would make every range useless
         float_model = work.clone()
-        QuantizeStaticPass(calibration=calibration, per_channel=True, weight_type="int8",
+        QuantizeStaticPass(calibration=calibration, per_channel=True, weight_type="int8", op_types=("all",),
                            activation_type="uint16" if self.activations == 16 else "uint8",
                            batch_size=_fixed_batch(work), samples=self.samples,
                            cpu=None)(work)  # the NPU wants its symmetric int8 weights; it does not saturate

@@ -36,9 +36,9 @@ from edgeopt.passes import (
     QuantizeWeightsPass,
     SmoothQuantPass,
 )
-from edgeopt.passes.quantize_common import TRANSFORMER_OP_TYPES, is_transformer_like, prepare_for_quantization
+from edgeopt.passes.quantize_common import prepare_for_quantization
 from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_rounding, quantized_weight_nodes
-from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges
+from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges, static_op_types
 from edgeopt.passes.smooth_quant import DYNAMIC_SMOOTH_ALPHA, MUL_PREFIX
 from edgeopt.pipeline import cleanup
 from edgeopt.quantization.analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
@@ -278,19 +278,6 @@ def _quantize_static(
         extra["fallback"] = result
         quantized = result.model
     return quantized, extra
-
-
-def static_op_types(model: ir.Model, requested: Sequence[str]) -> tuple[str, ...]:
-    """The op types static mode hands the quantizer (``()`` = every type ORT can)."""
-    if tuple(requested) == ("all",):
-        return ()
-    if requested:
-        return tuple(requested)
-    if is_transformer_like(model):
-        logger.info("quantize: transformer-like graph: static int8 of %s only (op_types=all to quantize every op)",
-                    ", ".join(TRANSFORMER_OP_TYPES))
-        return TRANSFORMER_OP_TYPES
-    return ()
 
 
 PREPASSES = ("equalize-cross-layer", "correct-bias", "smooth-quant")

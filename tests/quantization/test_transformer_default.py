@@ -80,3 +80,73 @@ def test_a_cnn_is_not_transformer_like() -> None:
     }
     """)
     assert not is_transformer_like(model)
+
+
+def _norm_then_branches(path: Path, *, rows: int = 0) -> Path:
+    """(ids -> Gather(table) ->) LayerNorm -> h; y = h · W (quantized); z = Tanh(h) (a float consumer of h)."""
+    rng = np.random.default_rng(2)
+    inits = {"W": (rng.standard_normal((D, D)) / 4).astype(np.float32),
+             "g": np.ones(D, np.float32), "b": np.zeros(D, np.float32)}
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["h"], axis=-1, name="ln"),
+             helper.make_node("MatMul", ["h", "W"], ["y"], name="proj"),
+             helper.make_node("Tanh", ["h"], ["z"], name="tanh")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", S, D])]
+    if rows:
+        # rows of very different sizes and a few outlier columns, as embedding tables have
+        table = rng.standard_normal((rows, D)) * np.exp(rng.uniform(-3, 0, (rows, 1)))
+        table[:, :2] *= 8
+        inits["table"] = table.astype(np.float32)
+        nodes.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], axis=0, name="lookup"))
+        inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", S])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", S, D]) for n in ("y", "z")]
+    graph = helper.make_graph(nodes, "branches", inputs, outputs, [nh.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_float_consumers_read_the_float_tensor(tmp_path: Path) -> None:
+    """h is quantized for the MatMul only: the Tanh beside it computes exactly what the float model does."""
+    model_path = _norm_then_branches(tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((4, S, D)).astype(np.float32)} for _ in range(4)]
+    quantize_file(model_path, tmp_path / "q.onnx", QuantizeConfig(cpu="x86-vnni"), calibration=calib)
+    quantized = load_model(tmp_path / "q.onnx")
+    assert "h" in _quantized_tensors(quantized)
+    tanh = next(n for n in quantized.graph if n.op_type == "Tanh")
+    assert tanh.inputs[0] is not None and tanh.inputs[0].producer().op_type == "LayerNormalization"  # type: ignore[union-attr]
+    test = {"x": rng.standard_normal((2, S, D)).astype(np.float32)}
+    ref, got = run_model(load_model(model_path), test), run_model(quantized, test)
+    np.testing.assert_array_equal(got["z"], ref["z"])
+    y_error = np.abs(got["y"] - ref["y"]).max()
+    assert 0 < y_error < 0.05 * np.abs(ref["y"]).max()  # the MatMul is int8, and close
+
+
+def test_lookup_tables_get_a_scale_per_row(tmp_path: Path) -> None:
+    rows = 2048
+    model_path = _norm_then_branches(tmp_path / "m.onnx", rows=rows)
+    rng = np.random.default_rng(4)
+    calib = [{"ids": rng.integers(0, rows, (4, S)).astype(np.int64)} for _ in range(4)]
+    quantize_file(model_path, tmp_path / "q.onnx", QuantizeConfig(cpu="x86-vnni"), calibration=calib)
+    quantized = load_model(tmp_path / "q.onnx")
+    gather = next(n for n in quantized.graph if n.op_type == "Gather")
+    dq = gather.inputs[0].producer()  # type: ignore[union-attr]
+    assert dq is not None and dq.op_type == "DequantizeLinear" and dq.attributes.get_int("axis") == 0
+    codes, scale = (v.const_value.numpy() for v in dq.inputs[:2])  # type: ignore[union-attr]
+    assert codes.dtype == np.int8 and scale.shape == (rows,)
+    table = load_model(model_path).graph.initializers["table"].const_value.numpy()  # type: ignore[union-attr]
+    dequantized = codes.astype(np.float32) * scale[:, None]
+    assert np.all(np.abs(dequantized - table) <= scale[:, None] / 2 + 1e-7)
+    # ORT runs the table as stored: the graph's output equals the float model fed the dequantized rows
+    ids = {"ids": rng.integers(0, rows, (2, S)).astype(np.int64)}
+    got = run_model(quantized, ids)["z"]
+    np.testing.assert_allclose(got, np.tanh(_layer_norm(dequantized[ids["ids"]])), atol=1e-5)
+    # and a scale per row beats one scale for the table (what ORT's emitter gives) by far
+    def sqnr(approx: np.ndarray) -> float:
+        return float(10 * np.log10((table**2).sum() / ((table - approx) ** 2).sum()))
+    step = np.abs(table).max() / 127
+    assert sqnr(dequantized) > sqnr(np.round(table / step) * step) + 10
+
+
+def _layer_norm(x: np.ndarray) -> np.ndarray:
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
