@@ -10,15 +10,17 @@ is what ORT's kernels and execution providers expect.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.observers import make_observer_factory
-from edgeopt.calibration.stream import calibrate
+from edgeopt.calibration.observers import RangeCandidatesObserver, make_observer_factory
+from edgeopt.calibration.range_choice import choose_ranges
+from edgeopt.calibration.stream import CalibrationResult, calibrate
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.core.runtime import Feeds
@@ -41,7 +43,7 @@ from edgeopt.passes.remove_unused import RemoveUnusedPass
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["minmax", "moving-average", "percentile", "entropy", "mse"]
+Method = Literal["minmax", "moving-average", "percentile", "entropy", "mse", "auto"]
 
 
 class QuantizeStaticPass(EdgeoptPass):
@@ -161,17 +163,42 @@ class QuantizeStaticPass(EdgeoptPass):
 
     def _calibrate(self, model: ir.Model, reader: Iterable[Feeds] | None) -> dict[str, tuple[float, float]]:
         assert reader is not None
-        options = observer_options(self.method, percentile=self.percentile,
-                                   activation_type=self.activation_type,
-                                   symmetric=self.symmetric_activations)
-        result = calibrate(
-            model, batches(reader, model, batch_size=self.batch_size, limit=self.samples),
-            observer=make_observer_factory(self.method, **options), on_batch=self.on_batch,
-        )
+        result = calibrate_activations(
+            model, reader, method=self.method, percentile=self.percentile, activation_type=self.activation_type,
+            symmetric=self.symmetric_activations, op_types=static_op_types(model, self.op_types),
+            samples=self.samples, batch_size=self.batch_size, on_batch=self.on_batch)
         self.calibration_seconds = result.seconds
         logger.info("quantize-static: calibrated %d tensors on %d samples in %.1fs (%s)",
                     len(result.ranges), result.samples, result.seconds, self.method)
         return result.ranges
+
+
+CHOICE_SAMPLES = 64
+"""Method ``auto``: samples the candidate ranges are scored on (the first ones of the calibration data)."""
+
+
+def calibrate_activations(
+    model: ir.Model, reader: Iterable[Feeds], *, method: str, percentile: float, activation_type: str,
+    symmetric: bool, op_types: Collection[str], samples: int | None, batch_size: int | None,
+    on_batch: Callable[[int], None] | None = None,
+) -> CalibrationResult:
+    """Calibrate ``model``'s tensors by ``method``; ``auto`` then picks each range by its consumers' error.
+
+    ``op_types`` are the types to be quantized (empty: all), whose nodes the ``auto`` choice scores.
+    """
+    options = observer_options(method, percentile=percentile, activation_type=activation_type, symmetric=symmetric)
+    result = calibrate(model, batches(reader, model, batch_size=batch_size, limit=samples),
+                       observer=make_observer_factory(method, **options), on_batch=on_batch)
+    if method != "auto" or activation_type not in ("uint8", "int8"):
+        return result  # 16-bit: MinMax (the codes are plenty)
+    candidates = {name: obs.candidates() for name, obs in result.observers.items()
+                  if isinstance(obs, RangeCandidatesObserver)}
+    limit = min(samples or CHOICE_SAMPLES, CHOICE_SAMPLES)
+    choice = choose_ranges(model, candidates, batches(reader, model, batch_size=batch_size, limit=limit),
+                           consumer_types=set(op_types) or None, dtype=activation_type,  # type: ignore[arg-type]
+                           symmetric=symmetric)
+    return dataclasses.replace(result, ranges={**result.ranges, **choice.ranges},
+                               seconds=result.seconds + choice.seconds)
 
 
 def static_op_types(model: ir.Model, requested: Sequence[str]) -> tuple[str, ...]:
@@ -191,7 +218,7 @@ def observer_options(
     method: str, *, percentile: float, activation_type: str, symmetric: bool
 ) -> dict[str, Any]:
     """Observer options that follow the quantization settings (bits, symmetry)."""
-    if method not in ("percentile", "entropy", "mse"):
+    if method not in ("percentile", "entropy", "mse", "auto"):
         return {}
     options: dict[str, Any] = {"symmetric": symmetric}
     if method == "percentile":

@@ -55,7 +55,7 @@ def quantize_gather_tables(model: ir.Model, nodes: Iterable[str]) -> int:
         dequantize = ir.node("DequantizeLinear", [codes_value, scale_value, zero_value],
                              attributes={"axis": axis}, name=f"{base}_rows_DequantizeLinear")
         dequantize.outputs[0].name = f"{base}_rows_dequantized"
-        dequantize.outputs[0].dtype = table.dtype
+        dequantize.outputs[0].dtype = ir.DataType.from_numpy(array.dtype)
         dequantize.outputs[0].shape = ir.Shape(array.shape)
         model.graph.insert_before(node, dequantize)
         node.replace_input_with(0, dequantize.outputs[0])

@@ -214,6 +214,48 @@ class HistogramObserver:
         return a, b
 
 
+CANDIDATE_PERCENTILE = 99.99
+
+
+class RangeCandidatesObserver(HistogramObserver):
+    """A histogram observer that also keeps the exact extent; its range is MinMax's.
+
+    :meth:`candidates` gives the ranges :func:`edgeopt.calibration.range_choice.choose_ranges` scores
+    (calibration method ``auto``).
+    """
+
+    def __init__(self, *, bins: int = 2048, symmetric: bool = False, quant_bits: int = 8) -> None:
+        super().__init__(bins=bins, method="mse", symmetric=symmetric, quant_bits=quant_bits)
+        self.low, self.high = math.inf, -math.inf
+
+    def update(self, x: np.ndarray) -> None:
+        if (extent := _extent(x)) is not None:
+            self.low, self.high = min(self.low, extent[1]), max(self.high, extent[2])
+        super().update(x)
+
+    def compute(self) -> tuple[float, float]:
+        if self.low > self.high:
+            return super().compute()  # raises: no finite values
+        if self.symmetric:
+            peak = max(-self.low, self.high)
+            return -peak, peak
+        return self.low, self.high
+
+    def candidates(self) -> dict[str, tuple[float, float]]:
+        """``minmax``, ``percentile`` and ``mse`` ranges (duplicates of MinMax left out)."""
+        found = {"minmax": self.compute()}
+        if self.width == 0.0:
+            return found
+        self.method = "percentile"
+        self.percentile = CANDIDATE_PERCENTILE
+        found["percentile"] = super().compute()
+        self.method = "mse"
+        found["mse"] = super().compute()
+        low, high = found["minmax"]
+        return {name: r for name, r in found.items()
+                if name == "minmax" or not (math.isclose(r[0], low) and math.isclose(r[1], high))}
+
+
 def _extent(x: np.ndarray) -> tuple[np.ndarray, float, float] | None:
     """Finite values of ``x`` (flat, float32 or wider) with their min and max; None if none."""
     x = np.asarray(x).ravel()
@@ -286,6 +328,7 @@ OBSERVERS: dict[str, Callable[[], Observer]] = {
     "percentile": functools.partial(HistogramObserver, method="percentile"),
     "entropy": functools.partial(HistogramObserver, method="entropy"),
     "mse": functools.partial(HistogramObserver, method="mse"),
+    "auto": RangeCandidatesObserver,
 }
 """Calibration method name -> observer factory."""
 

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -46,6 +46,8 @@ class CalibrationResult:
     samples: int
     batches: int
     seconds: float
+    observers: dict[str, Observer] = field(default_factory=dict)
+    """Tensor name -> its observer, for what else it kept (e.g. ``RangeCandidatesObserver.candidates()``)."""
 
 
 def calibrate(
@@ -111,7 +113,8 @@ def calibrate(
             logger.warning("calibrate: no range for '%s': %s", name, e)
     seconds = time.perf_counter() - started
     logger.info("calibrate: %d tensor(s), %d batch(es), %d sample(s) in %.2fs", len(ranges), count, samples, seconds)
-    return CalibrationResult(ranges=ranges, samples=samples, batches=count, seconds=seconds)
+    return CalibrationResult(ranges=ranges, samples=samples, batches=count, seconds=seconds,
+                             observers={name: observers[name] for name in ranges})
 
 
 class _Runner:

@@ -18,9 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.observers import make_observer_factory
 from edgeopt.calibration.rounding import WeightLayer
-from edgeopt.calibration.stream import calibrate
 from edgeopt.core.cpu import CPU_METADATA_KEY, resolve_cpu
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
 from edgeopt.core.inspect_model import ModelSummary, summarize
@@ -38,7 +36,7 @@ from edgeopt.passes import (
 )
 from edgeopt.passes.quantize_common import prepare_for_quantization
 from edgeopt.passes.quantize_rounding import apply_learned_rounding, fit_rounding, quantized_weight_nodes
-from edgeopt.passes.quantize_static import observer_options, quantize_with_ranges, static_op_types
+from edgeopt.passes.quantize_static import calibrate_activations, quantize_with_ranges, static_op_types
 from edgeopt.passes.smooth_quant import DYNAMIC_SMOOTH_ALPHA, MUL_PREFIX
 from edgeopt.pipeline import cleanup
 from edgeopt.quantization.analysis import FallbackResult, Metric, NodeError, agreement_metric, fallback, sensitivity
@@ -222,12 +220,11 @@ def _quantize_static(
     prepared = model.clone()
     prepare_for_quantization(prepared)
     _run_prepasses(prepared, config, reader)
-    options = observer_options(config.method, percentile=config.percentile,
-                               activation_type=config.activation_type,
-                               symmetric=config.symmetric_activations)
-    calibrated = calibrate(
-        prepared, batches(reader, prepared, batch_size=config.batch_size, limit=config.samples),
-        observer=make_observer_factory(config.method, **options),
+    op_types = static_op_types(prepared, config.op_types)
+    calibrated = calibrate_activations(
+        prepared, reader, method=config.method, percentile=config.percentile,
+        activation_type=config.activation_type, symmetric=config.symmetric_activations, op_types=op_types,
+        samples=config.samples, batch_size=config.batch_size,
         on_batch=(lambda n: progress("calibrate", n)) if progress else None,
     )
 
@@ -245,7 +242,6 @@ def _quantize_static(
         return quantized
 
     smoothing_muls = [n.name for n in prepared.graph if n.name and n.name.startswith(MUL_PREFIX)]
-    op_types = static_op_types(prepared, config.op_types)
 
     quantized = emit(())
     if config.rounding == "learned" and "correct-bias" in config.prepasses:
