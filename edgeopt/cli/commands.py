@@ -158,7 +158,8 @@ def quantize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the quantized model.")],
     mode: Annotated[str, typer.Option(help="static | dynamic | weight-only")] = "static",
     calib: Annotated[str | None, typer.Option(help="Sample data: folder of .npy/.npz or images, or random:N.")] = None,
-    method: Annotated[str, typer.Option(help="minmax | moving-average | percentile | entropy | mse")] = "minmax",
+    method: Annotated[str, typer.Option(help="Static: auto (each range by its consumers' error) | minmax | "
+                                        "moving-average | percentile | entropy | mse")] = "minmax",
     percentile: Annotated[float, typer.Option(help="For --method percentile.")] = 99.999,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.")] = True,
     fmt: Annotated[str, typer.Option("--format", help="qdq | qoperator")] = "qdq",
@@ -175,6 +176,8 @@ def quantize(
     batch_size: Annotated[int | None, typer.Option(help="Re-batch calibration data.")] = None,
     max_drop: Annotated[float | None, typer.Option(help="Keep sensitive nodes float until agreement "
                                                    "with fp32 drops at most this much.")] = None,
+    time_limit: Annotated[float | None, typer.Option(help="--max-drop: seconds after which the fallback tries "
+                                                     "nothing new and keeps the best model found.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Show the per-node sensitivity table.")] = False,
     prepasses: Annotated[str, typer.Option(help="Static mode, comma-separated: equalize-cross-layer, "
                                            "correct-bias, smooth-quant.")] = "",
@@ -204,6 +207,7 @@ def quantize(
                                     exclude=tuple(exclude),
                                     op_types=tuple(t for t in op_types.split(",") if t),
                                     samples=samples, batch_size=batch_size, max_drop=max_drop,
+                                    time_limit=time_limit,
                                     prepasses=tuple(p for p in prepasses.split(",") if p), rounding=rounding,
                                     smooth=smooth, budget=budget, cpu=cpu, cleanup=cleanup)
     with samples_progress(console.err, disable=as_json) as progress:

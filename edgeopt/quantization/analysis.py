@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -202,6 +203,7 @@ def fallback(
     float_score: float,
     max_drop: float,
     max_evaluations: int = 10,
+    time_limit: float | None = None,
 ) -> FallbackResult:
     """Keep the fewest top-ranked nodes in float so that ``float_score - metric <= max_drop``.
 
@@ -211,8 +213,15 @@ def fallback(
         metric: Scores a model; the float model scores ``float_score``.
         max_drop: Allowed drop of the metric.
         max_evaluations: Upper bound on quantize + metric evaluations.
+        time_limit: Seconds after which no new evaluation starts (the first always runs); the best
+            model found by then is returned.
     """
+    deadline = math.inf if time_limit is None else time.monotonic() + time_limit
     steps: list[FallbackStep] = []
+
+    def more() -> bool:
+        return len(steps) < max_evaluations and (not steps or time.monotonic() < deadline)
+
     cache: dict[int, tuple[ir.Model, float]] = {}
 
     def evaluate(count: int) -> float:
@@ -230,7 +239,7 @@ def fallback(
 
     low, high = -1, None  # largest count known to fail, smallest known to pass
     count = 0
-    while len(steps) < max_evaluations:
+    while more():
         if ok(count):
             high = count
             break
@@ -238,7 +247,7 @@ def fallback(
         if count >= len(ranked_nodes):
             break
         count = min(max(1, count * 2), len(ranked_nodes))
-    while high is not None and high - low > 1 and len(steps) < max_evaluations:
+    while high is not None and high - low > 1 and more():
         middle = (low + high) // 2
         if ok(middle):
             high = middle

@@ -77,6 +77,8 @@ class QuantizeConfig:
     eval_samples: int = 256
     max_drop: float | None = None
     max_evaluations: int = 10
+    time_limit: float | None = None
+    """``max_drop``: seconds after which the fallback starts no new evaluation (it keeps the best found)."""
     prepasses: tuple[str, ...] = ()
     """Run before calibration (static mode): ``equalize-cross-layer``, ``correct-bias``,
     ``smooth-quant`` (with an inserted Mul where no LayerNorm can absorb the scales)."""
@@ -150,6 +152,8 @@ def quantize_file(
     resolve_cpu(config.cpu)  # an unknown family fails before any work
     if not 0.0 <= config.budget <= 1.0:
         raise PassOptionError(f"quantize: --budget is a share of the model's MACs, 0 to 1; got {config.budget}.")
+    if config.time_limit is not None and not config.time_limit > 0:
+        raise PassOptionError(f"quantize: --time-limit is in seconds and must be positive; got {config.time_limit}.")
     if config.budget > 0 and config.mode != "static":
         raise PassOptionError(f"quantize: --budget (16-bit activations) applies to static mode, not {config.mode}. "
                               "Drop --budget, or use --mode static with --calib.")
@@ -270,7 +274,7 @@ def _quantize_static(
             name for e in ranked if e.introduced_db > 0 for name in (*e.fused, e.node)))
         result = fallback(emit, candidates, score,
                           float_score=score(prepared), max_drop=config.max_drop,
-                          max_evaluations=config.max_evaluations)
+                          max_evaluations=config.max_evaluations, time_limit=config.time_limit)
         extra["fallback"] = result
         quantized = result.model
     return quantized, extra

@@ -11,6 +11,7 @@ so the outliers stretch ``b``'s range and its ordinary channels round to zero:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -248,3 +249,19 @@ def test_accuracy_metric_counts_correct_predictions() -> None:
     assert accuracy_metric(batches, labels)(model) == 5 / 6
     with pytest.raises(ValueError, match="2 batches but 1 label arrays"):
         accuracy_metric(batches, labels[:1])
+
+
+def test_fallback_starts_nothing_new_after_its_time_limit() -> None:
+    counted = _Counted()
+
+    def slow_metric(model: ir.Model) -> float:
+        time.sleep(0.3)
+        return counted.metric(model)
+
+    started = time.monotonic()
+    result = fallback(counted.quantize, [f"n{i}" for i in range(8)], slow_metric, float_score=1.0,
+                      max_drop=0.0, max_evaluations=10, time_limit=0.5)
+
+    assert [len(s.float_nodes) for s in result.steps] == [0, 1]  # the third would start after 0.6 s
+    assert time.monotonic() - started < 1.5
+    assert result.float_nodes == ("n0",) and result.score == max(s.score for s in result.steps)
