@@ -215,7 +215,9 @@ def run_tool(tool: str, case: Case, out: Path, args: argparse.Namespace) -> dict
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
-        return {"failed": f"did not finish within --timeout {args.timeout} s"}
+        what = (f" (AdaRound on {args.aimet_samples} samples, {args.aimet_iterations} steps a layer)"
+                if tool == "aimet-adaround" else "")
+        return {"failed": f"did not finish within --timeout {args.timeout} s{what}"}
     if done.returncode != 0 or not out.is_file():
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         return {"failed": f"exit {done.returncode}: " + (lines[-1][:400] if lines else "no message")}
