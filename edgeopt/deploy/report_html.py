@@ -31,7 +31,8 @@ th.asc:after{content:" \\25B2"}th.desc:after{content:" \\25BC"}
 td,th{padding:4px 9px;border-bottom:1px solid #e3e6ec}td.n{text-align:right;font-variant-numeric:tabular-nums}
 tr.hl td{background:#fff6d6}tr.bad td{color:#a33}
 svg text{font:11px monospace;fill:#1d2330}svg .axis{stroke:#889;stroke-width:1}svg .grid{stroke:#e3e6ec}
-svg .lead{stroke:#99a;stroke-width:.8}.notes li{margin:3px 0}img{max-width:100%}
+svg .lead{stroke:#99a;stroke-width:.8}svg text.label{paint-order:stroke;stroke:#fff;stroke-width:3px}
+.notes li{margin:3px 0}img{max-width:100%}
 """
 
 SCRIPT = """
@@ -295,6 +296,8 @@ def _ticks(values: Sequence[float], count: int = 5) -> list[float]:
 
 
 def _num(value: float) -> str:
-    if value == 0 or 1e-3 <= abs(value) < 1e6:
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if value == 0 or abs(value) >= 1e-3:
         return f"{value:.4g}"
     return f"{value:.3g}"
