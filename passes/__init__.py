@@ -36,6 +36,7 @@ from edgeopt.passes.quantize_dynamic import QuantizeDynamicPass
 from edgeopt.passes.quantize_static import QuantizeStaticPass
 from edgeopt.passes.quantize_weights import QuantizeWeightsPass
 from edgeopt.passes.remove_unused import RemoveUnusedPass
+from edgeopt.passes.round_weights import RoundWeightsPass
 from edgeopt.passes.share_weights_across_layers import ShareWeightsAcrossLayersPass
 from edgeopt.passes.simplify_patterns import SimplifyPatternsPass
 from edgeopt.passes.smooth_quant import SmoothQuantPass
@@ -71,6 +72,7 @@ PASSES: dict[str, type[ir.passes.PassBase]] = {
         QuantizeStaticPass,
         QuantizeWeightsPass,
         RemoveUnusedPass,
+        RoundWeightsPass,
         ShareWeightsAcrossLayersPass,
         SimplifyPatternsPass,
         SmoothQuantPass,
@@ -124,6 +126,7 @@ __all__ = [
     "QuantizeStaticPass",
     "QuantizeWeightsPass",
     "RemoveUnusedPass",
+    "RoundWeightsPass",
     "ShareWeightsAcrossLayersPass",
     "SimplifyPatternsPass",
     "SmoothQuantPass",
