@@ -55,7 +55,11 @@ class QuantizeConfig:
     """Everything ``edgeopt quantize`` can be told; defaults are the recommended setting."""
 
     mode: Mode = "static"
-    method: str = "minmax"
+    method: str = "mse"
+    """Static mode's calibration method (:data:`edgeopt.calibration.observers.OBSERVERS`). MSE-optimal ranges
+    beat MinMax on every model measured (simulation, 100 calibration / 100 held-out samples): depthwise CNN
+    33.1 -> 35.5 dB, EfficientNet-Lite0 24.3 -> 24.5 dB, MiniLM-L6 cosine 0.9933 -> 0.9939; ``auto`` (each
+    range chosen by its consumers' error) was between the two (35.5, 24.4 dB, 0.9936)."""
     percentile: float = 99.999
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
