@@ -235,14 +235,18 @@ def test_run_is_decode_of_native_run_of_encoded_feeds(digits: Converted) -> None
                                   target.run(artifact, digits.feeds)["logits"])
 
 
-def test_one_conversion_serves_all_four_targets(digits: Converted, encoder: Converted, tflite_cache: Path) -> None:
+def test_one_conversion_serves_the_float_targets(digits: Converted, encoder: Converted, tflite_cache: Path) -> None:
     for converted in (digits, encoder):
         folder = tflite_cache / onnx2tf_convert.cache_key(converted.model)
         cached = {p.read_bytes() for p in folder.glob("*.tflite")}
 
-        assert len(cached) == 4  # float32, float16, dynamic int8 and one full-integer file per calibration set
-        assert converted.quantized_ahead == 1  # made in the same worker run as the float files
-        assert {a.read_bytes() for a in converted.artifacts.values()} == cached
+        floats = {a.read_bytes() for name, a in converted.artifacts.items() if name != "tflite-npu"}
+        assert len(floats) == 3 and floats <= cached  # float32, float16, dynamic int8
+        assert converted.quantized_ahead == 0
+        # tflite-npu converts the model with its weights moved by round-weights (digits); the encoder's
+        # nodes have no names, which learned rounding needs, so its NPU file comes from this conversion
+        npu = converted.artifacts["tflite-npu"].read_bytes()
+        assert (npu in cached) == (converted is encoder) and len(cached) == 3 + (converted is encoder)
         for artifact in converted.artifacts.values():
             assert tflite_io.read_io(artifact)["inputs"][0]["onnx_name"] == converted.model.graph.inputs[0].name
     assert "tensorflow" not in sys.modules and "onnx2tf" not in sys.modules  # converted in a subprocess
@@ -418,3 +422,49 @@ def test_float_ops_and_tensor_types_look_at_every_subgraph(tmp_path: Path) -> No
 
     assert tflite_io.float_ops(artifact) == [("SIN", "body/y")]  # the main graph's int8 ADD is not listed
     assert tflite_io.tensor_types(artifact) == {"constants": ["FLOAT16"], "io": ["INT8", "INT8"]}
+
+
+def _per_channel_int8_weights(artifact: Path) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(codes, scales, channel axis) of every per-channel int8 constant of the artifact, read from its flatbuffer."""
+    model, int8 = tflite_io._root(artifact), tflite_io._schema().TensorType.INT8
+    found = []
+    graph = model.Subgraphs(0)
+    for i in range(graph.TensorsLength()):
+        tensor = graph.Tensors(i)
+        buffer = model.Buffers(tensor.Buffer())
+        quantization = tensor.Quantization()
+        if tensor.Type() != int8 or buffer.DataLength() == 0 or quantization is None \
+                or quantization.ScaleLength() < 2:
+            continue
+        codes = buffer.DataAsNumpy().view(np.int8).reshape(tensor.ShapeAsNumpy())
+        found.append((codes, quantization.ScaleAsNumpy(), quantization.QuantizedDimension()))
+    return found
+
+
+def test_npu_artifact_holds_the_learned_int8_codes(digits: Converted) -> None:
+    """TFLite requantizes the weights round-weights moved: each per-channel weight of the artifact has the scales
+    max |w_c| / 127 and, channel by channel, exactly the learned codes (not the nearest ones)."""
+    from edgeopt.calibration.rounding import weight_layers
+    from edgeopt.passes import RoundWeightsPass
+
+    data = load_data()
+    rounded = digits.model.clone()
+    RoundWeightsPass(calibration=[{"image": data.x_train[i:i + 32]} for i in range(0, 256, 32)],
+                     samples=200, batch_size=1)(rounded)
+    stored = _per_channel_int8_weights(digits.artifacts["tflite-npu"])
+    matched = differs_from_nearest = 0
+    for layer, original in zip(weight_layers(rounded), weight_layers(digits.model), strict=True):
+        axis = layer.channel_axis
+        per_channel = np.moveaxis(layer.weight.astype(np.float64), axis, 0).reshape(layer.weight.shape[axis], -1)
+        scales = np.abs(per_channel).max(axis=1) / 127
+        twin = [(c, s, d) for c, s, d in stored if s.shape == scales.shape and np.allclose(s, scales, rtol=1e-5)]
+        if not twin:
+            continue  # a layer TFLite stores per tensor (FullyConnected)
+        codes, _, dim = twin[0]
+        learned = np.round(per_channel / scales[:, None])
+        tflite = np.moveaxis(codes, dim, 0).reshape(learned.shape)
+        np.testing.assert_array_equal(np.sort(tflite, axis=1), np.sort(learned, axis=1))
+        nearest = np.round(np.moveaxis(original.weight, axis, 0).reshape(learned.shape) / scales[:, None])
+        differs_from_nearest += int((np.sort(nearest, axis=1) != np.sort(learned, axis=1)).any())
+        matched += 1
+    assert matched >= 2 and differs_from_nearest >= 1
