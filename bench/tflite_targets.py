@@ -18,6 +18,9 @@ artifact, in one run:
 - file size, and batch-1 latency: the median of interleaved runs of the four artifacts (LiteRT
   interpreter, XNNPACK, inputs encoded once) and the fp32 model in ONNX Runtime (default graph
   optimizations). The GPU/NPU artifacts run on the CPU kernels here: those are not device numbers.
+
+``tflite-npu (rounding nearest)`` is tflite-npu without learned rounding (TFLite's own rounding to nearest),
+beside the default, for the effect of ``round-weights``.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from edgeopt.core.model_io import load_model  # noqa: E402
 from edgeopt.core.runtime import Feeds, create_session, run_model  # noqa: E402
 from edgeopt.core.target import raise_for_issues  # noqa: E402
 from edgeopt.deploy.target_registry import get_target  # noqa: E402
-from edgeopt.targets import TFLiteTarget  # noqa: E402
+from edgeopt.targets import TFLiteNpuTarget, TFLiteTarget  # noqa: E402
 from edgeopt.targets.tflite_io import run_tflite  # noqa: E402
 
 TARGETS = ("tflite-cpu", "tflite-cpu-int8", "tflite-gpu", "tflite-npu")
@@ -99,8 +102,9 @@ def run_model_case(name: str, cache: Path, samples: int, n_eval: int, repeat: in
     if case.labels is not None:
         result["fp32_accuracy"] = float((np.concatenate(reference).argmax(1) == case.labels).mean())
     paths: dict[str, Path] = {}
-    for target_name in TARGETS:
-        target = get_target(target_name)
+    variants: list[tuple[str, Any]] = [(n, get_target(n)) for n in TARGETS]
+    variants.append(("tflite-npu (rounding nearest)", TFLiteNpuTarget(rounding="nearest")))
+    for target_name, target in variants:
         start = time.perf_counter()
         try:
             raise_for_issues(target.name, target.check(prepared))
@@ -116,7 +120,8 @@ def run_model_case(name: str, cache: Path, samples: int, n_eval: int, repeat: in
             "export_s": round(seconds, 2), **_fidelity(case.kind, got, reference, case.labels),
             "notes": target.notes(artifact),
         }
-        paths[target_name] = artifact
+        if target_name in TARGETS:
+            paths[target_name] = artifact
         print(f"  {name} {target_name}: {json.dumps(result['artifacts'][target_name])[:300]}", flush=True)
     latency = _latency(case.path, paths, latency_feed, repeat)
     result["latency_ms_batch1"] = latency
