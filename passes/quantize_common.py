@@ -185,7 +185,9 @@ TRANSFORMER_OP_TYPES = ("MatMul", "Gemm", "Gather")
 """What static int8 quantizes by default in a transformer. Quantizing LayerNorm, Softmax,
 residual Adds and GELU as well took all-MiniLM-L6-v2's embedding cosine from 0.94 to 0.38
 (bench/quantize_prepasses.py); the MatMuls hold the MACs and Gather the embedding tables
-(without it the file stays 59 MB instead of 23 MB)."""
+(without it the file stays 59 MB instead of 23 MB; tables get a scale per row, see
+:mod:`edgeopt.passes.quantize_tables`). With the float path kept float
+(:func:`unquantize_float_consumers`) the cosine is 0.993."""
 
 
 def is_transformer_like(model: ir.Model) -> bool:
