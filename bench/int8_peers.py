@@ -58,8 +58,10 @@ OBSERVATIONS = (
     "(performance) / 99.8 % (mixed), 1.5 dB. Hence peers get the prepared file; edgeopt gets the file as shipped.",
     "AIMET-ONNX 2.42.0 does not install beside edgeopt without changing it: it pulls torch 2.14.1 with CUDA 13 "
     "libraries (6.4 GB) and onnx2torch; it runs from its own virtual environment (--aimet-python). Its AdaRound "
-    "re-runs the whole model for every layer (~20 s a layer on this machine with 20 samples and 1 step), so it "
-    "gets --aimet-samples and --aimet-iterations below the 10,000 steps its docs recommend.",
+    "re-runs the whole model for every layer (~20 s a layer here with 20 samples and 1 step). On this shared "
+    "2-core machine it finished no model: PP-OCRv4 (20 samples, 500 steps a layer) ran past 1,800 s, "
+    "EfficientNet-Lite0 (10 samples, 200 steps) past 2,400 s (6.5 CPU-minutes in the first 25), MiniLM was not "
+    "tried for lack of time. Its docs recommend 10,000 steps a layer.",
     "This CPU has VNNI and AMX, so kernels and simulation agree here; the AVX2-only kernels (where ORT's u8s8 "
     "saturates) could not be measured: qemu-x86_64 -cpu Haswell took 129 s for one EfficientNet image.",
 )
