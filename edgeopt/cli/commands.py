@@ -184,8 +184,9 @@ def quantize(
                                            "correct-bias, smooth-quant.")] = "",
     budget: Annotated[float, typer.Option(min=0.0, max=1.0, help="Static: share of the MACs that may lose int8 "
                                           "kernels for 16-bit activations around the most sensitive nodes.")] = 0.0,
-    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Dynamic, with --calib: SmoothQuant first "
-                                         "(activation outliers moved into the weights).")] = True,
+    smooth: Annotated[bool, typer.Option("--smooth/--no-smooth", help="Dynamic with --calib, and static for "
+                                         "transformers: SmoothQuant first (activation outliers moved into the "
+                                         "weights).")] = True,
     rounding: Annotated[str, typer.Option(help="Static: learned (int8 weight codes fitted on the calibration "
                                           "data) | nearest.")] = "learned",
     cpu: Annotated[str, typer.Option(help="CPU family the int8 model is for: auto (this machine), x86-avx2 "

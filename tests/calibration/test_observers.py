@@ -151,7 +151,7 @@ def test_histogram_options_are_checked() -> None:
 
 
 def test_factories() -> None:
-    assert set(OBSERVERS) == {"minmax", "moving-average", "percentile", "entropy", "mse"}
+    assert set(OBSERVERS) == {"minmax", "moving-average", "percentile", "entropy", "mse", "auto"}
     assert all(isinstance(factory(), Observer) for factory in OBSERVERS.values())
     observer = make_observer_factory("percentile", percentile=99.0, bins=512)()
     assert isinstance(observer, HistogramObserver)

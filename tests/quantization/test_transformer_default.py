@@ -109,7 +109,8 @@ def test_float_consumers_read_the_float_tensor(tmp_path: Path) -> None:
     model_path = _norm_then_branches(tmp_path / "m.onnx")
     rng = np.random.default_rng(3)
     calib = [{"x": rng.standard_normal((4, S, D)).astype(np.float32)} for _ in range(4)]
-    quantize_file(model_path, tmp_path / "q.onnx", QuantizeConfig(cpu="x86-vnni"), calibration=calib)
+    # without SmoothQuant's Mul in between, h itself is the MatMul's quantized input
+    quantize_file(model_path, tmp_path / "q.onnx", QuantizeConfig(cpu="x86-vnni", smooth=False), calibration=calib)
     quantized = load_model(tmp_path / "q.onnx")
     assert "h" in _quantized_tensors(quantized)
     tanh = next(n for n in quantized.graph if n.op_type == "Tanh")
@@ -150,3 +151,18 @@ def test_lookup_tables_get_a_scale_per_row(tmp_path: Path) -> None:
 def _layer_norm(x: np.ndarray) -> np.ndarray:
     mean = x.mean(-1, keepdims=True)
     return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+
+
+def test_static_int8_of_a_transformer_smooths_first(tmp_path: Path) -> None:
+    """SmoothQuant's Mul goes in front of the MatMul only (the Tanh beside it still reads h, exactly)."""
+    model_path = _norm_then_branches(tmp_path / "m.onnx")
+    rng = np.random.default_rng(5)
+    calib = [{"x": (rng.standard_normal((4, S, D)) * np.linspace(0.1, 8, D)).astype(np.float32)} for _ in range(4)]
+    quantize_file(model_path, tmp_path / "q.onnx", QuantizeConfig(cpu="x86-vnni"), calibration=calib)
+    quantized = load_model(tmp_path / "q.onnx")
+    smoothing = [n for n in quantized.graph if n.op_type == "Mul"]
+    assert len(smoothing) == 1 and smoothing[0].inputs[0] is not None and smoothing[0].inputs[0].name == "h"
+    test = {"x": (rng.standard_normal((2, S, D)) * np.linspace(0.1, 8, D)).astype(np.float32)}
+    ref, got = run_model(load_model(model_path), test), run_model(quantized, test)
+    np.testing.assert_array_equal(got["z"], ref["z"])
+    assert np.abs(got["y"] - ref["y"]).max() < 0.05 * np.abs(ref["y"]).max()
