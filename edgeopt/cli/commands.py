@@ -158,9 +158,9 @@ def quantize(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the quantized model.")],
     mode: Annotated[str, typer.Option(help="static | dynamic | weight-only")] = "static",
     calib: Annotated[str | None, typer.Option(help="Sample data: folder of .npy/.npz or images, or random:N.")] = None,
-    method: Annotated[str, typer.Option(help="Static calibration: mse (MSE-optimal ranges) | minmax | auto (each "
-                                        "range by its consumers' error) | moving-average | percentile | "
-                                        "entropy")] = "mse",
+    method: Annotated[str, typer.Option(help="Static calibration: auto (each range, MinMax, percentile or MSE, "
+                                        "by its consumers' error) | minmax | mse | moving-average | "
+                                        "percentile | entropy")] = "auto",
     percentile: Annotated[float, typer.Option(help="For --method percentile.")] = 99.999,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="Weight scales.")] = True,
     fmt: Annotated[str, typer.Option("--format", help="qdq | qoperator")] = "qdq",
@@ -226,7 +226,7 @@ def quantize(
 def analyze(
     model: Annotated[Path, typer.Argument(help="Float ONNX model.")],
     calib: Annotated[str, typer.Option(help="Sample data: folder of .npy/.npz or images, or random:N.")],
-    method: Annotated[str, typer.Option(help="Calibration method (as quantize --method).")] = "mse",
+    method: Annotated[str, typer.Option(help="Calibration method (as quantize --method).")] = "auto",
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor")] = True,
     activation_type: Annotated[str, typer.Option(help="uint8 | int8 | uint16 | int16")] = "uint8",
     samples: Annotated[int | None, typer.Option(help="Calibration samples to use.")] = None,
