@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.core.rewire import Constants, value_names
+
 MIN_TABLE_ELEMENTS = 16384
 """Smaller tables (token types, a handful of rows) stay float: nothing to gain in size."""
 
@@ -34,11 +36,13 @@ def quantize_gather_tables(model: ir.Model, nodes: Iterable[str]) -> int:
     """Feed each Gather in ``nodes`` from ``DequantizeLinear(int8 codes, per-row scale)``; returns how many.
 
     Symmetric int8 codes (zero point 0, what NPUs take), the scale of a row its largest magnitude / 127.
-    The float table is left for remove-unused when nothing else reads it.
+    Gathers of one table along one axis share its codes. The float table is left for remove-unused
+    when nothing else reads it.
     """
     wanted = set(nodes)
+    constants = Constants(model.graph, value_names(model), as_nodes=False)
+    made: dict[tuple[int, int], ir.Value] = {}
     done = 0
-    taken = set(model.graph.initializers)
     for node in list(model.graph):
         if node.name not in wanted or node.op_type != "Gather":
             continue
@@ -47,20 +51,25 @@ def quantize_gather_tables(model: ir.Model, nodes: Iterable[str]) -> int:
         if array is None or table is None or array.ndim == 0:
             continue
         axis = node.attributes.get_int("axis", 0) % array.ndim
-        codes, scale = _per_row_int8(array, axis)
-        base = _fresh(table.name or node.name, taken)
-        codes_value = _initializer(model, f"{base}_rows_int8", codes, taken)
-        scale_value = _initializer(model, f"{base}_rows_scale", scale, taken)
-        zero_value = _initializer(model, f"{base}_rows_zero_point", np.zeros_like(codes, shape=scale.shape), taken)
-        dequantize = ir.node("DequantizeLinear", [codes_value, scale_value, zero_value],
-                             attributes={"axis": axis}, name=f"{base}_rows_DequantizeLinear")
-        dequantize.outputs[0].name = f"{base}_rows_dequantized"
-        dequantize.outputs[0].dtype = ir.DataType.from_numpy(array.dtype)
-        dequantize.outputs[0].shape = ir.Shape(array.shape)
-        model.graph.insert_before(node, dequantize)
-        node.replace_input_with(0, dequantize.outputs[0])
+        key = (id(table), axis)
+        if key not in made:
+            made[key] = _dequantized_rows(model, constants, table.name or node.name, array, axis, before=node)
+        node.replace_input_with(0, made[key])
         done += 1
     return done
+
+
+def _dequantized_rows(model: ir.Model, constants: Constants, base: str, array: np.ndarray, axis: int, *,
+                      before: ir.Node) -> ir.Value:
+    codes, scale = _per_row_int8(array, axis)
+    inputs = [constants.add(f"{base}_rows_int8", codes), constants.add(f"{base}_rows_scale", scale),
+              constants.add(f"{base}_rows_zero_point", np.zeros_like(codes, shape=scale.shape))]
+    dequantize = ir.node("DequantizeLinear", inputs, attributes={"axis": axis}, name=f"{base}_rows_DequantizeLinear")
+    output = dequantize.outputs[0]
+    output.name = constants.add_name(f"{base}_rows_dequantized")
+    output.dtype, output.shape = ir.DataType.from_numpy(array.dtype), ir.Shape(array.shape)
+    model.graph.insert_before(before, dequantize)
+    return output
 
 
 def _per_row_int8(array: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,18 +86,3 @@ def _float_table(value: ir.Value | None) -> np.ndarray | None:
     if value is None or value.const_value is None or value.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16):
         return None
     return value.const_value.numpy()
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    base, i = name, 1
-    while any(f"{base}_rows_{suffix}" in taken for suffix in ("int8", "scale", "zero_point")):
-        base, i = f"{name}_{i}", i + 1
-    return base
-
-
-def _initializer(model: ir.Model, name: str, array: np.ndarray, taken: set[str]) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
-    model.graph.register_initializer(value)
-    taken.add(name)
-    return value

@@ -53,12 +53,12 @@ class RoundWeightsPass(EdgeoptPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         reader = open_reader(self.calibration, model) if isinstance(self.calibration, str) else self.calibration
-        layers = [layer for layer in weight_layers(model) if _single_use(model, layer)]
+        by_name = {node.name: node for node in model.graph if node.name}
+        layers = [layer for layer in weight_layers(model) if _single_use(by_name[layer.node])]
         if not layers:
             return ir.passes.PassResult(model, modified=False)
         limit = ROUNDING_SAMPLES if self.samples is None else min(self.samples, ROUNDING_SAMPLES)
         hessians = input_hessians(model, layers, reader, samples=limit, batch_size=self.batch_size)
-        by_name = {node.name: node for node in model.graph if node.name}
         self.rounded = 0
         for layer in layers:
             if layer.node not in hessians:
@@ -89,8 +89,7 @@ def _learned_values(layer: WeightLayer, hessian: np.ndarray) -> np.ndarray:
     return np.moveaxis(values.reshape(shape), 0, axis).astype(layer.weight.dtype)
 
 
-def _single_use(model: ir.Model, layer: WeightLayer) -> bool:
+def _single_use(node: ir.Node) -> bool:
     """A weight only its own layer reads (a shared one would move under the other reader too)."""
-    node = next(n for n in model.graph if n.name == layer.node)
     weight = node.inputs[1]
     return weight is not None and len(weight.uses()) == 1 and not weight.is_graph_input()

@@ -130,6 +130,7 @@ class HistogramObserver:
         extent = _extent(np.abs(x) if self.symmetric else x)
         if extent is None:
             return
+        self._saw(extent[1], extent[2])
         x, low, high = extent[0], min(extent[1], 0.0), max(extent[2], 0.0)
         zeros = x.size - int(np.count_nonzero(x))
         self.zeros += zeros
@@ -145,6 +146,9 @@ class HistogramObserver:
         if zeros:  # exact zeros are kept apart: the quantizer represents them without error
             counts -= zeros * np.histogram(np.zeros(1), self.bins, range=window)[0]
         self.hist += counts
+
+    def _saw(self, low: float, high: float) -> None:
+        """A batch's exact finite extent (of ``|x|`` when symmetric), for subclasses that keep it."""
 
     def _grow(self, low: float, high: float) -> None:
         a = min(self.start, math.floor(low / self.width))  # grid bin indices to cover
@@ -228,17 +232,14 @@ class RangeCandidatesObserver(HistogramObserver):
         super().__init__(bins=bins, method="mse", symmetric=symmetric, quant_bits=quant_bits)
         self.low, self.high = math.inf, -math.inf
 
-    def update(self, x: np.ndarray) -> None:
-        if (extent := _extent(x)) is not None:
-            self.low, self.high = min(self.low, extent[1]), max(self.high, extent[2])
-        super().update(x)
+    def _saw(self, low: float, high: float) -> None:
+        self.low, self.high = min(self.low, low), max(self.high, high)
 
     def compute(self) -> tuple[float, float]:
         if self.low > self.high:
             return super().compute()  # raises: no finite values
-        if self.symmetric:
-            peak = max(-self.low, self.high)
-            return -peak, peak
+        if self.symmetric:  # the extent of |x|
+            return -self.high, self.high
         return self.low, self.high
 
     def candidates(self) -> dict[str, tuple[float, float]]:
@@ -246,10 +247,10 @@ class RangeCandidatesObserver(HistogramObserver):
         found = {"minmax": self.compute()}
         if self.width == 0.0:
             return found
-        self.method = "percentile"
-        self.percentile = CANDIDATE_PERCENTILE
+        percentile = self.percentile
+        self.method, self.percentile = "percentile", CANDIDATE_PERCENTILE
         found["percentile"] = super().compute()
-        self.method = "mse"
+        self.method, self.percentile = "mse", percentile
         found["mse"] = super().compute()
         low, high = found["minmax"]
         return {name: r for name, r in found.items()

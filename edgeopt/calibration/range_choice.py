@@ -20,13 +20,14 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx_ir as ir
 
 from edgeopt.calibration.observers import QuantDtype, qparams_from_range
+from edgeopt.core.rewire import Constants, value_names
 from edgeopt.core.runtime import Feeds, create_session, model_inputs
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class RangeChoice:
@@ -97,6 +98,7 @@ def _add_scores(
     readers_of = {name: [(node, index) for node, index in value.uses()
                          if (consumer_types is None or node.op_type in consumer_types) and _copyable(node)]
                   for name, value in values.items() if name in candidates}  # before any scoring node reads them
+    constants = Constants(graph, value_names(work), as_nodes=False)
     signals: dict[int, str] = {}
     scored: dict[str, dict[str, list[tuple[str, str]]]] = {}
     counter = iter(range(10**9))
@@ -111,8 +113,8 @@ def _add_scores(
         for kind, (low, high) in options.items():
             params = qparams_from_range(low, high, dtype=dtype, symmetric=symmetric)
             i = next(counter)
-            scale = _constant(graph, f"_choice_scale_{i}", params.scale)
-            zero = _constant(graph, f"_choice_zero_{i}", params.zero_point)
+            scale = constants.add(f"_choice_scale_{i}", params.scale)
+            zero = constants.add(f"_choice_zero_{i}", params.zero_point)
             q = _append(graph, "QuantizeLinear", [value, scale, zero], f"_choice_q_{i}")
             dq = _append(graph, "DequantizeLinear", [q.outputs[0], scale, zero], f"_choice_dq_{i}")
             pairs = []
@@ -139,13 +141,6 @@ def _copyable(node: ir.Node) -> bool:
     """A default-domain node with a float (or unknown) first output and no subgraphs: it can run twice."""
     return (node.outputs[0].dtype in (ir.DataType.FLOAT, None) and node.domain in ("", "ai.onnx")
             and not any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()))
-
-
-def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, shape=ir.Shape(array.shape),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), const_value=ir.tensor(array, name=name))
-    graph.register_initializer(value)
-    return value
 
 
 def _append(graph: ir.Graph, op: str, inputs: list[ir.Value | None], name: str, like: ir.Node | None = None) -> ir.Node:

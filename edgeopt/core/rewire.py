@@ -95,12 +95,17 @@ class Constants:
     taken: set[str]
     as_nodes: bool
 
-    def add(self, name: str, array: np.ndarray) -> ir.Value:
+    def add_name(self, name: str) -> str:
+        """``name``, or ``name_1``, ``name_2``, ... : the first one nobody uses yet (now taken)."""
         unique, n = name, 0
         while unique in self.taken:
             n += 1
             unique = f"{name}_{n}"
         self.taken.add(unique)
+        return unique
+
+    def add(self, name: str, array: np.ndarray) -> ir.Value:
+        unique = self.add_name(name)
         tensor = ir.tensor(array, name=unique)
         value = ir.Value(name=unique, const_value=tensor)
         value.shape = ir.Shape(array.shape)
