@@ -73,26 +73,16 @@ def static_shapes(model: ir.Model) -> dict[str, list[int]]:
     return shapes
 
 
-def converted(model: ir.Model, kind: str, *, calibration: CalibrationReader | None = None,
-              limit: int = 200) -> Path:
+def converted(model: ir.Model, kind: str) -> Path:
     """The cached float32 / float16 / dynamic_int8 file of ``model``, converting it first if needed.
 
-    With ``calibration`` (``compile`` hands it to every target) a new conversion also
-    makes the full-integer int8 file in the same worker run, best effort, so that a
-    later ``tflite-npu`` export of the same model and data finds it cached.
+    The full-integer file is not made here: tflite-npu converts the model with its weights moved by
+    learned rounding (``round-weights``), whose conversion is its own (:func:`converted_int8`).
     """
     require_backend()
     key = cache_key(model)
     with _locked(key):
-        if calibration is None or (cache_root() / key / "io.json").is_file():
-            return _base(model, key) / FLOAT_FILES[kind]
-        with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".calib-") as tmp:
-            try:
-                name = f"model_int8_{_write_calibration(model, calibration, Path(tmp), limit)}.tflite"
-            except CalibrationDataError as e:  # this target does not need the data: convert without it
-                logger.debug("tflite: not quantizing ahead (%s)", e)
-                return _base(model, key) / FLOAT_FILES[kind]
-            return _base(model, key, int8=(tmp, name), int8_optional=True) / FLOAT_FILES[kind]
+        return _base(model, key) / FLOAT_FILES[kind]
 
 
 def converted_int8(model: ir.Model, calibration: CalibrationReader, *, limit: int) -> Path:
@@ -162,10 +152,9 @@ def _locked(key: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _base(model: ir.Model, key: str, *, int8: tuple[str, str] | None = None, int8_optional: bool = False) -> Path:
+def _base(model: ir.Model, key: str, *, int8: tuple[str, str] | None = None) -> Path:
     """The cache folder of ``model``'s conversion; with ``int8`` (calibration folder, file name) also quantize.
 
-    ``int8_optional``: a failed quantization leaves the float files in place (logged) instead of failing.
     """
     root = cache_root()
     done = root / key
@@ -186,13 +175,13 @@ def _base(model: ir.Model, key: str, *, int8: tuple[str, str] | None = None, int
         hints = [f"{v.name}:0" for v in model_inputs(model) if v.dtype is not None and v.dtype.is_integer()]
         _run_worker({"onnx": str(work / "model.onnx"), "work_dir": str(work), "base": True, "value_hints": hints,
                      "input_shapes": shapes, "keep_shape": keep, "calibration": int8[0] if int8 else None,
-                     "int8_out": str(work / int8[1]) if int8 else None, "int8_optional": int8_optional},
+                     "int8_out": str(work / int8[1]) if int8 else None},
                     work, "onnx2tf")
         (work / "source.onnx").replace(work / "model.onnx")  # the SavedModel's source, for later int8 jobs
         work.rename(done)
     except ConversionError as e:
         shutil.rmtree(work, ignore_errors=True)
-        if int8 is None or int8_optional:  # the float conversion itself failed
+        if int8 is None:  # the float conversion itself failed
             _FAILED[key] = str(e)
         raise
     except BaseException:

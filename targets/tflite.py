@@ -115,9 +115,7 @@ class TFLiteTarget:
         return dest
 
     def _convert(self, model: ir.Model, calibration: CalibrationReader | None) -> Path:
-        # No full-integer file ahead from this conversion: tflite-npu converts the model with its weights
-        # moved by learned rounding (round-weights), a conversion of its own.
-        return onnx2tf_convert.converted(model, self.kind, limit=self.calibration_samples)
+        return onnx2tf_convert.converted(model, self.kind)
 
     def signature(self, artifact: Path) -> Signature:
         mapping = tflite_io.read_io(artifact)

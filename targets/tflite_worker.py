@@ -13,8 +13,7 @@ The job (JSON): ``onnx`` (a private copy: onnx2tf overwrites its input),
 onnx2tf must not transpose), ``value_hints`` (``name:value`` for onnx2tf's dummy
 inference), ``calibration`` (a folder of ``NNNNNN.npz`` batches
 in ONNX layout, or null), ``base`` (run onnx2tf; false when the SavedModel is
-already in ``work_dir``), ``int8_out`` (the full-integer file to write, or null) and
-``int8_optional`` (a failed quantization is logged, not an error).
+already in ``work_dir``) and ``int8_out`` (the full-integer file to write, or null).
 """
 
 from __future__ import annotations
@@ -40,12 +39,7 @@ def main(job_file: str) -> int:
     try:
         if job["base"]:
             _onnx2tf(job, work)
-        if job.get("int8_out") and job.get("int8_optional"):
-            try:
-                _full_int8(job, work)
-            except Exception:  # quantizing ahead for a later tflite-npu export: never fails the float files
-                traceback.print_exc()
-        elif job.get("int8_out"):
+        if job.get("int8_out"):
             _full_int8(job, work)
     except Exception as e:  # reported to the parent as one line + traceback file
         (work / "error.json").write_text(json.dumps({

@@ -67,7 +67,7 @@ def _export_all(source: ir.Model, feeds: Feeds, calibration: list[Feeds], out: P
     model = source.clone()
     get_target("tflite-cpu").prepare()(model)
     reference = next(iter(run_model(source, feeds).values()))
-    # In compile's order: the first (float) export gets the calibration data too and quantizes ahead.
+    # In compile's order: the first (float) export gets the calibration data too; it makes no int8 file.
     first = get_target("tflite-cpu").export(model, out / "tflite-cpu", calibration=calibration)
     quantized_ahead = len(list((onnx2tf_convert.cache_root() / onnx2tf_convert.cache_key(model))
                                .glob("model_int8_*.tflite")))
