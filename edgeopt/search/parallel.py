@@ -78,6 +78,8 @@ def runner(evaluator: Evaluator, workers: int = 1, address: str | None = None) -
     except ImportError as e:
         raise BackendNotInstalledError("search: --workers above 1 and --ray-address need Ray: "
                                        "pip install 'edgeopt[distributed]'") from e
+    # importing Ray gives its logger its own handler at INFO; it speaks when edgeopt does (-v), else only errors
+    logging.getLogger("ray").setLevel(logging.INFO if logger.isEnabledFor(logging.INFO) else logging.ERROR)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, num_cpus=None if address else workers, include_dashboard=False,
