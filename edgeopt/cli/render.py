@@ -172,7 +172,8 @@ def inspect_table(s: ModelSummary) -> Group:
     head.add_row("parameters", f"{s.parameters:,}")
     head.add_row("weights", ", ".join(f"{d} {human_bytes(b)}" for d, b in s.weight_bytes.items()) or "-")
     macs = f"{s.macs:,}" + (f" (+{len(s.macs_unknown)} node(s) of unknown shape)" if s.macs_unknown else "")
-    head.add_row("MACs (batch 1)", macs)
+    at = ", ".join(f"{d}={n}" for d, n in s.macs_dims.items()) or "as shaped"
+    head.add_row(f"MACs ({at})", macs)
     ops = Table(title="ops")
     ops.add_column("op")
     ops.add_column("count", justify="right")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
         UnsupportedOpsetError,
         VerificationError,
     )
-    from edgeopt.core.inspect_model import ModelSummary, TensorInfo, summarize
+    from edgeopt.core.inspect_model import ModelSummary, TensorInfo, sample_dims, summarize
     from edgeopt.core.least_squares import NormalEquations
     from edgeopt.core.measure import Fidelity, fidelity, median_latency_ms
     from edgeopt.core.model_checks import Problem, check_model, model_problems
@@ -49,7 +49,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     "errors": ("BackendNotInstalledError", "CalibrationDataError", "ConversionError", "DeviceError", "EdgeoptError",
                "ExportError", "ModelLoadError", "ModelSaveError", "NonFiniteWeightsError", "PassOptionError",
                "RecipeError", "UnsupportedOpError", "UnsupportedOpsetError", "VerificationError"),
-    "inspect_model": ("ModelSummary", "TensorInfo", "summarize"),
+    "inspect_model": ("ModelSummary", "TensorInfo", "sample_dims", "summarize"),
     "least_squares": ("NormalEquations",),
     "measure": ("Fidelity", "fidelity", "median_latency_ms"),
     "model_checks": ("Problem", "check_model", "model_problems"),
@@ -118,6 +118,7 @@ __all__ = [
     "remove_unused",
     "run_model",
     "run_session",
+    "sample_dims",
     "save_model",
     "summarize",
 ]

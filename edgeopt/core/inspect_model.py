@@ -6,6 +6,7 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,23 +42,31 @@ class ModelSummary:
     parameters: int
     weight_bytes: dict[str, int]
     macs: int
-    """Multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul whose shapes are known,
-    with every symbolic input dimension (batch, sequence) taken as 1."""
+    """Multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul whose shapes are known, at
+    ``macs_dims``."""
     macs_unknown: list[str] = field(default_factory=list)
     """Nodes counted out of ``macs`` because their shapes are not known."""
+    macs_dims: dict[str, int] = field(default_factory=dict)
+    """The value each symbolic input dimension took for ``macs`` (those not given: 1)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def summarize(model: ir.Model) -> ModelSummary:
-    """Summarize ``model`` (unchanged; shapes are inferred on a copy for the MACs)."""
+def summarize(model: ir.Model, dims: Mapping[str, int] | None = None) -> ModelSummary:
+    """Summarize ``model`` (unchanged; shapes are inferred on a copy for the MACs).
+
+    Args:
+        model: The model.
+        dims: Values of symbolic input dimensions for the MACs (e.g. from :func:`sample_dims`);
+            any other symbolic dimension counts as 1.
+    """
     path = model.meta.get(SOURCE_PATH_KEY)
     ops: Counter[str] = Counter()
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         ops[f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type] += 1
     parameters, weight_bytes = _weights(model)
-    macs, unknown = _macs(model)
+    macs, unknown = _macs(model, dims or {})
     return ModelSummary(
         path=path,
         file_bytes=_file_bytes(model, Path(path)) if path else None,
@@ -72,7 +81,28 @@ def summarize(model: ir.Model) -> ModelSummary:
         weight_bytes=weight_bytes,
         macs=macs,
         macs_unknown=unknown,
+        macs_dims=_bound_dims(model, dims or {}),
     )
+
+
+def sample_dims(model: ir.Model, feeds: Mapping[str, object]) -> dict[str, int]:
+    """The symbolic input dimensions of ``model`` as one sample of ``feeds`` has them: axis 0 (the batch,
+    along which feeds stack samples) counts 1, the others (sequence length, image size) as in the data."""
+    found: dict[str, int] = {}
+    for value in model.graph.inputs:
+        array = feeds.get(value.name or "")
+        shape = getattr(array, "shape", None)
+        if value.shape is None or shape is None or len(shape) != len(value.shape):
+            continue
+        for axis, dim in enumerate(value.shape):
+            if not isinstance(dim, int) and dim.value is not None:
+                found.setdefault(dim.value, 1 if axis == 0 else int(shape[axis]))
+    return found
+
+
+def _bound_dims(model: ir.Model, dims: Mapping[str, int]) -> dict[str, int]:
+    return {d.value: dims.get(d.value, 1) for v in model.graph.inputs if v.shape is not None
+            for d in v.shape if not isinstance(d, int) and d.value is not None}
 
 
 def _file_bytes(model: ir.Model, path: Path) -> int:
@@ -109,19 +139,20 @@ def _weights(model: ir.Model) -> tuple[int, dict[str, int]]:
     return count, dict(by_dtype.most_common())
 
 
-def _macs(model: ir.Model) -> tuple[int, list[str]]:
-    per_node = node_macs(model)
+def _macs(model: ir.Model, dims: Mapping[str, int]) -> tuple[int, list[str]]:
+    per_node = node_macs(model, dims)
     unknown = [name for name, macs in per_node.items() if macs is None]
     return sum(m for m in per_node.values() if m is not None), unknown
 
 
-def node_macs(model: ir.Model) -> dict[str, int | None]:
-    """MACs of each Conv/ConvTranspose/Gemm/MatMul at batch 1 (dynamic dims as 1), by node name
-    (``<op type>#<index>`` where unnamed); None where shapes are not known."""
+def node_macs(model: ir.Model, dims: Mapping[str, int] | None = None) -> dict[str, int | None]:
+    """MACs of each Conv/ConvTranspose/Gemm/MatMul with symbolic input dimensions at ``dims`` (1 where not
+    given), by node name (``<op type>#<index>`` where unnamed); None where shapes are not known."""
+    dims = dims or {}
     shaped = model.clone()
     for value in shaped.graph.inputs:
         if value.shape is not None and not value.shape.is_static():
-            value.shape = ir.Shape([d if isinstance(d, int) else 1 for d in value.shape])
+            value.shape = ir.Shape([d if isinstance(d, int) else dims.get(d.value or "", 1) for d in value.shape])
     infer_shapes(shaped)
     nodes = {node.name or f"{node.op_type}#{index}": node
              for index, node in enumerate(ir.traversal.RecursiveGraphIterator(shaped.graph))

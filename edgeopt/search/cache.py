@@ -25,7 +25,7 @@ from edgeopt.core.errors import EdgeoptError
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3
 """Bumped whenever what a key stands for changes, so older entries are never read."""
 
 

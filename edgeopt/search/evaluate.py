@@ -4,8 +4,8 @@ Scores come from the target's own runtime on the validation data
 (:func:`edgeopt.deploy.validation.validate`): the metric (``auto``) is task accuracy
 with labels, else top-1 agreement with the original model for score vectors, else
 the cosine of the outputs (or the one ``metric`` names); plus the artifact's size, the p50 latency per sample on
-this machine and the MACs of the candidate's ONNX model (before quantization, which changes
-how the operations run, not how many there are).
+this machine and the MACs of one sample of the candidate's ONNX model (before quantization, which changes
+how the operations run, not how many there are; symbolic dimensions as the data has them).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 
 from edgeopt.core.cpu import resolve_cpu
 from edgeopt.core.errors import ConversionError, EdgeoptError
-from edgeopt.core.inspect_model import summarize
+from edgeopt.core.inspect_model import sample_dims, summarize
 from edgeopt.core.model_io import load_model
+from edgeopt.data.validation import labelled_batches
 from edgeopt.deploy.compile import compile_model
 from edgeopt.deploy.validation import validate
 from edgeopt.search.cache import FORMAT, Cache, data_digest, file_digest, key
@@ -98,6 +99,12 @@ class Evaluator:
         return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model,
                        self.cache.misses - misses, self.cache.hits - hits)
 
+    def _sample_dims(self) -> dict[str, int]:
+        """Symbolic input dimensions (sequence length, image size) as one validation sample has them."""
+        original = load_model(self.model)
+        feeds, _ = next(labelled_batches(self.data, original, labels=self.labels, batch_size=1, limit=1))
+        return sample_dims(original, feeds)
+
     def _stages(self, candidate: Candidate) -> tuple[Path, Path, str]:
         """The candidate's model, the model its MACs are counted on, and its cache key."""
         model, entry = self.model, self._root
@@ -133,5 +140,5 @@ class Evaluator:
         value, base = available[name]
         assert value is not None and base is not None and entry.size_bytes is not None
         scored = Scored(name, float(value), float(base), entry.size_bytes, row.latency_p50_ms,
-                        summarize(load_model(counted)).macs)
+                        summarize(load_model(counted), self._sample_dims()).macs)
         return asdict(scored)

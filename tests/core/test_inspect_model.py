@@ -12,7 +12,7 @@ import onnx.parser
 import onnx_ir as ir
 import pytest
 
-from edgeopt.core.inspect_model import TensorInfo, file_size, summarize
+from edgeopt.core.inspect_model import TensorInfo, file_size, sample_dims, summarize
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import run_model
 
@@ -60,6 +60,30 @@ def test_macs_conv_known_shapes_and_matmul_symbolic_batch(conv_matmul: ir.Model)
     matmul = 8 * 16
     assert summary.macs == conv + matmul == 7040
     assert summary.macs_unknown == []
+
+
+# A token model: MatMul over a symbolic batch and sequence; the count per sample grows with the sequence.
+TOKENS_TEXT = """
+<ir_version: 10, opset_import: ["" : 17]>
+net (float[batch, seq, 16] x) => (float[batch, seq, 8] y)
+{
+    y = MatMul(x, M)
+}
+"""
+
+
+def test_macs_at_the_sequence_length_of_a_data_sample() -> None:
+    model = _ir(TOKENS_TEXT, {"M": _f32(16, 8)})
+    feeds = {"x": _f32(5, 32, 16)}  # five samples of 32 tokens
+    dims = sample_dims(model, feeds)
+    assert dims == {"batch": 1, "seq": 32}  # axis 0 stacks samples: one sample counts
+    at_sample = summarize(model, dims)
+    assert at_sample.macs == 32 * 8 * 16 and at_sample.macs_dims == {"batch": 1, "seq": 32}
+    one_token = summarize(model)
+    assert one_token.macs == 8 * 16 and one_token.macs_dims == {"batch": 1, "seq": 1}
+    # the count equals the multiply-adds numpy does for one sample
+    x = feeds["x"][:1]
+    assert at_sample.macs == x.shape[1] * x.shape[2] * 8
 
 
 def test_signature_ops_parameters_and_weight_bytes(conv_matmul: ir.Model) -> None:
