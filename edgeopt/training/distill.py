@@ -132,6 +132,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     finally:
         torch.set_num_threads(threads)
     module.load_state_dict(loop.best_state)
+    module.to(memory_format=torch.contiguous_format)  # the loop may have trained NHWC; write-back reads rows
     if plan is not None:
         trained, changed = finish_qat(module, student, plan), len(plan.tensors) + len(plan.scales)
     else:
