@@ -95,7 +95,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     """Train a copy of ``student`` to match ``teacher`` on ``reader``'s samples; return it and the result."""
     import torch
 
-    from edgeopt.training.loop import Loop
+    from edgeopt.training.loop import Loop, set_layout
     from edgeopt.training.qat import finish_qat
     from edgeopt.training.writeback import write_back
 
@@ -132,7 +132,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     finally:
         torch.set_num_threads(threads)
     module.load_state_dict(loop.best_state)
-    module.to(memory_format=torch.contiguous_format)  # the loop may have trained NHWC; write-back reads rows
+    set_layout(module, torch.contiguous_format)  # the loop may have trained NHWC; write-back reads rows
     if plan is not None:
         trained, changed = finish_qat(module, student, plan), len(plan.tensors) + len(plan.scales)
     else:
