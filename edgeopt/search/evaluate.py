@@ -27,6 +27,7 @@ from edgeopt.data.validation import labelled_batches
 from edgeopt.deploy.compile import compile_model
 from edgeopt.deploy.validation import validate
 from edgeopt.search.cache import FORMAT, Cache, data_digest, file_digest, key
+from edgeopt.search.screen import Screen
 from edgeopt.search.space import Candidate, Context, Options, Stage
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class Outcome:
     computed: int = 0
     """Stage runs and evaluations done for it (cache misses)."""
     hits: int = 0
+    cut: str | None = None
+    """The stage after which the candidate was stopped (its model already missed the budget by far, scored by
+    :class:`~edgeopt.search.screen.Screen`: size is that model's file, no latency); None: fully measured."""
 
 
 class Evaluator:
@@ -69,7 +73,8 @@ class Evaluator:
 
     def __init__(self, model: str | os.PathLike[str], *, stages: Sequence[Stage], calibration: str,
                  data: str, target: str, labels: str | None = None, limit: int | None = None,
-                 samples: int = 128, cache: Cache | None = None, metric: str = "auto") -> None:
+                 samples: int = 128, cache: Cache | None = None, metric: str = "auto",
+                 cut_drop: float | None = None) -> None:
         self.model = Path(model).resolve()
         self.stages = {stage.name: stage for stage in stages}
         self.context = Context(calibration, samples)
@@ -77,17 +82,25 @@ class Evaluator:
         self.cache = cache or Cache()
         self._root = key(FORMAT, file_digest(self.model), data_digest(calibration), samples, resolve_cpu("auto"))
         self._scoring = key(target, data_digest(data), labels, limit, *([] if metric == "auto" else [metric]))
+        self.cut_drop = cut_drop
+        """Stop a candidate after any stage whose model drops the metric by more than this (None: never)."""
+        self.screen = Screen(self.model, data=data, labels=labels, limit=limit, metric=metric)
+        self._macs: dict[Path, int] = {}
 
     def evaluate(self, candidate: Candidate) -> Outcome:
         """Run ``candidate``; a stage, compile or run that fails gives an outcome with the error, never raises
         an :class:`EdgeoptError`."""
         start = time.perf_counter()
         misses, hits = self.cache.misses, self.cache.hits
+        cut = None
         try:
-            model, counted, entry = self._stages(candidate)
-            stored, _ = self.cache.candidate(key(entry, self._scoring),
-                                             lambda folder: self._score(model, counted, folder))
-            scored = Scored(**stored)
+            model, counted, entry, cut_scored, cut = self._stages(candidate)
+            if cut_scored is not None:
+                scored = cut_scored
+            else:
+                stored, _ = self.cache.candidate(key(entry, self._scoring),
+                                                 lambda folder: self._score(model, counted, folder))
+                scored = Scored(**stored)
         except Exception as e:  # noqa: BLE001 - a candidate that fails is a failed trial, not a failed search
             error = " ".join(str(e).split()) or type(e).__name__
             if not isinstance(e, EdgeoptError):  # a bug outside any stage or compile (a cached failure is one)
@@ -97,7 +110,7 @@ class Evaluator:
             return Outcome(None, error, time.perf_counter() - start, self.cache.misses == misses,
                            computed=self.cache.misses - misses, hits=self.cache.hits - hits)
         return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model,
-                       self.cache.misses - misses, self.cache.hits - hits)
+                       self.cache.misses - misses, self.cache.hits - hits, cut)
 
     def _sample_dims(self) -> dict[str, int]:
         """Symbolic input dimensions (sequence length, image size) as one validation sample has them."""
@@ -105,8 +118,9 @@ class Evaluator:
         feeds, _ = next(labelled_batches(self.data, original, labels=self.labels, batch_size=1, limit=1))
         return sample_dims(original, feeds)
 
-    def _stages(self, candidate: Candidate) -> tuple[Path, Path, str]:
-        """The candidate's model, the model its MACs are counted on, and its cache key."""
+    def _stages(self, candidate: Candidate) -> tuple[Path, Path, str, Scored | None, str | None]:
+        """The candidate's model, the model its MACs are counted on, its cache key, and (when a stage's model
+        already missed the budget by more than ``cut_drop``) that model's screened scores and the stage."""
         model, entry = self.model, self._root
         counted = model
         for name, options in candidate:
@@ -114,7 +128,18 @@ class Evaluator:
             entry = key(entry, name, options)
             model, _ = self.cache.stage(entry, functools.partial(self._run, stage, source, options))
             counted = counted if stage.keeps_macs else model
-        return model, counted, entry
+            if self.cut_drop is not None:
+                metric_name, value, base = self.screen.score(model)
+                if not base - value <= self.cut_drop:  # NaN (a broken model) is cut too
+                    scored = Scored(metric_name, value, base, model.stat().st_size, None, self.macs(counted))
+                    return model, counted, entry, scored, name
+        return model, counted, entry, None, None
+
+    def macs(self, model: Path) -> int:
+        """MACs of a model file at the validation data's shapes (remembered: a prefix is counted once)."""
+        if model not in self._macs:
+            self._macs[model] = summarize(load_model(model), self._sample_dims()).macs
+        return self._macs[model]
 
     def _run(self, stage: Stage, source: Path, options: Options, output: Path) -> dict[str, Any]:
         return stage.run(source, output, options, self.context)
@@ -139,6 +164,5 @@ class Evaluator:
                                   "(accuracy needs --labels; agreement, score vectors)")
         value, base = available[name]
         assert value is not None and base is not None and entry.size_bytes is not None
-        scored = Scored(name, float(value), float(base), entry.size_bytes, row.latency_p50_ms,
-                        summarize(load_model(counted), self._sample_dims()).macs)
+        scored = Scored(name, float(value), float(base), entry.size_bytes, row.latency_p50_ms, self.macs(counted))
         return asdict(scored)

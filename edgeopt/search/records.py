@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 Objective = Literal["size", "latency", "macs"]
 OBJECTIVES: tuple[str, ...] = ("size", "latency", "macs")
 COLUMNS = ("number", "state", "seed", "stages", "params", "metric_name", "metric", "drop", "size_bytes",
-           "latency_ms", "macs", "feasible", "seconds", "cached", "error")
+           "latency_ms", "macs", "feasible", "seconds", "cached", "error", "cut")
 
 
 @dataclass
@@ -45,6 +45,9 @@ class TrialRecord:
     error: str | None = None
     model: str | None = None
     """The candidate's ONNX model in the cache."""
+    cut: str | None = None
+    """Stopped after this stage: its model already missed the budget by far (metric and size are that
+    model's, in ONNX Runtime; no compile, no latency)."""
 
     def objective(self, objective: Objective) -> float:
         value = {"size": self.size_bytes, "latency": self.latency_ms, "macs": self.macs}[objective]

@@ -41,7 +41,7 @@ from edgeopt.search.records import (
     write_tables,
 )
 from edgeopt.search.report import write_search_report
-from edgeopt.search.space import Stage, describe, seeds, select, suggest
+from edgeopt.search.space import Stage, describe, seed_points, seeds, select, suggest
 from edgeopt.search.stages import STAGES
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,13 @@ class SearchConfig:
     """Candidates evaluated at once; above 1 they run as tasks of a local Ray started for the search."""
     ray_address: str | None = None
     """A running Ray cluster to send the tasks to (its workers must see the data and cache paths)."""
+    screen: bool = True
+    """Score the model after each stage in ONNX Runtime and stop a candidate whose drop already exceeds
+    ``2 * max_drop + 0.01`` (later stages, compile and validation cannot bring it back within the budget)."""
+
+    @property
+    def cut_drop(self) -> float | None:
+        return 2 * self.max_drop + 0.01 if self.screen else None
 
     @property
     def objectives(self) -> tuple[Objective, ...]:
@@ -112,7 +119,7 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
     study = _study(out, config, stages)
     evaluator = Evaluator(source, stages=stages, calibration=calibration, data=data, target=config.target,
                           labels=config.labels, limit=config.limit, samples=config.samples, cache=cache,
-                          metric=config.metric)
+                          metric=config.metric, cut_drop=config.cut_drop)
     records = [_from_attrs(t) for t in _finished(study)]
     objectives, first = config.objectives, config.objectives[0]
     stopped = "resumed-complete" if len(records) >= config.trials else "trials"
@@ -205,23 +212,28 @@ def _study(out: Path, config: SearchConfig, stages: list[Stage]) -> Any:
         raise PassOptionError(f"{journal}: --resume with other settings ({changed}). Resume with the same "
                               "ones, or start a new search in another -o folder.")
     _requeue_abandoned(study)
-    for point, stage in zip(seeds(stages), sorted((s for s in stages if s.seed), key=lambda s: s.name != "quantize"),
-                            strict=True):
-        study.enqueue_trial(point, user_attrs={"seed": stage.name}, skip_if_exists=True)
+    for name, point in seed_points(stages):
+        study.enqueue_trial(point, user_attrs={"seed": name}, skip_if_exists=True)
     return study
 
 
 def _requeue_abandoned(study: Any) -> None:
     """Trials left running by a search that was killed: marked failed and ``abandoned`` (left out of the
-    table), their parameters queued again, so the resumed search runs them first, as the killed one would
-    have finished them."""
+    table), their parameters queued again ahead of the trials still waiting (the seeds not yet run), so the
+    resumed search runs them first, as the killed one would have finished them."""
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for trial in [*running, *waiting]:
         study._storage.set_trial_user_attr(trial._trial_id, ABANDONED, True)  # noqa: SLF001 - no public way
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
+    for trial in [*running, *waiting]:
         attrs = {k: v for k, v in trial.user_attrs.items() if k == "seed"}
-        study.enqueue_trial(trial.params, user_attrs=attrs or None)
+        params = trial.params if trial.state == TrialState.RUNNING else trial.system_attrs.get("fixed_params", {})
+        study.enqueue_trial(params, user_attrs=attrs or None)
 
 
 def ask_trial(study: Any, seed: int) -> Any:
@@ -259,7 +271,7 @@ def _record(number: int, seed: str | None, params: dict[str, Any], stages: str, 
             max_drop: float) -> TrialRecord:
     record = TrialRecord(number, "failed" if outcome.scored is None else "complete", stages, params, seed,
                          seconds=round(outcome.seconds, 3), cached=outcome.cached, error=outcome.error,
-                         model=str(outcome.model) if outcome.model else None)
+                         model=str(outcome.model) if outcome.model else None, cut=outcome.cut)
     if outcome.scored is not None:
         s = outcome.scored
         record.metric_name, record.metric, record.drop = s.metric_name, s.metric, round(s.drop, 6)

@@ -89,6 +89,7 @@ class Stage:
         adapt: Fits the declarations to a model (say, the number of droppable layers); None drops
             the stage for that model.
         keeps_macs: Count the candidate's MACs on the model before this stage.
+        more_seeds: Further settings tried alone among the first trials, after every stage's ``seed``.
     """
 
     name: str
@@ -101,6 +102,7 @@ class Stage:
     adapt: Callable[[Stage, ir.Model], Stage | None] | None = None
     keeps_macs: bool = False
     """The stage changes how operations run, not how many (quantization): MACs are counted before it."""
+    more_seeds: tuple[Mapping[str, Any], ...] = ()
 
     def for_model(self, model: ir.Model) -> Stage | None:
         return self if self.adapt is None else self.adapt(self, model)
@@ -149,14 +151,20 @@ def _suggest(trial: Trial, name: str, option: Searchable) -> Any:
 
 def seeds(stages: Sequence[Stage], first: str = "quantize") -> list[dict[str, Any]]:
     """Known-good starting points, as Optuna parameters: each stage alone at its seed setting
-    (``first`` first), every other stage off."""
+    (``first`` first), every other stage off; then the stages' further seeds (``more_seeds``)."""
+    return [params for _, params in seed_points(stages, first)]
+
+
+def seed_points(stages: Sequence[Stage], first: str = "quantize") -> list[tuple[str, dict[str, Any]]]:
+    """:func:`seeds` with the name of the stage each point tries alone."""
     ordered = sorted((s for s in stages if s.seed), key=lambda s: s.name != first)
+    settings = [(s, s.seed) for s in ordered] + [(s, more) for s in ordered for more in s.more_seeds]
     points = []
-    for stage in ordered:
+    for stage, setting in settings:
         params: dict[str, Any] = {s.name: s.off for s in stages}
-        for key, value in stage.seed.items():
+        for key, value in setting.items():
             params[stage.name if key == stage.switch.name else f"{stage.name}.{key}"] = value
-        points.append(params)
+        points.append((stage.name, params))
     return points
 
 

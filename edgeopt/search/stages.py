@@ -8,17 +8,22 @@ so a renamed option cannot leave a stale declaration behind.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import onnx_ir as ir
 
+from edgeopt.core.model_checks import check_model
+from edgeopt.core.model_io import load_model, save_model
 from edgeopt.layers.drop import DropConfig, drop_layers_file, plan
+from edgeopt.passes.cluster_weights import ClusteredTensor, ClusterWeightsPass
+from edgeopt.pipeline import cleanup
 from edgeopt.pruning.prune import PruneConfig, prune_file
 from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 from edgeopt.search.space import Context, Options, Searchable, Stage
-from edgeopt.sharing.compress import low_rank_file, share_weights_file
+from edgeopt.sharing.compress import low_rank_file
 
 
 def _prune(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
@@ -40,15 +45,40 @@ def _low_rank(src: Path, dst: Path, options: Options, context: Context) -> dict[
     return {"factorized": len(result.changes)}
 
 
+def cluster_weights_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, clusters: int,
+                         channel_scale: bool = False, embedding_clusters: int = 0) -> list[ClusteredTensor]:
+    """Clean up, then k-means cluster the weights of ``src`` into ``dst`` (the ``share-weights`` stage).
+
+    Args:
+        clusters: Values per weight tensor of Conv, Gemm and MatMul (and of lookup tables, unless
+            ``embedding_clusters`` is given).
+        channel_scale: One codebook per tensor times a scale per output channel (CNNs).
+        embedding_clusters: Values per constant Gather table (a transformer's word embeddings, often
+            half its parameters), clustered on their own; 0: ``clusters``.
+    """
+    model = load_model(src)
+    check_model(model)
+    cleanup()(model)
+    kinds = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
+    passes = [ClusterWeightsPass(clusters=clusters, channel_scale=channel_scale,
+                                 op_types=tuple(k for k in kinds if k != "Gather" or not embedding_clusters))]
+    if embedding_clusters:
+        passes.append(ClusterWeightsPass(clusters=embedding_clusters, op_types=("Gather",)))
+    for pass_ in passes:
+        pass_(model)
+    save_model(model, dst)
+    return [row for pass_ in passes for row in pass_.last_report]
+
+
 def _share_weights(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
-    result = share_weights_file(src, dst, clusters=options["clusters"], calibration=context.calibration,
-                                samples=min(64, context.samples))
-    return {"clustered": len(result.changes)}
+    rows = cluster_weights_file(src, dst, **options)
+    return {"clustered": len(rows)}
 
 
 def _quantize(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
     config = QuantizeConfig(mode=options["mode"], per_channel=options.get("per_channel", True),
-                            budget=options.get("budget", 0.0), samples=context.samples,
+                            budget=options.get("budget", 0.0), bits=options.get("bits", 4),
+                            embedding_bits=options.get("embedding_bits", 0), samples=context.samples,
                             eval_samples=min(64, context.samples))
     calibration = context.calibration if options["mode"] == "static" else None
     result = quantize_file(src, dst, config, calibration=calibration)
@@ -65,19 +95,26 @@ def _fit_drop_count(stage: Stage, model: ir.Model) -> Stage | None:
 
 STAGES: tuple[Stage, ...] = (
     Stage("prune", Searchable("criterion", "choice", choices=("off", "l1", "reconstruction")), off="off",
-          run=_prune, road=PruneConfig, options=(Searchable("ratio", "float", 0.1, 0.6),),
+          run=_prune, road=PruneConfig, options=(Searchable("ratio", "float", 0.05, 0.5),),
           seed={"criterion": "reconstruction", "ratio": 0.3}),
     Stage("drop-layers", Searchable("count", "int", 0, 1), off=0, run=_drop_layers, road=DropConfig,
           seed={"count": 1}, adapt=_fit_drop_count),
     Stage("low-rank", Searchable("energy", "choice", choices=("off", 0.8, 0.9, 0.95, 0.99)), off="off",
           run=_low_rank, road=low_rank_file, seed={"energy": 0.95}),
-    Stage("share-weights", Searchable("clusters", "choice", choices=("off", 16, 32, 64, 256)), off="off",
-          run=_share_weights, road=share_weights_file, seed={"clusters": 64}),
-    Stage("quantize", Searchable("mode", "choice", choices=("off", "dynamic", "static")), off="off",
-          run=_quantize, road=QuantizeConfig, keeps_macs=True,
-          options=(Searchable("per_channel", "choice", choices=(True, False)),
-                   Searchable("budget", "float", 0.0, 0.1, when=("static",))),
-          seed={"mode": "static", "per_channel": True, "budget": 0.0}),
+    Stage("share-weights", Searchable("clusters", "choice", choices=("off", 16, 32, 64, 128, 256)), off="off",
+          run=_share_weights, road=cluster_weights_file, keeps_macs=True,
+          options=(Searchable("channel_scale", "choice", choices=(False, True)),
+                   Searchable("embedding_clusters", "choice", choices=(0, 8, 16, 32))),
+          seed={"clusters": 64, "channel_scale": False, "embedding_clusters": 0},
+          more_seeds=({"clusters": 256, "channel_scale": True, "embedding_clusters": 0},)),
+    Stage("quantize", Searchable("mode", "choice", choices=("off", "dynamic", "static", "weight-only")),
+          off="off", run=_quantize, road=QuantizeConfig, keeps_macs=True,
+          options=(Searchable("per_channel", "choice", choices=(True, False), when=("dynamic", "static")),
+                   Searchable("budget", "float", 0.0, 0.1, when=("static",)),
+                   Searchable("bits", "choice", choices=(4, 8), when=("weight-only",)),
+                   Searchable("embedding_bits", "choice", choices=(0, 4, 8), when=("weight-only",))),
+          seed={"mode": "static", "per_channel": True, "budget": 0.0},
+          more_seeds=({"mode": "weight-only", "bits": 8, "embedding_bits": 8},)),
 )
 """Every stage, in the order a candidate runs them: prune -> drop-layers -> low-rank -> share-weights -> quantize."""
 

@@ -60,9 +60,12 @@ def test_stages_fit_the_model_and_seeds_start_with_int8() -> None:
     points = seeds(stages)
     assert points[0] == {"prune": "off", "low-rank": "off", "share-weights": "off", "quantize": "static",
                          "quantize.per_channel": True, "quantize.budget": 0.0}
-    assert len(points) == len(stages)
-    for point, stage in zip(points[1:], [s for s in stages if s.name != "quantize"], strict=True):
+    extra = [s for s in stages if s.name == "quantize"] + [s for s in stages if s.name != "quantize"]
+    alone = [s for s in stages if s.name != "quantize"] + [s for s in extra for _ in s.more_seeds]
+    assert len(points) == len(stages) + sum(len(s.more_seeds) for s in stages)
+    for point, stage in zip(points[1:], alone, strict=True):  # each seed runs one stage alone
         assert [k for k in names if point[k] != next(s.off for s in stages if s.name == k)] == [stage.name]
+    assert points[len(stages)]["quantize"] == "weight-only"  # then the further seeds
 
 
 def test_a_shared_prefix_of_stages_is_computed_once(digits: tuple[str, str], tmp_path: Path) -> None:

@@ -1,0 +1,79 @@
+"""Stopping a candidate early (its model already misses the budget by far) and the share-weights stage's groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeopt.cli.demo_model import ONNX_MODEL
+from edgeopt.core.model_io import load_model
+from edgeopt.core.runtime import create_session, run_session
+from edgeopt.search import STAGES, Cache, Evaluator, select
+from edgeopt.search.screen import Screen
+from edgeopt.search.stages import cluster_weights_file
+
+PRUNE = ("prune", {"criterion": "l1", "ratio": 0.5})
+INT8 = ("quantize", {"mode": "static", "per_channel": True, "budget": 0.0})
+
+
+def _evaluator(digits: tuple[str, str], cache: Cache, cut_drop: float | None) -> Evaluator:
+    calib, val = digits
+    stages = select(STAGES, ("prune", "quantize"), load_model(ONNX_MODEL))
+    return Evaluator(ONNX_MODEL, stages=stages, calibration=calib, data=val, target="ort-cpu", labels="label",
+                     cache=cache, cut_drop=cut_drop)
+
+
+def test_screen_scores_the_original_as_its_own_reference(digits: tuple[str, str]) -> None:
+    _, val = digits
+    name, value, base = Screen(ONNX_MODEL, data=val, labels="label").score(ONNX_MODEL)
+    data = np.load(val)
+    session = create_session(ONNX_MODEL)
+    logits = np.concatenate([run_session(session, {"image": data["image"][i:i + 1]})["logits"]
+                             for i in range(len(data["label"]))])
+    assert name == "accuracy" and value == base == pytest.approx(float(np.mean(logits.argmax(1) == data["label"])))
+    assert Screen(ONNX_MODEL, data=val).score(ONNX_MODEL)[:2] == ("agreement", 1.0)
+
+
+def test_a_candidate_that_misses_the_budget_by_far_stops_after_that_stage(digits: tuple[str, str],
+                                                                           tmp_path: Path) -> None:
+    full = _evaluator(digits, Cache(tmp_path / "full"), None).evaluate((PRUNE,))
+    assert full.scored is not None and full.cut is None and full.scored.latency_ms is not None
+    drop = full.scored.drop
+    assert drop > 0  # half the channels gone: some digits are lost even after the repair
+    cache = Cache(tmp_path / "cut")
+    cut = _evaluator(digits, cache, drop / 2).evaluate((PRUNE, INT8))
+    assert cut.error is None and cut.cut == "prune" and cut.scored is not None
+    assert cut.scored.latency_ms is None  # no compile, no timing
+    assert cut.scored.metric == pytest.approx(full.scored.metric, abs=1.5 / 200)  # the same model, in ORT
+    assert cache.misses == 1  # the prune stage only: neither quantize nor the compile ran
+    assert not list((tmp_path / "cut").glob("candidates/*"))
+    kept = _evaluator(digits, Cache(tmp_path / "kept"), drop + 0.05).evaluate((PRUNE, INT8))
+    assert kept.cut is None and kept.scored is not None and kept.scored.latency_ms is not None
+
+
+def test_share_weights_clusters_lookup_tables_on_their_own(tmp_path: Path) -> None:
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (int64[4] ids, float[4, 64] x) => (float[4, 64] y) <float[1000, 64] table, float[64, 64] w> {
+        e = Gather(table, ids)
+        m = MatMul(x, w)
+        y = Add(e, m)
+    }"""
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for name, shape in (("table", (1000, 64)), ("w", (64, 64))):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name))
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    rows = cluster_weights_file(src, tmp_path / "out.onnx", clusters=64, embedding_clusters=8)
+    assert {r.name: r.clusters for r in rows} == {"w": 64, "table": 8}
+    onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
+    feeds = {"ids": np.array([0, 5, 999, 7]), "x": rng.normal(size=(4, 64)).astype(np.float32)}
+    before = run_session(create_session(src), feeds)["y"]
+    after = run_session(create_session(tmp_path / "out.onnx"), feeds)["y"]
+    assert not np.array_equal(before, after)
+    assert np.abs(after - before).max() < 0.3 * np.abs(before).max()  # 8 values per table: coarse, not broken
+    same = cluster_weights_file(src, tmp_path / "same.onnx", clusters=64)
+    assert {r.name: r.clusters for r in same} == {"w": 64, "table": 64}
