@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgeopt.core.errors import PassOptionError
+from edgeopt.training.augment import parse_augment
 from edgeopt.training.losses import LossName
 
 __all__ = ["DistillConfig", "OnEval"]
@@ -37,6 +38,11 @@ class DistillConfig:
             loss into the distillation loss (logits only). alpha: Its share, 0 to 1.
         features: Also match this many intermediate tensors the student kept from the teacher
             (:mod:`edgeopt.training.features`). feature_weight: Their loss's weight.
+        ema: Decay of an exponential moving average of the weights (0: off); evaluations score,
+            and the result keeps, the average.
+        augment: Fresh views of image inputs each step, seen by teacher and student alike
+            (:mod:`edgeopt.training.augment`): ``auto`` (crop and flip when an input is an image
+            batch), ``none``, or a comma list of ``flip``, ``crop``, ``mixup``.
         threads: torch's CPU threads while training; None: 1 for students under a million
             weights (small ops lose more to thread hand-offs than they gain: 4-10x measured on
             2 busy cores), otherwise torch's default less the cores the load average says are busy.
@@ -65,6 +71,8 @@ class DistillConfig:
     features: int = 0
     feature_weight: float = 1.0
     threads: int | None = None
+    augment: str = "auto"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "samples", "eval_every", "patience", "threads"):
@@ -81,5 +89,9 @@ class DistillConfig:
             raise PassOptionError(f"--features must be a count (0 or more), got {self.features!r}.")
         if not self.feature_weight >= 0:
             raise PassOptionError(f"--feature-weight must be 0 or more, got {self.feature_weight!r}.")
+        if not 0 <= self.ema < 1:
+            raise PassOptionError(f"--ema must be a decay in [0, 1), got {self.ema!r}.")
+        if self.augment != "auto":
+            parse_augment(self.augment)
         if not 0 < self.holdout < 1:
             raise PassOptionError(f"--holdout must be a fraction between 0 and 1, got {self.holdout!r}.")

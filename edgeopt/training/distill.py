@@ -25,6 +25,7 @@ from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import CalibrationReader, Feeds, create_session, model_inputs
 from edgeopt.data.readers import open_reader
+from edgeopt.training.augment import Augmentation, image_layout, parse_augment
 from edgeopt.training.clusters import clustered_weights, decode_constants
 from edgeopt.training.config import DistillConfig, OnEval
 from edgeopt.training.data import HeldOut, labelled, split_stream
@@ -123,7 +124,9 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     before = _score_ort(create_session(student, config=_NO_SPIN), holdout(), objective)
     torch.manual_seed(config.seed)
     module, plan = _student_module(student, config)
-    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval, features=features)
+    views = _augmentations(config.augment, first[0])
+    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval, features=features,
+                augment=views)
     threads = torch.get_num_threads()
     weights = sum(p.numel() for p in module.parameters())
     torch.set_num_threads(config.threads or (1 if weights < 1_000_000 else _idle_cores(threads)))
@@ -144,6 +147,16 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     logger.info("distill: %s %.4f -> %.4f on %d held-out samples in %d steps (%.1f s)", objective.metric,
                 before.metric, after.metric, after.samples, loop.step, loop.seconds)
     return trained, result
+
+
+def _augmentations(spec: str, feeds: Feeds) -> frozenset[Augmentation]:
+    """The views to train on: ``auto`` is crop and flip when an input is an image batch."""
+    if spec != "auto":
+        return parse_augment(spec)
+    images = any(image_layout(v) is not None for v in feeds.values())
+    if images:
+        logger.info("distill: image input: training on random crops and flips (--augment none to stop)")
+    return frozenset(("crop", "flip")) if images else frozenset()
 
 
 def _check_labels(feeds: Feeds, key: str, objective: Objective) -> None:
