@@ -17,7 +17,7 @@ import onnx_ir as ir
 from edgeopt.core.runtime import CalibrationReader, Feeds, model_inputs
 from edgeopt.data.readers import batches
 
-__all__ = ["HeldOut", "labelled", "static_batch", "split_stream", "shuffled"]
+__all__ = ["HeldOut", "TeacherOutputs", "TEACHER_KEY", "labelled", "static_batch", "split_stream", "shuffled"]
 
 
 def static_batch(model: ir.Model) -> int | None:
@@ -107,3 +107,34 @@ class HeldOut:
 
     def __call__(self) -> Iterator[tuple[Feeds, np.ndarray]]:
         return iter(self.cached) if self.cached is not None else self._run()
+
+
+TEACHER_KEY = "\0teacher:"
+"""Prefix of the keys under which :class:`TeacherOutputs` attaches the teacher's outputs to a batch."""
+
+
+class TeacherOutputs:
+    """The training batches with the teacher's outputs attached, so shuffling moves them with their rows.
+
+    The outputs of the first batches are kept in memory, up to ``max_bytes`` in all: later
+    epochs run the teacher only on the batches past that (EfficientNet-Lite0's logits for
+    1,000 samples take 4 MB). Only for unaugmented training: a fresh view needs the teacher.
+    """
+
+    def __init__(self, stream: Callable[[], Iterator[Feeds]], teacher: Any, outputs: Sequence[str], *,
+                 inputs: Sequence[str], max_bytes: int = 256 << 20) -> None:
+        self.stream, self.teacher, self.outputs, self.inputs = stream, teacher, list(outputs), inputs
+        self.cached: list[list[np.ndarray]] = []
+        self.max_bytes, self.size = max_bytes, 0
+
+    def __call__(self) -> Iterator[Feeds]:
+        for k, feeds in enumerate(self.stream()):
+            if k < len(self.cached):
+                outputs = self.cached[k]
+            else:
+                outputs = self.teacher.run(self.outputs, {name: feeds[name] for name in self.inputs})
+                size = sum(a.nbytes for a in outputs)
+                if k == len(self.cached) and self.size + size <= self.max_bytes:
+                    self.cached.append(outputs)
+                    self.size += size
+            yield {**feeds, **{TEACHER_KEY + name: out for name, out in zip(self.outputs, outputs, strict=True)}}

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from edgeopt.core.runtime import Feeds
 from edgeopt.training.augment import Augmentation, augmented
-from edgeopt.training.data import shuffled
+from edgeopt.training.data import TEACHER_KEY, TeacherOutputs, shuffled
 from edgeopt.training.losses import Objective, agreement
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ class Loop:
             set_layout(module, torch.channels_last)
             self._layout = torch.channels_last
         self.augment = augment
+        # unaugmented batches repeat each epoch: the teacher's outputs for them are kept (bounded)
+        self._batches = self.train if augment else TeacherOutputs(
+            train, teacher, [objective.output, *self.features], inputs=module.input_names)
         self.ema = [p.detach().clone() for p in self.params] if config.ema else None
         self._rng = np.random.default_rng(config.seed + 1)
         self.step = self.best_step = self.seen = self.stale = 0
@@ -85,7 +88,7 @@ class Loop:
         rng = np.random.default_rng(config.seed)
         epoch = 0
         while not self.stopped:
-            for feeds in shuffled(self.train(), rng):
+            for feeds in shuffled(self._batches(), rng):
                 if self.epoch_batches and self.step >= self.epochs * self.epoch_batches:
                     break
                 self._train_step(feeds)
@@ -118,8 +121,10 @@ class Loop:
             group["lr"] = cosine_lr(group["base_lr"], progress)
         feeds = dict(feeds)
         labels = feeds.pop(config.labels) if config.labels else None
+        outputs = [name, *self.features]
+        known = [feeds.pop(TEACHER_KEY + n) for n in outputs if TEACHER_KEY + n in feeds]
         feeds = augmented(feeds, self.augment, self._rng)
-        wanted = [torch.from_numpy(t).to(config.device) for t in self.teacher.run([name, *self.features], feeds)]
+        wanted = [torch.from_numpy(t).to(config.device) for t in known or self.teacher.run(outputs, feeds)]
         inputs = self._inputs(feeds)
         got = self.module.run(inputs, self.features)
         loss = self.objective(got[name], wanted[0])

@@ -116,3 +116,34 @@ def test_the_moving_average_keeps_weights_nearer_their_start() -> None:
     assert with_ema.after.metric > with_ema.before.metric
     with pytest.raises(PassOptionError, match="--ema"):
         DistillConfig(ema=1.0)
+
+
+class _Counted:
+    """An ONNX Runtime session that counts its runs."""
+
+    def __init__(self, model: ir.Model) -> None:
+        from edgeopt.core.runtime import create_session
+
+        self.session, self.runs = create_session(model), 0
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.runs += 1
+        return self.session.run(names, feeds)
+
+
+def test_unaugmented_teacher_outputs_are_computed_once_within_the_memory_bound() -> None:
+    from edgeopt.training.data import TEACHER_KEY, TeacherOutputs
+
+    teacher = ir.serde.deserialize_model(residual_mlp(blocks=2, width=16, seed=1))
+    x = np.random.default_rng(0).standard_normal((80, 16)).astype(np.float32)
+    batches = [{"x": x[i:i + 16], "label": np.arange(16)} for i in range(0, 80, 16)]
+    session = _Counted(teacher)
+    stream = TeacherOutputs(lambda: iter(batches), session, ["logits"], inputs=["x"], max_bytes=3 * 16 * 10 * 4)
+
+    first, second = list(stream()), list(stream())
+
+    assert session.runs == 5 + 2  # 3 batches of 10 float logits fit in the bound, 2 run again
+    want = run_model(teacher, {"x": x})["logits"]
+    for got in (first, second):
+        np.testing.assert_allclose(np.concatenate([b[TEACHER_KEY + "logits"] for b in got]), want, rtol=1e-6)
+        assert all(set(b) == {"x", "label", TEACHER_KEY + "logits"} for b in got)
