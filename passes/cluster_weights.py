@@ -10,13 +10,19 @@ per output channel), found by 1-D k-means (see :mod:`edgeopt.passes.codebook`).
 - ``form="compressible"``: the weight stays a dense float tensor, now with K
   distinct values, for runtimes that cannot decode; it only shrinks when zipped
   (TFMOT's form). Its values equal what the codebook form decodes, bit for bit.
+
+With ``calibration`` data the clusters are chosen for each layer's outputs on the data
+rather than for the weights (:mod:`edgeopt.passes.codebook_data`: weighted k-means, then
+GPTQ-style error-compensating assignment and a least-squares codebook refit); still
+exactly K values per tensor.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -24,7 +30,9 @@ import onnx_ir as ir
 from edgeopt.core.errors import PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
 from edgeopt.core.rewire import Constants, const_array, is_default_domain, value_names
+from edgeopt.core.runtime import Feeds
 from edgeopt.passes.codebook import DECODE_KEY, Codebook, Init, cluster, decode_nodes
+from edgeopt.passes.codebook_data import LayerData, collect_layer_data, data_aware_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +80,13 @@ class ClusterWeightsPass(EdgeoptPass):
         init: k-means initialisation: ``optimal`` (exact on a 1,024-bin summary), ``quantile``
             or ``linear``.
         op_types: Ops whose weights may be clustered.
+        calibration: Sample data (re-iterable of feeds, a folder or ``random:N``): cluster for
+            the layers' outputs on it (data-aware), not for the weights alone.
+        samples: Use at most this many calibration samples.
     """
 
     name = "cluster-weights"
+    path_options: ClassVar[tuple[str, ...]] = ("calibration",)
     min_opset = 10  # Mod (the decode chain's bit extraction)
     preserves_semantics = False
 
@@ -89,6 +101,8 @@ class ClusterWeightsPass(EdgeoptPass):
         min_elements: int = 1024,
         init: Init = "optimal",
         op_types: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"),
+        calibration: str | Iterable[Feeds] | None = None,
+        samples: int = 256,
     ) -> None:
         super().__init__()
         if not 2 <= clusters <= 256:
@@ -111,6 +125,8 @@ class ClusterWeightsPass(EdgeoptPass):
         self.min_elements = min_elements
         self.init = init
         self.op_types = op_types
+        self.calibration = calibration
+        self.samples = samples
         self.last_report: list[ClusteredTensor] = []
 
     def requires(self, model: ir.Model) -> None:
@@ -120,10 +136,15 @@ class ClusterWeightsPass(EdgeoptPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.last_report = []
         taken = value_names(model)
+        data: dict[str, LayerData] = {}
+        if self.calibration is not None:  # main graph only: subgraph values are not model outputs
+            candidates = [value for value, _ in self._candidates(model.graph)]
+            data = collect_layer_data(model, candidates, self.calibration, self.samples)
         for graph in model.graphs():
             constants = Constants(graph, taken, model.ir_version < 4)
             for value, axis in self._candidates(graph):
-                self._cluster(graph, value, axis, constants)
+                layer = data.get(value.name or "") if graph is model.graph else None
+                self._cluster(graph, value, axis, constants, layer)
         logger.info("cluster-weights: clustered %d tensor(s) to %d values (%s form)",
                     len(self.last_report), self.clusters, self.form)
         return ir.passes.PassResult(model, modified=bool(self.last_report))
@@ -156,10 +177,15 @@ class ClusterWeightsPass(EdgeoptPass):
             return False  # already clustered: nothing to do (keeps the pass idempotent)
         return axis
 
-    def _cluster(self, graph: ir.Graph, value: ir.Value, axis: int | None, constants: Constants) -> None:
+    def _cluster(self, graph: ir.Graph, value: ir.Value, axis: int | None, constants: Constants,
+                 data: LayerData | None) -> None:
         array = const_array(value)
         assert array is not None
-        book = cluster(array, self.clusters, axis=axis, init=self.init, channel_scale=self.channel_scale)
+        if data is not None:
+            book = data_aware_cluster(array, self.clusters, data, axis=axis, init=self.init,
+                                      channel_scale=self.channel_scale)
+        else:
+            book = cluster(array, self.clusters, axis=axis, init=self.init, channel_scale=self.channel_scale)
         dense = book.dense()
         name = value.name or "weight"
         if self.form == "compressible" and value.is_initializer():

@@ -48,26 +48,32 @@ _BINS = 1024
 
 
 def kmeans_1d(
-    values: np.ndarray, k: int, *, init: Init = "optimal", iterations: int = 300, bins: int = _BINS
+    values: np.ndarray, k: int, *, init: Init = "optimal", iterations: int = 300, bins: int = _BINS,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster the scalars of ``values`` into at most ``k`` clusters (Lloyd's algorithm).
 
     Returns ``(centroids, labels)``: sorted float64 centroids (empty clusters dropped)
     and an int64 label per element of ``values.ravel()``. With ``k`` or fewer distinct
-    values the centroids are those values: lossless.
+    values the centroids are those values: lossless. ``weights`` (positive, one per
+    element, broadcastable to ``values``) makes it weighted k-means: minimizes
+    ``sum w (x - c)^2``, each centroid the weighted mean of its cluster.
     """
     flat = np.asarray(values, dtype=np.float64).ravel()
     uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
     if uniq.size <= k:
         return uniq, inverse.astype(np.int64)
+    if weights is not None:
+        element = np.broadcast_to(np.asarray(weights, np.float64), np.shape(values)).ravel()
+        counts = np.bincount(inverse.ravel(), weights=element, minlength=uniq.size)
     total = np.concatenate([[0.0], np.cumsum(uniq * counts)])
-    number = np.concatenate([[0], np.cumsum(counts)])
+    number = np.concatenate([[0], np.cumsum(counts)])  # element count (or weight) before each value
     centroids = _initial(uniq, number, k, init, bins)
     for _ in range(iterations):
         edges = _edges(uniq, centroids)
         sizes = number[edges[1:]] - number[edges[:-1]]
         sums = total[edges[1:]] - total[edges[:-1]]
-        new = np.where(sizes > 0, sums / np.maximum(sizes, 1), centroids)
+        new = np.where(sizes > 0, sums / np.where(sizes > 0, sizes, 1), centroids)
         new.sort()
         if np.array_equal(new, centroids):
             break
@@ -75,7 +81,7 @@ def kmeans_1d(
     sizes = np.diff(number[_edges(uniq, centroids)])
     centroids = centroids[sizes > 0]
     labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, uniq, side="left")
-    return centroids, labels[inverse].astype(np.int64)
+    return centroids, labels[inverse.ravel()].astype(np.int64)
 
 
 def _edges(uniq: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -184,26 +190,34 @@ def _channel_offsets(shape: tuple[int, ...], axis: int, k: int) -> np.ndarray:
 
 def cluster(
     array: np.ndarray, k: int, *, axis: int | None, init: Init = "optimal", iterations: int = 300,
-    channel_scale: bool = False,
+    channel_scale: bool = False, weights: np.ndarray | None = None,
 ) -> Codebook:
     """Cluster ``array`` per tensor (``axis=None``) or per slice along ``axis``.
 
     Per channel, each codebook row is padded with its last centroid to the largest
     cluster count, so that all rows have the same length. With ``channel_scale`` (and an
     ``axis``), each channel is divided by its RMS and one codebook serves them all.
+    ``weights`` (positive, broadcastable to ``array``): the importance of each element
+    (weighted k-means, see :func:`kmeans_1d`).
     """
+    if weights is not None:
+        weights = np.broadcast_to(np.asarray(weights, np.float64), array.shape)
     if axis is not None and channel_scale:
         others = tuple(i for i in range(array.ndim) if i != axis)
         rms = np.sqrt(np.mean(np.square(array, dtype=np.float64), axis=others, keepdims=True))
         scales = np.where(rms > 0, rms, 1.0).astype(array.dtype)
-        centroids, labels = kmeans_1d(array / scales, k, init=init, iterations=iterations)
+        # the error in W is the error in W / scale times the scale: weight by scale^2
+        scaled = None if weights is None else weights * np.square(scales, dtype=np.float64)
+        centroids, labels = kmeans_1d(array / scales, k, init=init, iterations=iterations, weights=scaled)
         return Codebook(centroids[None, :].astype(array.dtype), labels, array.shape, None, scales)
     if axis is None:
-        centroids, labels = kmeans_1d(array, k, init=init, iterations=iterations)
+        centroids, labels = kmeans_1d(array, k, init=init, iterations=iterations, weights=weights)
         return Codebook(centroids[None, :].astype(array.dtype), labels, array.shape, None)
     moved = np.moveaxis(array, axis, 0)
+    rows = [None] * len(moved) if weights is None else list(np.moveaxis(weights, axis, 0))
     # one k-means per channel: a coarser summary (8 bins per cluster) keeps the start cheap
-    results = [kmeans_1d(row, k, init=init, iterations=iterations, bins=min(_BINS, 8 * k)) for row in moved]
+    results = [kmeans_1d(row, k, init=init, iterations=iterations, bins=min(_BINS, 8 * k), weights=w)
+               for row, w in zip(moved, rows, strict=True)]
     width = max(c.size for c, _ in results)
     book = np.stack([np.pad(c, (0, width - c.size), mode="edge") for c, _ in results])
     labels = np.moveaxis(np.stack([lab.reshape(moved.shape[1:]) for _, lab in results]), 0, axis)

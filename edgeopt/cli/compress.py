@@ -31,9 +31,11 @@ def register(app: typer.Typer) -> None:
         across_layers: Annotated[float | None, typer.Option(
             help="First share same-shape weights within this relative error (e.g. 0.05).")] = None,
         min_elements: Annotated[int, typer.Option(help="Leave smaller tensors alone.")] = 1024,
-        calib: Annotated[str | None, typer.Option(help="Sample data for the fidelity check: folder of "
-                                                  ".npy/.npz or images, or random:N.")] = None,
-        samples: Annotated[int, typer.Option(help="Samples for the fidelity check.")] = 64,
+        calib: Annotated[str | None, typer.Option(help="Sample data (folder of .npy/.npz or images): cluster "
+                                                  "for the layers' outputs on it (data-aware) and check "
+                                                  "fidelity; random:N only checks fidelity.")] = None,
+        samples: Annotated[int, typer.Option(help="Samples for data-aware clustering and the fidelity "
+                                             "check.")] = 64,
         cleanup: Annotated[bool, typer.Option("--cleanup/--no-cleanup", help="Run the cleanup preset "
                                               "first.")] = True,
         as_json: JsonFlag = False,

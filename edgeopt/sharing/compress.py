@@ -68,7 +68,10 @@ def share_weights_file(
     cleanup: bool = True,
 ) -> CompressResult:
     """Cross-layer sharing (``across_layers`` = tolerance, if given), then k-means
-    clustering to ``clusters`` values (0: no clustering), written to ``output``."""
+    clustering to ``clusters`` values (0: no clustering), written to ``output``.
+
+    With ``calibration`` sample data (not ``random:N``, which only checks fidelity), the
+    clustering is data-aware: chosen for each layer's outputs on the data."""
     if clusters == 0 and across_layers is None:
         raise PassOptionError("share-weights: nothing to do with --clusters 0; "
                               "give --clusters K or --across-layers TOLERANCE.")
@@ -76,8 +79,11 @@ def share_weights_file(
     if across_layers is not None:
         passes.append(ShareWeightsAcrossLayersPass(tolerance=across_layers, min_elements=min_elements))
     if clusters:
+        real = calibration is not None and not (isinstance(calibration, str) and calibration.startswith("random:"))
         passes.append(ClusterWeightsPass(clusters=clusters, form=form, per_channel=per_channel,
-                                         channel_scale=channel_scale, min_elements=min_elements))
+                                         channel_scale=channel_scale, min_elements=min_elements,
+                                         calibration=_reader(calibration, model_path) if real else None,
+                                         samples=samples))
     return _compress(model_path, output, passes, calibration, samples, cleanup)
 
 
