@@ -11,9 +11,10 @@
 - ``clusters``: ``edgeopt share-weights --clusters C`` (codebook form), trained cluster-preserving.
 
 Pruning and dropping repair by least squares on the training samples unless ``--no-repair``;
-calibration uses 200 training samples. The student is distilled with ``edgeopt distill``'s
-library function and scored, in ONNX Runtime (graph optimizations off, so int8 is ORT's
-simulation), on M other samples that neither compression nor training saw. Prints one JSON line.
+calibration uses 200 training samples (share-weights: data-aware codebooks, unless
+``--plain-clusters``). The student is distilled with ``edgeopt distill``'s library function and
+scored, in ONNX Runtime (graph optimizations off, so int8 is ORT's simulation), on M other samples
+that neither compression nor training saw. Prints one JSON line.
 
     python bench/distill_bench.py --model efficientnet --samples 600 --unseen 200 --time-limit 300
     python bench/distill_bench.py --model minilm --samples 2000 --unseen 200 --time-limit 600 --lr 5e-5
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2, help="minilm: layers dropped")
     parser.add_argument("--student", choices=("prune", "drop-layers", "int8", "int8-per-channel", "clusters"))
     parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument("--plain-clusters", action="store_true", help="clusters: k-means without calibration data")
     parser.add_argument("--scale-lr", type=float, default=None)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -105,8 +107,8 @@ def main() -> None:
                    *compress[1:]]
         if compress[0] in ("prune", "drop-layers"):
             command += ["--no-repair"] if args.no_repair else ["--calib", str(data), "--samples", "200"]
-        elif compress[0] == "quantize":
-            command += ["--calib", str(data), "--samples", "200"]
+        elif compress[0] == "quantize" or compress[0] == "share-weights" and not args.plain_clusters:
+            command += ["--calib", str(data), "--samples", "200"]  # share-weights: data-aware codebooks
         subprocess.run(command, check=True, capture_output=True)
         unseen = _data(args.model, args.unseen, seed=1)
         before = _agreement(student, teacher, unseen, output)
@@ -117,7 +119,7 @@ def main() -> None:
                                             output=output, scale_lr=args.scale_lr, features=args.features))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
-    print(json.dumps({"model": args.model, "compress": compress, "repair": not args.no_repair,
+    print(json.dumps({"model": args.model, "compress": command[1:2] + command[4:], "repair": not args.no_repair,
                       "scale_lr": args.scale_lr, "patience": args.patience, "features": result.features,
                       "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
                       "metric": result.objective.metric, "loss": result.objective.loss,
