@@ -58,6 +58,11 @@ def register(app: typer.Typer) -> None:
         features: Annotated[int, typer.Option(help="Also match this many intermediate tensors the student kept "
                                               "from the teacher (found by name).")] = 0,
         feature_weight: Annotated[float, typer.Option(help="Weight of the feature-matching loss.")] = 1.0,
+        augment: Annotated[str, typer.Option(help="auto | none | a comma list of flip, crop, mixup: fresh views "
+                                             "of image inputs each step, seen by teacher and student alike "
+                                             "(auto: crop and flip for image inputs).")] = "auto",
+        ema: Annotated[float, typer.Option(help="Decay of a moving average of the weights that is evaluated "
+                                           "and kept (0: off).")] = 0.0,
         in_place: Annotated[bool, typer.Option("--in-place", help="Allow writing over STUDENT.")] = False,
         as_json: JsonFlag = False,
     ) -> None:
@@ -69,7 +74,7 @@ def register(app: typer.Typer) -> None:
             loss=loss, temperature=temperature, holdout=holdout, samples=samples, eval_every=eval_every,
             patience=patience, output=match, device=device, qat=qat, learn_scales=learn_scales, scale_lr=scale_lr,
             keep_clusters=keep_clusters, labels=labels, alpha=alpha, features=features,
-            feature_weight=feature_weight)
+            feature_weight=feature_weight, augment=augment, ema=ema)
         with _progress(disable=as_json) as on_eval:
             result = distill_file(student, teacher, data, output, config, in_place=in_place, on_eval=on_eval)
         if as_json:

@@ -151,9 +151,13 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
 
 def _augmentations(spec: str, feeds: Feeds) -> frozenset[Augmentation]:
     """The views to train on: ``auto`` is crop and flip when an input is an image batch."""
-    if spec != "auto":
-        return parse_augment(spec)
     images = any(image_layout(v) is not None for v in feeds.values())
+    if spec != "auto":
+        kinds = parse_augment(spec)
+        if kinds and not images:
+            raise PassOptionError(f"--augment {spec}: no input is a batch of images (float, rank 4, 1, 3 or 4 "
+                                  "channels, 16 or more pixels a side); drop --augment or use --augment none.")
+        return kinds
     if images:
         logger.info("distill: image input: training on random crops and flips (--augment none to stop)")
     return frozenset(("crop", "flip")) if images else frozenset()

@@ -58,7 +58,7 @@ def test_distill_prints_before_and_after_and_writes_a_model(runner: CliRunner, s
 def test_distill_json(runner: CliRunner, setup: tuple[Path, Path], tmp_path: Path) -> None:
     student, data = setup
     result = runner.invoke(cli.app, ["distill", str(student), "--teacher", str(ONNX_MODEL), "--data", str(data),
-                                     "-o", str(tmp_path / "d.onnx"), "--steps", "50", "--json"])
+                                     "-o", str(tmp_path / "d.onnx"), "--steps", "50", "--ema", "0.9", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["objective"]["metric"] == "top-1 agreement" and report["steps"] <= 50
@@ -78,6 +78,9 @@ def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *
     ("digits", "nowhere", "calibration data not found"),
     ("attention", "random:8", "student and teacher take different inputs"),
     ("digits", "random:1", "too few samples to hold out 10%"),
+    ("digits", "random:8 --augment rotate", "--augment 'rotate': expected 'auto', 'none' or a comma list"),
+    ("digits", "random:20 --augment crop", "--augment crop: no input is a batch of images"),
+    ("digits", "random:8 --ema 1", "--ema must be a decay in [0, 1), got 1.0."),
 ])
 def test_bad_input_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                setup: tuple[Path, Path], tmp_path: Path, teacher: str, data: str, message: str) -> None:
