@@ -55,8 +55,11 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(help="Candidates evaluated at once; above 1, as tasks of a local "
                                              "Ray (pip install 'edgeopt[distributed]').")] = 1,
         ray_address: Annotated[str | None, typer.Option(help="Send the tasks to this running Ray cluster "
-                                                        "(its workers must see the data and cache "
-                                                        "paths).")] = None,
+                                                        "(the model and data travel through its object "
+                                                        "store).")] = None,
+        screen: Annotated[bool, typer.Option(help="Stop a candidate after any stage whose model (scored in "
+                                             "ONNX Runtime) already drops the metric by more than "
+                                             "2 x --max-drop + 0.01.")] = True,
         as_json: JsonFlag = False,
     ) -> None:
         """Search pass combinations (prune, drop layers, low rank, weight sharing, quantize) for the best
@@ -67,7 +70,7 @@ def register(app: typer.Typer) -> None:
             SearchConfig, target=target, max_drop=max_drop, objective=objective, trials=trials,
             time_limit=time_limit, patience=patience, seed=seed, labels=labels, metric=metric, limit=limit,
             resume=resume,
-            workers=workers, ray_address=ray_address,
+            workers=workers, ray_address=ray_address, screen=screen,
             stages=tuple(s.strip() for s in stages.split(",") if s.strip()) if stages else ())
         with trial_progress(console.err, (*config.objectives, "size")[0], disable=as_json) as on_trial:
             result = search(model, output, calibration=calib, data=data, config=config, on_trial=on_trial)

@@ -2,10 +2,11 @@
 
 Ray is optional (``pip install 'edgeopt[distributed]'``) and imported only when
 ``workers > 1`` or an address is given. The evaluator travels once through Ray's
-object store; each task evaluates one candidate and returns its outcome. The
-cache and the data are paths, so a cluster's workers must see them (a shared
-folder); a task whose worker dies is retried by Ray, and one that still fails
-becomes a failed trial.
+object store; each task evaluates one candidate and returns its outcome. With
+a cluster (``address``), the model and data travel through the object store too
+and each worker keeps a cache of its own (:mod:`edgeopt.search.ship`); a local
+Ray reads them from their paths and shares the search's cache. A task whose
+worker dies is retried by Ray, and one that still fails becomes a failed trial.
 """
 
 from __future__ import annotations
@@ -43,15 +44,22 @@ class InProcess:
 
 
 class RayTasks:
-    """``width`` candidates at a time, one Ray task each."""
+    """``width`` candidates at a time, one Ray task each; with ``ship``, the model and data travel through
+    Ray's object store (:mod:`edgeopt.search.ship`) instead of shared paths."""
 
-    def __init__(self, evaluator: Evaluator, width: int, ray: Any) -> None:
+    def __init__(self, evaluator: Evaluator, width: int, ray: Any, ship: bool = False) -> None:
         self.width, self.ray = width, ray
         self.evaluator = ray.put(evaluator)
+        self.shipped: tuple[str, list[Any]] | None = None
+        if ship:
+            from edgeopt.search.ship import pack
+
+            bundle = pack(evaluator)
+            self.shipped = (bundle.digest, [ray.put(bundle)])  # in a list: a worker fetches it only once
         self.task = ray.remote(_evaluate).options(num_cpus=1, max_retries=2)
 
     def __call__(self, candidates: Sequence[Candidate]) -> list[Outcome]:
-        futures = [self.task.remote(self.evaluator, c) for c in candidates]
+        futures = [self.task.remote(self.evaluator, c, self.shipped) for c in candidates]
         outcomes = []
         for future in futures:
             try:
@@ -62,14 +70,23 @@ class RayTasks:
         return outcomes
 
 
-def _evaluate(evaluator: Evaluator, candidate: Candidate) -> Outcome:
+def _evaluate(evaluator: Evaluator, candidate: Candidate, shipped: tuple[str, list[Any]] | None = None) -> Outcome:
+    if shipped is not None:
+        import ray
+
+        from edgeopt.search.ship import local_evaluator
+
+        digest, refs = shipped
+        evaluator = local_evaluator(evaluator, digest, lambda: ray.get(refs[0]))
     return evaluator.evaluate(candidate)
 
 
 @contextmanager
-def runner(evaluator: Evaluator, workers: int = 1, address: str | None = None) -> Iterator[Runner]:
+def runner(evaluator: Evaluator, workers: int = 1, address: str | None = None,
+           ship: bool | None = None) -> Iterator[Runner]:
     """In-process for one worker and no address; else Ray (started here and shut down after, unless the
-    search joined a running cluster at ``address``)."""
+    search joined a running cluster at ``address``). ``ship`` (default: with an address) sends the model
+    and data through Ray's object store."""
     if workers <= 1 and address is None:
         yield InProcess(evaluator)
         return
@@ -86,7 +103,7 @@ def runner(evaluator: Evaluator, workers: int = 1, address: str | None = None) -
                  log_to_driver=False, configure_logging=False)
     logger.info("search: %d Ray worker(s) (%s)", workers, address or "local")
     try:
-        yield RayTasks(evaluator, max(workers, 1), ray)
+        yield RayTasks(evaluator, max(workers, 1), ray, address is not None if ship is None else ship)
     finally:
         if started:
             ray.shutdown()

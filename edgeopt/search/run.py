@@ -84,7 +84,8 @@ class SearchConfig:
     workers: int = 1
     """Candidates evaluated at once; above 1 they run as tasks of a local Ray started for the search."""
     ray_address: str | None = None
-    """A running Ray cluster to send the tasks to (its workers must see the data and cache paths)."""
+    """A running Ray cluster to send the tasks to (the model and data travel through its object store; each
+    worker keeps a cache of its own)."""
     screen: bool = True
     """Score the model after each stage in ONNX Runtime and stop a candidate whose drop already exceeds
     ``2 * max_drop + 0.01`` (later stages, compile and validation cannot bring it back within the budget)."""

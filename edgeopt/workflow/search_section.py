@@ -20,6 +20,7 @@ search:
   workers: 1                    # optional: above 1, trials run on a local Ray
   ray_address: auto             # optional: a running Ray cluster
   resume: false                 # optional: continue the search in output
+  screen: true                  # optional: stop a candidate whose model misses the budget by far
 ```
 
 Relative paths are relative to the recipe file, like every other path in it.
@@ -40,7 +41,8 @@ from edgeopt.search.stages import STAGE_NAMES
 _REQUIRED = ("output", "calibration", "data", "target", "max_drop")
 _TYPES: dict[str, tuple[type, ...]] = {"labels": (str,), "trials": (int,), "time_limit": (int, float),
                                        "patience": (int,), "seed": (int,), "limit": (int,), "samples": (int,),
-                                       "workers": (int,), "ray_address": (str,), "resume": (bool,), "metric": (str,),
+                                       "workers": (int,), "ray_address": (str,), "resume": (bool,), "screen": (bool,),
+                                       "metric": (str,),
                                        "max_drop": (int, float), "target": (str,)}
 _KEYS = (*_REQUIRED, "objective", "stages", *(k for k in _TYPES if k not in _REQUIRED))
 
