@@ -34,6 +34,8 @@ class DistillConfig:
         scale_lr: QAT: peak learning rate of the (log) scales; None: ``lr``.
         keep_clusters: Train clustered weights tied (:mod:`edgeopt.training.clusters`): each
             tensor keeps its distinct values, the centroids move.
+        learn_assignments: With ``keep_clusters``: which centroid each weight takes trains too
+            (:mod:`edgeopt.training.assignments`); still K values per tensor.
         labels: Name of an array in the data holding class labels: mixes a cross-entropy task
             loss into the distillation loss (logits only). alpha: Its share, 0 to 1.
         features: Also match this many intermediate tensors the student kept from the teacher
@@ -66,6 +68,7 @@ class DistillConfig:
     learn_scales: bool = True
     scale_lr: float | None = None
     keep_clusters: bool = True
+    learn_assignments: bool = False
     labels: str | None = None
     alpha: float = 0.5
     features: int = 0

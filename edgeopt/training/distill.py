@@ -96,6 +96,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     """Train a copy of ``student`` to match ``teacher`` on ``reader``'s samples; return it and the result."""
     import torch
 
+    from edgeopt.training.assignments import AssignModule
     from edgeopt.training.loop import Loop, set_layout
     from edgeopt.training.qat import finish_qat
     from edgeopt.training.writeback import write_back
@@ -141,6 +142,8 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     else:
         trained = student.clone()  # new values and nodes; write_back replaces (never edits) tensors
         changed = write_back(module, trained)
+        if isinstance(module, AssignModule):  # learned assignments: codebooks and indices
+            changed += module.finish(trained)
     after = _score_ort(create_session(trained, config=_NO_SPIN), holdout(), objective)
     result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,
                            loop.stopped, changed, loop.history, features=features)
@@ -186,7 +189,10 @@ def _student_module(student: ir.Model, config: DistillConfig) -> tuple[OnnxModul
     tied = clustered_weights(graph) - shadows if config.keep_clusters else set()
     if tied:
         logger.info("distill: %d clustered weight(s) keep their values tied", len(tied))
-    module = OnnxModule(graph, positive=plan.scales if plan else None, frozen=decode_constants(graph), tied=tied)
+    kind = OnnxModule
+    if config.keep_clusters and config.learn_assignments and plan is None:
+        from edgeopt.training.assignments import AssignModule as kind  # type: ignore[assignment]
+    module = kind(graph, positive=plan.scales if plan else None, frozen=decode_constants(graph), tied=tied)
     return module.to(config.device), plan
 
 
