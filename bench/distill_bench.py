@@ -73,6 +73,8 @@ def main() -> None:
     parser.add_argument("--student", choices=("prune", "drop-layers", "int8", "int8-per-channel", "clusters"))
     parser.add_argument("--clusters", type=int, default=16)
     parser.add_argument("--plain-clusters", action="store_true", help="clusters: k-means without calibration data")
+    parser.add_argument("--learn-assignments", action="store_true", help="clusters: learn which centroid each "
+                        "weight takes, not only the centroids")
     parser.add_argument("--scale-lr", type=float, default=None)
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -116,11 +118,13 @@ def main() -> None:
         result = distill_file(student, teacher, str(data), Path(tmp) / "distilled.onnx",
                               DistillConfig(time_limit=args.time_limit, lr=args.lr, batch_size=args.batch_size,
                                             eval_every=args.eval_every, patience=args.patience, epochs=100,
-                                            output=output, scale_lr=args.scale_lr, features=args.features))
+                                            output=output, scale_lr=args.scale_lr, features=args.features,
+                                            learn_assignments=args.learn_assignments))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
     print(json.dumps({"model": args.model, "compress": command[1:2] + command[4:], "repair": not args.no_repair,
-                      "scale_lr": args.scale_lr, "patience": args.patience, "features": result.features,
+                      "scale_lr": args.scale_lr, "patience": args.patience,
+                      "learn_assignments": args.learn_assignments, "features": result.features,
                       "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
                       "metric": result.objective.metric, "loss": result.objective.loss,
                       "unseen_before": before, "unseen_after": after,
