@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
                                                        "--lr).")] = None,
         keep_clusters: Annotated[bool, typer.Option("--keep-clusters/--free-clusters", help="Clustered weights "
                                                     "keep their values tied: centroids train.")] = True,
+        learn_assignments: Annotated[bool, typer.Option(
+            "--learn-assignments/--fixed-assignments", help="Clustered weights: which centroid each weight "
+            "takes trains too (still K values per tensor).")] = False,
         labels: Annotated[str | None, typer.Option(help="Name of an int array of class labels in the data: mixes "
                                                    "a cross-entropy task loss in.")] = None,
         alpha: Annotated[float, typer.Option(help="With --labels: the task loss's share (0-1).")] = 0.5,
@@ -74,7 +77,7 @@ def register(app: typer.Typer) -> None:
             loss=loss, temperature=temperature, holdout=holdout, samples=samples, eval_every=eval_every,
             patience=patience, output=match, device=device, qat=qat, learn_scales=learn_scales, scale_lr=scale_lr,
             keep_clusters=keep_clusters, labels=labels, alpha=alpha, features=features,
-            feature_weight=feature_weight, augment=augment, ema=ema)
+            feature_weight=feature_weight, augment=augment, ema=ema, learn_assignments=learn_assignments)
         with _progress(disable=as_json) as on_eval:
             result = distill_file(student, teacher, data, output, config, in_place=in_place, on_eval=on_eval)
         if as_json:
