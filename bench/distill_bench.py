@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=300)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--augment", default="auto", help="distill's --augment (auto: crop+flip for images)")
+    parser.add_argument("--ema", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=2.0)
     args = parser.parse_args()
     cache = ROOT / "bench" / "results" / "quantize-cache"
     if args.model == "efficientnet":
@@ -119,13 +122,15 @@ def main() -> None:
                               DistillConfig(time_limit=args.time_limit, lr=args.lr, batch_size=args.batch_size,
                                             eval_every=args.eval_every, patience=args.patience, epochs=100,
                                             output=output, scale_lr=args.scale_lr, features=args.features,
-                                            learn_assignments=args.learn_assignments))
+                                            learn_assignments=args.learn_assignments, augment=args.augment,
+                                            ema=args.ema, temperature=args.temperature))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
     print(json.dumps({"model": args.model, "compress": command[1:2] + command[4:], "repair": not args.no_repair,
                       "scale_lr": args.scale_lr, "patience": args.patience,
                       "learn_assignments": args.learn_assignments, "features": result.features,
                       "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
+                      "augment": args.augment, "ema": args.ema, "temperature": args.temperature,
                       "metric": result.objective.metric, "loss": result.objective.loss,
                       "unseen_before": before, "unseen_after": after,
                       "holdout_before": result.before.metric, "holdout_after": result.after.metric,
