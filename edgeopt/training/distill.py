@@ -29,7 +29,7 @@ from edgeopt.training.augment import Augmentation, image_layout, parse_augment
 from edgeopt.training.clusters import clustered_weights, decode_constants
 from edgeopt.training.config import DistillConfig, OnEval
 from edgeopt.training.data import HeldOut, labelled, split_stream
-from edgeopt.training.features import shared_features, with_outputs
+from edgeopt.training.features import match_channels, shared_features, with_outputs
 from edgeopt.training.losses import Objective, agreement, choose_objective
 
 if TYPE_CHECKING:
@@ -117,6 +117,8 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     if first is None:
         raise CalibrationDataError(f"distillation data: too few samples to hold out {config.holdout:.0%} of them; "
                                    "give more samples or a larger --holdout.")
+    maps = match_channels(student, features, teacher_session, first[0])
+    features = [f for f in features if f in maps]
     objective = choose_objective(name, first[1], config.loss, temperature=config.temperature)
     logger.info("distill: matching output '%s' (%s) with %s loss", name, objective.kind, objective.loss)
     train = _Stream(reader, readable, "train", config)
@@ -126,8 +128,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     torch.manual_seed(config.seed)
     module, plan = _student_module(student, config)
     views = _augmentations(config.augment, first[0])
-    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval, features=features,
-                augment=views)
+    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval, features=maps, augment=views)
     threads = torch.get_num_threads()
     weights = sum(p.numel() for p in module.parameters())
     torch.set_num_threads(config.threads or (1 if weights < 1_000_000 else _idle_cores(threads)))

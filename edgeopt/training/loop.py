@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,10 +42,12 @@ class Loop:
 
     def __init__(self, module: OnnxModule, teacher: Any, objective: Objective, config: DistillConfig,
                  train: Callable[[], Iterator[Feeds]], holdout: Callable[[], Iterator[tuple[Feeds, np.ndarray]]],
-                 on_eval: OnEval | None, *, features: Sequence[str] = (),
+                 on_eval: OnEval | None, *, features: Mapping[str, tuple[int, np.ndarray] | None] | None = None,
                  augment: Collection[Augmentation] = ()) -> None:
         self.module, self.teacher, self.objective, self.config = module, teacher, objective, config
-        self.features = list(features)
+        self.features = list(features or {})
+        self._kept = {name: (axis, torch.from_numpy(kept).to(config.device))  # teacher channels a pruned tensor kept
+                      for name, cut in (features or {}).items() if cut is not None for axis, kept in [cut]}
         self.train, self.holdout, self.on_eval = train, holdout, on_eval
         self.params = [p for p in module.parameters() if p.requires_grad]
         scale_keys = {module.keys[n] for n in module.positive}
@@ -132,6 +134,9 @@ class Loop:
             task = F.cross_entropy(got[name].flatten(1), torch.from_numpy(labels).long().to(config.device))
             loss = (1 - config.alpha) * loss + config.alpha * task
         for feature, want in zip(self.features, wanted[1:], strict=True):
+            if feature in self._kept:
+                axis, kept = self._kept[feature]
+                want = want.index_select(axis, kept)
             matched = F.mse_loss(got[feature], want) / want.pow(2).mean().clamp_min(1e-12)
             loss = loss + config.feature_weight * matched / len(self.features)
         self.optimizer.zero_grad(set_to_none=True)

@@ -12,12 +12,12 @@ from edgeopt.blocks.bypass import drop_blocks
 from edgeopt.blocks.residual import find_blocks
 from edgeopt.cli.demo_model import DATA, ONNX_MODEL, preprocess
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
-from edgeopt.core.runtime import run_model
+from edgeopt.core.runtime import create_session, run_model
 from edgeopt.pruning.prune import PruneConfig, prune_file
 from edgeopt.testing import prune_models
 from edgeopt.testing.residual_models import residual_mlp
 from edgeopt.training import DistillConfig, distill, distill_file
-from edgeopt.training.features import shared_features, with_outputs
+from edgeopt.training.features import channel_maps, match_channels, shared_features, with_outputs
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,30 @@ def test_features_are_found_by_name_and_matched() -> None:
     assert [v.name for v in matched.graph.outputs] == ["logits"]  # the matched tensor is not a new output
 
 
-def test_pruned_tensors_are_not_matched(digits: tuple[Path, Path]) -> None:
+def test_pruned_tensors_are_matched_on_the_channels_they_kept(digits: tuple[Path, Path]) -> None:
     student, teacher = ir.load(digits[0]), ir.load(ONNX_MODEL)
-    shapes = {v.name: v.shape for node in student.graph for v in node.outputs}
     found = shared_features(student, teacher, 100)
-    assert "relu" not in found and "relu_1" not in found  # 16 -> 8 and 32 -> 16 channels after pruning
-    assert set(found) <= set(shapes)
+    assert {"relu", "relu_1"} <= set(found)  # 16 -> 8 and 32 -> 16 channels after pruning
+    feeds = {"image": preprocess(np.load(DATA)["x_val"][:64])}
+    session = create_session(with_outputs(teacher, found))
+
+    maps = match_channels(student, found, session, feeds)
+
+    first_conv = next(n for n in student.graph if n.op_type == "Conv").inputs[1].name
+    mine, theirs = (m.graph.initializers[first_conv].const_value.numpy() for m in (student, teacher))
+    kept = [int(np.argmin(np.abs(theirs - row).reshape(len(theirs), -1).sum(1))) for row in mine]
+    relu = maps["relu"]
+    assert relu is not None and relu[0] == 1 and relu[1].tolist() == kept  # read from data, as the weights say
+    relu_1 = maps["relu_1"]
+    assert relu_1 is not None and len(relu_1[1]) == 16 and (np.diff(relu_1[1]) > 0).all() and relu_1[1][-1] < 32
+
+
+def test_a_tensor_unrelated_to_the_teacher_s_is_not_matched() -> None:
+    rng = np.random.default_rng(0)
+    teacher = rng.standard_normal((32, 12, 5, 5)).astype(np.float32)
+    kept = np.array([0, 3, 4, 7, 11])
+    near = teacher[:, kept] + 0.1 * rng.standard_normal((32, 5, 5, 5)).astype(np.float32)
+    maps = channel_maps({"a": near, "b": rng.standard_normal((32, 5, 5, 5)).astype(np.float32)},
+                        {"a": teacher, "b": teacher})
+    found = maps["a"]
+    assert found is not None and found[0] == 1 and found[1].tolist() == kept.tolist() and "b" not in maps
