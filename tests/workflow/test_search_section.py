@@ -28,13 +28,14 @@ def _recipe(tmp_path: Path, extra: str = "") -> Path:
 
 def test_the_section_reads_every_option(tmp_path: Path) -> None:
     path = _recipe(tmp_path, "  objective: [size, latency]\n  stages: [prune, quantize]\n  trials: 7\n  patience: 3\n"
-                             "  labels: labels.npy\n  time_limit: 30\n  workers: 1\n")
+                             "  labels: labels.npy\n  time_limit: 30\n  workers: 1\n  screen: false\n")
     spec = load_recipe(path).search
     assert spec is not None
     assert spec.output == tmp_path / "out" / "search" and spec.calibration == "random:16"
     config = spec.config
     assert (config.objectives, config.stages, config.trials, config.patience, config.time_limit) == (
         ("size", "latency"), ("prune", "quantize"), 7, 3, 30)
+    assert not config.screen and config.cut_drop is None
     assert config.labels == str(tmp_path / "labels.npy")  # a path, relative to the recipe
 
 
