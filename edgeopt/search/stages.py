@@ -15,6 +15,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from edgeopt.core.errors import PassOptionError
 from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.layers.drop import DropConfig, drop_layers_file, plan
@@ -82,6 +83,9 @@ def _quantize(src: Path, dst: Path, options: Options, context: Context) -> dict[
                             eval_samples=min(64, context.samples))
     calibration = context.calibration if options["mode"] == "static" else None
     result = quantize_file(src, dst, config, calibration=calibration)
+    if result.after.weight_bytes == result.before.weight_bytes:  # weight-only on a CNN: no MatMul, no table
+        raise PassOptionError(f"quantize {config.mode}: no weight of this model was quantized, so the candidate "
+                              "is the model before it; use static or dynamic mode.")
     return {"agreement": result.score}
 
 
@@ -110,7 +114,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("quantize", Searchable("mode", "choice", choices=("off", "dynamic", "static", "weight-only")),
           off="off", run=_quantize, road=QuantizeConfig, keeps_macs=True,
           options=(Searchable("per_channel", "choice", choices=(True, False), when=("dynamic", "static")),
-                   Searchable("budget", "float", 0.0, 0.1, when=("static",)),
+                   Searchable("budget", "float", 0.0, 0.3, when=("static",)),
                    Searchable("bits", "choice", choices=(4, 8), when=("weight-only",)),
                    Searchable("embedding_bits", "choice", choices=(0, 4, 8), when=("weight-only",))),
           seed={"mode": "static", "per_channel": True, "budget": 0.0},

@@ -77,3 +77,13 @@ def test_share_weights_clusters_lookup_tables_on_their_own(tmp_path: Path) -> No
     assert np.abs(after - before).max() < 0.3 * np.abs(before).max()  # 8 values per table: coarse, not broken
     same = cluster_weights_file(src, tmp_path / "same.onnx", clusters=64)
     assert {r.name: r.clusters for r in same} == {"w": 64, "table": 64}
+
+
+def test_a_quantization_that_changes_no_weight_is_a_failed_trial(digits: tuple[str, str], tmp_path: Path) -> None:
+    # the digits CNN has no MatMul and no lookup table: weight-only mode would hand back the float model
+    outcome = _evaluator(digits, Cache(tmp_path / "cache"), None).evaluate(
+        (("quantize", {"mode": "weight-only", "bits": 8, "embedding_bits": 8}),))
+    assert outcome.scored is None and outcome.error is not None
+    assert "no weight of this model was quantized" in outcome.error
+    int8 = _evaluator(digits, Cache(tmp_path / "cache"), None).evaluate((INT8,))
+    assert int8.error is None and int8.scored is not None
