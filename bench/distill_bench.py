@@ -126,7 +126,7 @@ def main() -> None:
                                             ema=args.ema, temperature=args.temperature))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
-    print(json.dumps({"model": args.model, "compress": command[1:2] + command[4:], "repair": not args.no_repair,
+    print(json.dumps({"model": args.model, "compress": command[1:2] + command[5:], "repair": not args.no_repair,
                       "scale_lr": args.scale_lr, "patience": args.patience,
                       "learn_assignments": args.learn_assignments, "features": result.features,
                       "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
