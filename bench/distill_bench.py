@@ -56,6 +56,20 @@ def _agreement(student: Path, teacher: Path, feeds: dict[str, np.ndarray], outpu
     return total / rows
 
 
+def _distinct_values(path: Path, feeds: dict[str, np.ndarray]) -> list[int]:
+    """Distinct values of each codebook-decoded weight of ``path``, as ONNX Runtime decodes them (min, max)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    decoded = sorted({o for node in proto.graph.node for o in node.output if o.endswith("_decoded")})
+    if not decoded:
+        return []
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in decoded)
+    session = create_session(proto)
+    counts = [int(np.unique(a).size) for a in session.run(decoded, {k: v[:1] for k, v in feeds.items()})]
+    return [min(counts), max(counts), len(counts)]
+
+
 def _data(model: str, n: int, seed: int) -> dict[str, np.ndarray]:
     if model == "efficientnet":
         return pretrained.efficientnet_lite0_feeds(pretrained.sample_images(n, seed=seed))
@@ -126,6 +140,7 @@ def main() -> None:
                                             ema=args.ema, temperature=args.temperature))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
+        distinct = _distinct_values(Path(tmp) / "distilled.onnx", unseen)
     print(json.dumps({"model": args.model, "compress": command[1:2] + command[5:], "repair": not args.no_repair,
                       "scale_lr": args.scale_lr, "patience": args.patience,
                       "learn_assignments": args.learn_assignments, "features": result.features,
@@ -133,6 +148,7 @@ def main() -> None:
                       "augment": args.augment, "ema": args.ema, "temperature": args.temperature,
                       "metric": result.objective.metric, "loss": result.objective.loss,
                       "unseen_before": before, "unseen_after": after,
+                      "distinct_values_min_max_tensors": distinct,
                       "holdout_before": result.before.metric, "holdout_after": result.after.metric,
                       "steps": result.steps, "best_step": result.best_step, "stopped": result.stopped,
                       "seconds": round(seconds, 1), "history": result.history}))
