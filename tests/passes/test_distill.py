@@ -75,6 +75,10 @@ def test_bad_steps_are_one_line(folder: Path) -> None:
         load_recipe(_recipe(folder, "bad", "  - distill: {data: digits, lr: fast}\n"))
     with pytest.raises(RecipeError, match=r"--holdout must be a fraction"):
         load_recipe(_recipe(folder, "bad", "  - distill: {data: digits, holdout: 2.0}\n"))
+    with pytest.raises(RecipeError, match=r"--augment 'rotate': expected"):
+        load_recipe(_recipe(folder, "bad", "  - distill: {data: digits, augment: rotate, ema: 0.99}\n"))
+    with pytest.raises(RecipeError, match=r"--ema must be a decay"):
+        load_recipe(_recipe(folder, "bad", "  - distill: {data: digits, ema: 1.5}\n"))
     with pytest.raises(PassOptionError, match="distill: needs data: training samples"):
         DistillPass()(load_model(folder / "digits.onnx"))
     with pytest.raises(PassOptionError, match="there is no default teacher"):
