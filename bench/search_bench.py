@@ -210,9 +210,10 @@ def main() -> None:
     parser.add_argument("--workers-check", action="store_true", help="time --workers 1 against 2")
     parser.add_argument("--resume", action="store_true", help="continue the search in --out (more trials)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--label", default="", help="results file search_<model>_<label>.json")
     args = parser.parse_args()
     check = "resume" if args.kill_at else "workers" if args.workers_check else ""
-    name = f"search_{args.model}" + (f"_{check}" if check else "")
+    name = f"search_{args.model}" + (f"_{check}" if check else "") + (f"_{args.label}" if args.label else "")
     args.out = args.out or Path(tempfile.mkdtemp(prefix=f"{name}-"))
     build, calib_n, val_n = MODELS[args.model]
     with tempfile.TemporaryDirectory() as scratch:
