@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
         stages: Annotated[str | None, typer.Option(help="Comma-separated stages to search (default: all): "
                                                    "prune, drop-layers, low-rank, share-weights, "
-                                                   "quantize.")] = None,
+                                                   "quantize, float16.")] = None,
         limit: Annotated[int | None, typer.Option(help="Validation samples to use (default: all).")] = None,
         metric: Annotated[str, typer.Option(help="auto (accuracy with --labels, else top-1 agreement, else "
                                             "cosine) | accuracy | agreement | cosine (embeddings).")] = "auto",

@@ -20,6 +20,7 @@ from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.layers.drop import DropConfig, drop_layers_file, plan
 from edgeopt.passes.cluster_weights import ClusteredTensor, ClusterWeightsPass
+from edgeopt.passes.convert_fp16 import ConvertFloat16Pass
 from edgeopt.pipeline import cleanup
 from edgeopt.pruning.prune import PruneConfig, prune_file
 from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
@@ -76,6 +77,23 @@ def _share_weights(src: Path, dst: Path, options: Options, context: Context) -> 
     return {"clustered": len(rows)}
 
 
+def float16_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, precision: str = "float16") -> None:
+    """Clean up, then store the weights and compute in float16, graph inputs and outputs float32 (the
+    ``float16`` stage: :class:`~edgeopt.passes.convert_fp16.ConvertFloat16Pass`, fragile ops kept float32)."""
+    if precision != "float16":
+        raise PassOptionError(f"float16: precision must be 'float16', got {precision!r}.")
+    model = load_model(src)
+    check_model(model)
+    cleanup()(model)
+    ConvertFloat16Pass()(model)
+    save_model(model, dst)
+
+
+def _float16(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
+    float16_file(src, dst, **options)
+    return {}
+
+
 def _quantize(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
     config = QuantizeConfig(mode=options["mode"], per_channel=options.get("per_channel", True),
                             budget=options.get("budget", 0.0), bits=options.get("bits", 4),
@@ -119,7 +137,10 @@ STAGES: tuple[Stage, ...] = (
                    Searchable("embedding_bits", "choice", choices=(0, 4, 8), when=("weight-only",))),
           seed={"mode": "static", "per_channel": True, "budget": 0.0},
           more_seeds=({"mode": "weight-only", "bits": 8, "embedding_bits": 8},)),
+    Stage("float16", Searchable("precision", "choice", choices=("off", "float16")), off="off", run=_float16,
+          road=float16_file, keeps_macs=True, seed={"precision": "float16"}),
 )
-"""Every stage, in the order a candidate runs them: prune -> drop-layers -> low-rank -> share-weights -> quantize."""
+"""Every stage, in the order a candidate runs them: prune -> drop-layers -> low-rank -> share-weights -> quantize
+-> float16."""
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

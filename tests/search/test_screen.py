@@ -87,3 +87,22 @@ def test_a_quantization_that_changes_no_weight_is_a_failed_trial(digits: tuple[s
     assert "no weight of this model was quantized" in outcome.error
     int8 = _evaluator(digits, Cache(tmp_path / "cache"), None).evaluate((INT8,))
     assert int8.error is None and int8.scored is not None
+
+
+def test_the_float16_stage_halves_the_weights_and_keeps_the_answers(digits: tuple[str, str], tmp_path: Path) -> None:
+    calib, val = digits
+    stages = select(STAGES, ("float16",), load_model(ONNX_MODEL))
+    evaluator = Evaluator(ONNX_MODEL, stages=stages, calibration=calib, data=val, target="ort-cpu", labels="label",
+                          cache=Cache(tmp_path / "cache"))
+    outcome = evaluator.evaluate((("float16", {"precision": "float16"}),))
+    assert outcome.error is None and outcome.scored is not None and outcome.model is not None
+    model = onnx.load(outcome.model)
+    onnx.checker.check_model(model, full_check=True)
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    assert {i.data_type for i in model.graph.initializer if i.data_type in floats} == {onnx.TensorProto.FLOAT16}
+    assert [i.type.tensor_type.elem_type for i in model.graph.input] == [onnx.TensorProto.FLOAT]
+    weights = sum(onnx.numpy_helper.to_array(i).nbytes for i in onnx.load(ONNX_MODEL).graph.initializer
+                  if i.data_type == onnx.TensorProto.FLOAT)
+    saved = Path(ONNX_MODEL).stat().st_size - outcome.scored.size_bytes
+    assert 0.45 * weights < saved <= 0.5 * weights + 1024  # half of every float32 weight's bytes
+    assert outcome.scored.drop <= 0.005  # at most one of 200 digits changes its answer

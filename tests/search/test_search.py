@@ -56,10 +56,10 @@ def test_every_searchable_option_is_a_keyword_of_its_road() -> None:
 def test_stages_fit_the_model_and_seeds_start_with_int8() -> None:
     stages = select(STAGES, (), load_model(ONNX_MODEL))
     names = [s.name for s in stages]
-    assert names == ["prune", "low-rank", "share-weights", "quantize"]  # no residual layer to drop
+    assert names == ["prune", "low-rank", "share-weights", "quantize", "float16"]  # no residual layer to drop
     points = seeds(stages)
     assert points[0] == {"prune": "off", "low-rank": "off", "share-weights": "off", "quantize": "static",
-                         "quantize.per_channel": True, "quantize.budget": 0.0}
+                         "quantize.per_channel": True, "quantize.budget": 0.0, "float16": "off"}
     extra = [s for s in stages if s.name == "quantize"] + [s for s in stages if s.name != "quantize"]
     alone = [s for s in stages if s.name != "quantize"] + [s for s in extra for _ in s.more_seeds]
     assert len(points) == len(stages) + sum(len(s.more_seeds) for s in stages)
