@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--unseen", type=int, default=200)
     parser.add_argument("--ratio", type=float, default=0.3, help="efficientnet: channels pruned")
     parser.add_argument("--count", type=int, default=2, help="minilm: layers dropped")
+    parser.add_argument("--scope", choices=("uniform", "global"), default="uniform", help="prune: channel ranking")
     parser.add_argument("--student", choices=("prune", "drop-layers", "int8", "int8-per-channel", "clusters"))
     parser.add_argument("--clusters", type=int, default=16)
     parser.add_argument("--plain-clusters", action="store_true", help="clusters: k-means without calibration data")
@@ -97,7 +98,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=300)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--augment", default="auto", help="distill's --augment (auto: crop+flip for images)")
+    parser.add_argument("--augment", default="none", help="distill's --augment (auto: crop+flip for images)")
     parser.add_argument("--ema", type=float, default=0.0)
     parser.add_argument("--temperature", type=float, default=2.0)
     args = parser.parse_args()
@@ -108,7 +109,7 @@ def main() -> None:
         teacher, output = pretrained.minilm_onnx(cache, seq_len=64)[0], "sentence_embedding"
     student_kind = args.student or ("prune" if args.model == "efficientnet" else "drop-layers")
     compress = {
-        "prune": ["prune", "--ratio", str(args.ratio)],
+        "prune": ["prune", "--ratio", str(args.ratio), "--scope", args.scope],
         "drop-layers": ["drop-layers", "--count", str(args.count), "--compare-output", output],
         "int8": ["quantize", "--per-tensor"],
         "int8-per-channel": ["quantize", "--per-channel"],
