@@ -61,9 +61,9 @@ def register(app: typer.Typer) -> None:
         features: Annotated[int, typer.Option(help="Also match this many intermediate tensors the student kept "
                                               "from the teacher (found by name).")] = 0,
         feature_weight: Annotated[float, typer.Option(help="Weight of the feature-matching loss.")] = 1.0,
-        augment: Annotated[str, typer.Option(help="auto | none | a comma list of flip, crop, mixup: fresh views "
+        augment: Annotated[str, typer.Option(help="none | auto | a comma list of flip, crop, mixup: fresh views "
                                              "of image inputs each step, seen by teacher and student alike "
-                                             "(auto: crop and flip for image inputs).")] = "auto",
+                                             "(auto: crop and flip for image inputs).")] = "none",
         ema: Annotated[float, typer.Option(help="Decay of a moving average of the weights that is evaluated "
                                            "and kept (0: off).")] = 0.0,
         in_place: Annotated[bool, typer.Option("--in-place", help="Allow writing over STUDENT.")] = False,

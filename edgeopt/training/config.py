@@ -43,8 +43,9 @@ class DistillConfig:
         ema: Decay of an exponential moving average of the weights (0: off); evaluations score,
             and the result keeps, the average.
         augment: Fresh views of image inputs each step, seen by teacher and student alike
-            (:mod:`edgeopt.training.augment`): ``auto`` (crop and flip when an input is an image
-            batch), ``none``, or a comma list of ``flip``, ``crop``, ``mixup``.
+            (:mod:`edgeopt.training.augment`): ``none`` (the default: on pruned EfficientNet-Lite0
+            views lost, 0.76 vs 0.795 unseen agreement in 20 minutes), ``auto`` (crop and flip when
+            an input is an image batch), or a comma list of ``flip``, ``crop``, ``mixup``.
         threads: torch's CPU threads while training; None: 1 for students under a million
             weights (small ops lose more to thread hand-offs than they gain: 4-10x measured on
             2 busy cores), otherwise torch's default less the cores the load average says are busy.
@@ -74,7 +75,7 @@ class DistillConfig:
     features: int = 0
     feature_weight: float = 1.0
     threads: int | None = None
-    augment: str = "auto"
+    augment: str = "none"
     ema: float = 0.0
 
     def __post_init__(self) -> None:

@@ -69,6 +69,8 @@ class DistillResult:
     output: Path | None = None
     features: list[str] = field(default_factory=list)
     """Intermediate tensors matched besides the output."""
+    augment: list[str] = field(default_factory=list)
+    """The views trained on (``--augment``)."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -147,7 +149,7 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
             changed += module.finish(trained)
     after = _score_ort(create_session(trained, config=_NO_SPIN), holdout(), objective)
     result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,
-                           loop.stopped, changed, loop.history, features=features)
+                           loop.stopped, changed, loop.history, features=features, augment=sorted(views))
     logger.info("distill: %s %.4f -> %.4f on %d held-out samples in %d steps (%.1f s)", objective.metric,
                 before.metric, after.metric, after.samples, loop.step, loop.seconds)
     return trained, result
