@@ -20,6 +20,7 @@ from edgeopt.core.model_checks import check_model
 from edgeopt.core.model_io import load_model, save_model
 from edgeopt.layers.drop import DropConfig, drop_layers_file, plan
 from edgeopt.passes.cluster_weights import ClusteredTensor, ClusterWeightsPass
+from edgeopt.passes.codebook import DECODE_KEY
 from edgeopt.passes.convert_fp16 import ConvertFloat16Pass
 from edgeopt.pipeline import cleanup
 from edgeopt.pruning.prune import PruneConfig, prune_file
@@ -100,11 +101,20 @@ def _quantize(src: Path, dst: Path, options: Options, context: Context) -> dict[
                             embedding_bits=options.get("embedding_bits", 0), samples=context.samples,
                             eval_samples=min(64, context.samples))
     calibration = context.calibration if options["mode"] == "static" else None
+    if calibration is not None and _decodes_weights(load_model(src)):
+        raise PassOptionError("quantize static after share-weights: each clustered weight is decoded at run time, "
+                              "so calibration would observe every decoded weight as an activation (MiniLM-L6: "
+                              "14 GB, killed); cluster without static quantization, or quantize alone.")
     result = quantize_file(src, dst, config, calibration=calibration)
     if result.after.weight_bytes == result.before.weight_bytes:  # weight-only on a CNN: no MatMul, no table
         raise PassOptionError(f"quantize {config.mode}: no weight of this model was quantized, so the candidate "
                               "is the model before it; use static or dynamic mode.")
     return {"agreement": result.score}
+
+
+def _decodes_weights(model: ir.Model) -> bool:
+    """Whether ``model`` holds codebook decode chains (the share-weights stage's clustered weights)."""
+    return any(DECODE_KEY in node.metadata_props for node in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _fit_drop_count(stage: Stage, model: ir.Model) -> Stage | None:

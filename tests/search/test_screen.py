@@ -106,3 +106,14 @@ def test_the_float16_stage_halves_the_weights_and_keeps_the_answers(digits: tupl
     saved = Path(ONNX_MODEL).stat().st_size - outcome.scored.size_bytes
     assert 0.45 * weights < saved <= 0.5 * weights + 1024  # half of every float32 weight's bytes
     assert outcome.scored.drop <= 0.005  # at most one of 200 digits changes its answer
+
+
+def test_static_quantization_of_clustered_weights_is_refused(digits: tuple[str, str], tmp_path: Path) -> None:
+    calib, val = digits
+    stages = select(STAGES, ("share-weights", "quantize"), load_model(ONNX_MODEL))
+    evaluator = Evaluator(ONNX_MODEL, stages=stages, calibration=calib, data=val, target="ort-cpu", labels="label",
+                          cache=Cache(tmp_path / "cache"))
+    clustered = ("share-weights", {"clusters": 16, "channel_scale": False, "embedding_clusters": 0})
+    outcome = evaluator.evaluate((clustered, INT8))
+    assert outcome.scored is None and outcome.error is not None and "after share-weights" in outcome.error
+    assert evaluator.evaluate((clustered,)).scored is not None  # clustering alone runs
