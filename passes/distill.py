@@ -57,7 +57,7 @@ class DistillPass(EdgeoptPass):
         samples: int | None = None, eval_every: int = 25, patience: int = 5, output: str | None = None,
         device: str = "cpu", qat: bool | None = None, learn_scales: bool = True, scale_lr: float | None = None,
         keep_clusters: bool = True, labels: str | None = None, alpha: float = 0.5, features: int = 0,
-        feature_weight: float = 1.0, learn_assignments: bool = False, augment: str = "none", ema: float = 0.0,
+        feature_weight: float = 1.0, learn_assignments: bool = True, augment: str = "none", ema: float = 0.0,
     ) -> None:
         super().__init__()
         self.data, self.teacher = data, teacher

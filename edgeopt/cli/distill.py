@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
                                                     "keep their values tied: centroids train.")] = True,
         learn_assignments: Annotated[bool, typer.Option(
             "--learn-assignments/--fixed-assignments", help="Clustered weights: which centroid each weight "
-            "takes trains too (still K values per tensor).")] = False,
+            "takes trains too (still K values per tensor).")] = True,
         labels: Annotated[str | None, typer.Option(help="Name of an int array of class labels in the data: mixes "
                                                    "a cross-entropy task loss in.")] = None,
         alpha: Annotated[float, typer.Option(help="With --labels: the task loss's share (0-1).")] = 0.5,

@@ -69,7 +69,7 @@ class DistillConfig:
     learn_scales: bool = True
     scale_lr: float | None = None
     keep_clusters: bool = True
-    learn_assignments: bool = False
+    learn_assignments: bool = True
     labels: str | None = None
     alpha: float = 0.5
     features: int = 0

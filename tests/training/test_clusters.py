@@ -51,7 +51,8 @@ def test_clustered_tensors_keep_k_values_and_fidelity_improves(form: str) -> Non
     unseen = rng.standard_normal((2000, 48)).astype(np.float32)
     before_weights = _dense_weights(student)
 
-    trained, _ = distill(student, teacher, train, DistillConfig(steps=300, lr=1e-3, patience=20))
+    trained, _ = distill(student, teacher, train, DistillConfig(steps=300, lr=1e-3, patience=20,
+                                                                   learn_assignments=False))
 
     before, after = _agreement(student, teacher, unseen), _agreement(trained, teacher, unseen)
     assert after - before >= 0.02, (before, after)  # measured: 0.706 -> 0.74
