@@ -21,6 +21,14 @@ Why those ops stay float32 (float16: max 65504, 11-bit mantissa):
   integers, which the converter never touches).
 
 ``LayerNormalization`` is not blocked: its float16 kernels accumulate in float32.
+
+``QuantizeLinear`` and ``DequantizeLinear`` (:data:`QUANTIZE_OPS`) always stay
+float32: below opset 19 their scale must be float32 (ORT rejects a model whose
+DequantizeLinear has a float16 scale), and the int8/int4 tensors they decode
+would not shrink anyway. A quantized model's remaining float ops are converted
+between Casts, which is valid; whether it is worth it is the caller's question
+(after static QDQ quantization it is not on ORT CPU: the Casts between each
+DequantizeLinear and its op stop ORT from fusing them into int8 kernels).
 """
 
 from __future__ import annotations
@@ -40,12 +48,15 @@ FRAGILE_OPS: tuple[str, ...] = (
 )
 """Op types kept in float32 by default, on top of ORT's ``DEFAULT_OP_BLOCK_LIST``."""
 
+QUANTIZE_OPS: tuple[str, ...] = ("QuantizeLinear", "DequantizeLinear")
+"""Op types always kept in float32, whatever ``op_block_list`` says (their scales must be float32 below opset 19)."""
+
 
 class ConvertFloat16Pass(EdgeoptPass):
     """Store weights and compute activations in float16; graph inputs/outputs stay float32.
 
-    Nodes whose op type is in ``op_block_list`` (default: :data:`FRAGILE_OPS`) or
-    in ORT's list of ops without float16 kernels, and nodes named in
+    Nodes whose op type is in ``op_block_list`` (default: :data:`FRAGILE_OPS`), in
+    :data:`QUANTIZE_OPS` or in ORT's list of ops without float16 kernels, and nodes named in
     ``node_block_list``, stay float32 with Casts around them. Graph input and
     output names and dtypes are kept (a Cast is added after each float input and
     before each float output). Subgraphs are converted too. A model with no
@@ -75,7 +86,7 @@ class ConvertFloat16Pass(EdgeoptPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from onnxruntime.transformers import float16
 
-        blocked = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(self.op_block_list))
+        blocked = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(self.op_block_list) | set(QUANTIZE_OPS))
         if not _has_float32_compute(model, set(blocked), set(self.node_block_list)):
             logger.info("convert-fp16: no float32 node to convert")
             return ir.passes.PassResult(model, modified=False)
@@ -85,10 +96,20 @@ class ConvertFloat16Pass(EdgeoptPass):
                 op_block_list=blocked, node_block_list=list(self.node_block_list),
             )
         converted = ir_from_ort(proto)
+        _type_initializers_as_stored(converted)
         adopt(model, converted)
         kept = sum(1 for n in model.graph if n.op_type in blocked or n.name in self.node_block_list)
         logger.info("convert-fp16: converted to float16, %d node(s) kept in float32", kept)
         return ir.passes.PassResult(model, modified=True)
+
+
+def _type_initializers_as_stored(model: ir.Model) -> None:
+    """Give each initializer its tensor's dtype: ORT's converter leaves the float32 scales of blocked
+    DequantizeLinear nodes as they are but records them as float16 in value_info (the checker rejects that)."""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if tensor is not None and value.dtype != tensor.dtype:
+            value.type = ir.TensorType(tensor.dtype)
 
 
 def _has_float32_compute(model: ir.Model, blocked: set[str], nodes: set[str]) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeopt.core.cpu import resolve_cpu
-from edgeopt.core.errors import ConversionError, EdgeoptError
+from edgeopt.core.errors import ConversionError, EdgeoptError, PassOptionError
 from edgeopt.core.inspect_model import sample_dims, summarize
 from edgeopt.core.model_io import load_model
 from edgeopt.data.validation import labelled_batches
@@ -94,6 +94,7 @@ class Evaluator:
         misses, hits = self.cache.misses, self.cache.hits
         cut = None
         try:
+            self._check(candidate)
             model, counted, entry, cut_scored, cut = self._stages(candidate)
             if cut_scored is not None:
                 scored = cut_scored
@@ -111,6 +112,14 @@ class Evaluator:
                            computed=self.cache.misses - misses, hits=self.cache.hits - hits)
         return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model,
                        self.cache.misses - misses, self.cache.hits - hits, cut)
+
+    def _check(self, candidate: Candidate) -> None:
+        """Raise the reason a stage gives for refusing ``candidate`` (before anything runs)."""
+        for name, _ in candidate:
+            refuse = self.stages[name].refuse
+            reason = refuse(candidate) if refuse is not None else None
+            if reason:
+                raise PassOptionError(reason)
 
     def _sample_dims(self) -> dict[str, int]:
         """Symbolic input dimensions (sequence length, image size) as one validation sample has them."""

@@ -90,6 +90,8 @@ class Stage:
             the stage for that model.
         keeps_macs: Count the candidate's MACs on the model before this stage.
         more_seeds: Further settings tried alone among the first trials, after every stage's ``seed``.
+        refuse: Why a candidate that holds this stage cannot run (an order that makes no sense), or None;
+            asked before any stage runs, so such a candidate fails at once with that reason.
     """
 
     name: str
@@ -103,6 +105,7 @@ class Stage:
     keeps_macs: bool = False
     """The stage changes how operations run, not how many (quantization): MACs are counted before it."""
     more_seeds: tuple[Mapping[str, Any], ...] = ()
+    refuse: Callable[[Candidate], str | None] | None = None
 
     def for_model(self, model: ir.Model) -> Stage | None:
         return self if self.adapt is None else self.adapt(self, model)
