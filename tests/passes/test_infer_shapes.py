@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from edgeopt.core.shapes import _ConstantFloatChains
 from edgeopt.passes import InferShapesPass
 
 
@@ -224,3 +227,54 @@ def test_ir3_initializer_listed_as_input_keeps_its_declared_shape(apply_pass):
     assert w.shape == ir.Shape(["K"])
     assert _values(model)["t"].type == ir.TensorType(ir.DataType.FLOAT)
     assert not InferShapesPass()(model).modified
+
+
+def test_constant_float_chains_are_typed_and_shapes_still_propagate(apply_pass):
+    """A codebook-like chain (constants only: Cast, Div, Floor, Gather) feeds a MatMul whose
+    result is reshaped to a shape computed from shapes. The chain is left out of data
+    propagation (it only costs there) yet every value gets what one data-propagating
+    inference proves, and ONNX Runtime produces exactly the inferred shapes."""
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 10, opset_import: ["" : 17]>
+        g (float[B, 8] x) => (float[B, 8] z)
+        <uint8[64] packed = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                              0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                              0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                              0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+         float four = {4.0}, float[4] codebook = {-1.0, -0.5, 0.5, 1.0}, int64[2] wshape = {8, 8},
+         int64[1] minus_one = {-1}, int64[1] zero = {0}, int64[1] one = {1}>
+        {
+            f = Cast<to = 1>(packed)
+            h = Div(f, four)
+            q = Floor(h)
+            i = Cast<to = 7>(q)
+            r = Reshape(i, wshape)
+            w = Gather(codebook, r)
+            m = MatMul(x, w)
+            s = Shape(m)
+            b = Slice(s, zero, one)
+            n = Concat<axis = 0>(b, minus_one)
+            y = Reshape(m, n)
+            z = Relu(y)
+        }
+        """
+    )
+    onnx_inferred = onnx.shape_inference.infer_shapes(ir.to_proto(model), strict_mode=True, data_prop=True)
+    plain = ir.from_proto(onnx.shape_inference.infer_shapes(ir.to_proto(model), strict_mode=True))
+    chains = _ConstantFloatChains.of(model.graph, plain.graph)
+    assert chains.values == {"f", "h", "q", "i", "r", "w"}  # left out of data propagation
+    assert [info.name for info in chains.results] == ["w"]
+
+    apply_pass(InferShapesPass(), model)
+
+    values = _values(model)
+    expected = {info.name: info for info in onnx_inferred.graph.value_info}
+    for name in ("f", "h", "q", "i", "r", "w", "m", "s", "b", "n"):
+        assert ir.serde.serialize_value(values[name]).type == expected[name].type, name
+    assert values["w"].shape == ir.Shape([8, 8])
+    y = values["y"].shape
+    assert y is not None and len(y) == 2 and y[0] == ir.SymbolicDim("B")  # only data propagation proves B
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"x": _randn((3, 8))})
+    assert out.shape == (3, 8)
