@@ -58,7 +58,8 @@ class QuantizeStaticPass(EdgeoptPass):
             :func:`edgeopt.data.readers.open_reader` (folder of .npy/.npz or images,
             ``random:N``). Not needed when ``ranges`` is given.
         ranges: Precomputed ``tensor name -> (low, high)``, e.g. from ``edgeopt.calibration.stream``.
-        method: How ranges are computed from the data.
+        method: How ranges are computed from the data; ``auto`` (default) picks each
+            tensor's range among MinMax, percentile and MSE by its consumers' error.
         percentile: For ``method="percentile"``.
         format: ``"qdq"`` (QuantizeLinear/DequantizeLinear pairs) or ``"qoperator"``
             (QLinearConv, QLinearMatMul, ...).
@@ -92,7 +93,7 @@ class QuantizeStaticPass(EdgeoptPass):
         *,
         calibration: str | Iterable[Feeds] | None = None,
         ranges: Mapping[str, tuple[float, float]] | None = None,
-        method: Method = "minmax",
+        method: Method = "auto",
         percentile: float = 99.999,
         format: Literal["qdq", "qoperator"] = "qdq",
         per_channel: bool = True,

@@ -101,9 +101,10 @@ def _check(model: ir.Model) -> None:
 def _quantize(model: ir.Model, feeds: list[Feeds], **options: object) -> ir.Model:
     """Quantize with the int8 weights every quantizer emits (``cpu="x86-vnni"``) unless ``cpu`` is given:
     these tests compare through the simulation, where the family changes nothing; the uint8 weights of
-    ``x86-avx2`` are tested in test_avoid_int8_saturation.py."""
+    ``x86-avx2`` are tested in test_avoid_int8_saturation.py. Ranges are MinMax unless ``method`` is given
+    (the scales below are checked against numpy's min/max; ``auto``, the default, in tests/calibration)."""
     signature = _signature(model)
-    QuantizeStaticPass(calibration=feeds, **{"cpu": "x86-vnni", **options})(model)  # type: ignore[arg-type]
+    QuantizeStaticPass(calibration=feeds, **{"cpu": "x86-vnni", "method": "minmax", **options})(model)  # type: ignore[arg-type]
     _check(model)
     assert _signature(model) == signature, "graph input/output names or dtypes changed"
     return model
