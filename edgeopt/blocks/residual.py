@@ -26,7 +26,7 @@ from typing import Literal
 
 import onnx_ir as ir
 
-from edgeopt.core.rewire import const_array, is_default_domain
+from edgeopt.core.rewire import const_array, is_default_domain, producers_within
 from edgeopt.core.shapes import infer_shapes
 
 logger = logging.getLogger(__name__)
@@ -160,15 +160,7 @@ def _region(start: ir.Value, end: ir.Value) -> set[ir.Node]:
             if user not in descendants:
                 descendants.add(user)
                 stack.extend(user.outputs)
-    ancestors: set[ir.Node] = set()
-    pending = [end.producer()]
-    while pending:
-        node = pending.pop()
-        if node is None or node in ancestors or node not in descendants:
-            continue
-        ancestors.add(node)
-        pending.extend(v.producer() for v in node.inputs if v is not None)
-    return ancestors
+    return producers_within(end.producer(), descendants)
 
 
 def _is_shape_only(node: ir.Node, memo: dict[ir.Node, bool]) -> bool:

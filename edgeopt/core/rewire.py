@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +117,19 @@ class Constants:
                        attributes=[ir.AttrTensor("value", tensor)])
         self.graph.insert_before(self.graph.node(0), node)  # the layer is there: not empty
         return value
+
+
+def producers_within(node: ir.Node | None, within: Collection[ir.Node]) -> set[ir.Node]:
+    """``node`` and every node upstream of it, walking only through nodes in ``within``."""
+    found: set[ir.Node] = set()
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current is None or current in found or current not in within:
+            continue
+        found.add(current)
+        pending.extend(v.producer() for v in current.inputs if v is not None)
+    return found
 
 
 def value_names(model: ir.Model) -> set[str]:

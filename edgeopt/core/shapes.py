@@ -13,6 +13,8 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import _c_api_utils
 
+from edgeopt.core.rewire import producers_within
+
 logger = logging.getLogger(__name__)
 
 
@@ -91,7 +93,7 @@ class _ConstantFloatChains:
         keep: set[ir.Node] = set()
         for value in read_outside:
             if value in graph_outputs or not _float_of_known_rank(typed.get(value.name or "")):
-                _add_with_ancestors(value.producer(), members, keep)
+                keep |= producers_within(value.producer(), members)
         left_out = [node for node in chain if node not in keep]
         results = tuple(ir.serde.serialize_value(typed[v.name or ""]) for node in left_out for v in node.outputs
                         if v in read_outside)
@@ -110,16 +112,6 @@ class _ConstantFloatChains:
 
 def _float_of_known_rank(value: ir.Value | None) -> bool:
     return value is not None and value.dtype is not None and value.dtype.is_floating_point() and value.shape is not None
-
-
-def _add_with_ancestors(node: ir.Node | None, members: set[ir.Node], keep: set[ir.Node]) -> None:
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if current is None or current in keep or current not in members:
-            continue
-        keep.add(current)
-        stack.extend(v.producer() for v in current.inputs if v is not None)
 
 
 def _merge_graph(graph: ir.Graph, inferred: ir.Graph, only: frozenset[str] | None) -> set[ir.Value]:
