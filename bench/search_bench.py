@@ -6,6 +6,8 @@
     python bench/search_bench.py --model digits --max-drop 0.01 --trials 40
     # kill the CLI (SIGKILL) once 10 trials finished, --resume it, compare with an uninterrupted run
     python bench/search_bench.py --model digits --kill-at 10 --trials 24
+    # share-weights at 16/64 clusters with and without data-aware codebooks (the search's calibration data)
+    python bench/search_bench.py --model minilm --metric cosine --share-weights-check
     # the same fixed trial list with --workers 1 and --workers 2, side by side
     python bench/search_bench.py --model digits --workers-check --trials 16
 
@@ -194,6 +196,28 @@ def workers_check(args: argparse.Namespace, scratch: Path, data: tuple[Path, str
             "same_best": (results[1].best and results[1].best.params) == (results[2].best and results[2].best.params)}
 
 
+def share_weights_check(args: argparse.Namespace, scratch: Path, data: tuple[Path, str, str, str | None]
+                        ) -> dict[str, Any]:
+    """The share-weights stage at 16 and 64 clusters, plain k-means against data-aware codebooks (the search's
+    calibration data), scored as the search screens a model (ORT, the search's metric on the validation data)."""
+    from edgeopt.search.screen import Screen
+    from edgeopt.search.stages import cluster_weights_file
+
+    model, calib, val, labels = data
+    screen = Screen(model, data=val, labels=labels, metric=args.metric)
+    rows = []
+    for clusters in (16, 64):
+        for data_aware in (False, True):
+            out = scratch / f"c{clusters}_{data_aware}.onnx"
+            start = time.perf_counter()
+            cluster_weights_file(model, out, clusters=clusters, data_aware=data_aware, calibration=calib, samples=128)
+            seconds = time.perf_counter() - start
+            name, value, base = screen.score(out)
+            rows.append({"clusters": clusters, "data_aware": data_aware, name: round(value, 5), "base": base,
+                         "size_bytes": out.stat().st_size, "seconds": round(seconds, 1)})
+    return {"model": args.model, "metric": screen.score(model)[0], "calibration_samples": 64, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=tuple(MODELS), default="digits")
@@ -208,17 +232,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="above 1: candidates run as local Ray tasks")
     parser.add_argument("--kill-at", type=int, default=0, help="check resume: SIGKILL after this many trials")
     parser.add_argument("--workers-check", action="store_true", help="time --workers 1 against 2")
+    parser.add_argument("--share-weights-check", action="store_true",
+                        help="share-weights at 16/64 clusters, with and without data-aware codebooks")
     parser.add_argument("--resume", action="store_true", help="continue the search in --out (more trials)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--calib-n", type=int, default=0,
+                        help="calibration samples to write (default: the model's; the distill stage trains on all)")
     parser.add_argument("--label", default="", help="results file search_<model>_<label>.json")
     args = parser.parse_args()
-    check = "resume" if args.kill_at else "workers" if args.workers_check else ""
+    check = ("resume" if args.kill_at else "workers" if args.workers_check
+             else "share" if args.share_weights_check else "")
     name = f"search_{args.model}" + (f"_{check}" if check else "") + (f"_{args.label}" if args.label else "")
     args.out = args.out or Path(tempfile.mkdtemp(prefix=f"{name}-"))
     build, calib_n, val_n = MODELS[args.model]
     with tempfile.TemporaryDirectory() as scratch:
-        data = build(Path(scratch), calib_n, val_n)
-        run = kill_and_resume if args.kill_at else workers_check if args.workers_check else compare
+        data = build(Path(scratch), args.calib_n or calib_n, val_n)
+        run = (kill_and_resume if args.kill_at else workers_check if args.workers_check
+               else share_weights_check if args.share_weights_check else compare)
         row = {**run(args, Path(scratch), data), "command": " ".join(sys.argv), "cpus": os.cpu_count(),
                "note": "a shared 2-core machine (other agents running): times are noisy"}
     RESULTS.mkdir(exist_ok=True)

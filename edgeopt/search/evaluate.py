@@ -77,7 +77,7 @@ class Evaluator:
                  cut_drop: float | None = None) -> None:
         self.model = Path(model).resolve()
         self.stages = {stage.name: stage for stage in stages}
-        self.context = Context(calibration, samples)
+        self.context = Context(calibration, samples, self.model)
         self.data, self.target, self.labels, self.limit, self.metric = data, target, labels, limit, metric
         self.cache = cache or Cache()
         self._root = key(FORMAT, file_digest(self.model), data_digest(calibration), samples, resolve_cpu("auto"))
@@ -132,12 +132,13 @@ class Evaluator:
         already missed the budget by more than ``cut_drop``) that model's screened scores and the stage."""
         model, entry = self.model, self._root
         counted = model
-        for name, options in candidate:
+        for index, (name, options) in enumerate(candidate):
             stage, source = self.stages[name], model
             entry = key(entry, name, options)
             model, _ = self.cache.stage(entry, functools.partial(self._run, stage, source, options))
             counted = counted if stage.keeps_macs else model
-            if self.cut_drop is not None:
+            recovering = any(self.stages[later].recovers for later, _ in candidate[index + 1:])
+            if self.cut_drop is not None and not recovering:  # a training stage later may give it back
                 metric_name, value, base = self.screen.score(model)
                 if not base - value <= self.cut_drop:  # NaN (a broken model) is cut too
                     scored = Scored(metric_name, value, base, model.stat().st_size, None, self.macs(counted))

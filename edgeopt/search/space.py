@@ -64,10 +64,12 @@ class Trial(Protocol):
 
 @dataclass(frozen=True)
 class Context:
-    """What every stage run may read: the calibration data spec and the sample budget."""
+    """What every stage run may read: the calibration data spec, the sample budget and the search's input model
+    (a training stage's teacher)."""
 
     calibration: str
     samples: int = 128
+    original: Path | None = None
 
 
 Runner = Callable[[Path, Path, Options, Context], dict[str, Any]]
@@ -92,6 +94,10 @@ class Stage:
         more_seeds: Further settings tried alone among the first trials, after every stage's ``seed``.
         refuse: Why a candidate that holds this stage cannot run (an order that makes no sense), or None;
             asked before any stage runs, so such a candidate fails at once with that reason.
+        recovers: The stage can give accuracy back (training): a candidate is not stopped early before it.
+        combo_seeds: Combinations tried among the first trials, after the single-stage seeds: each maps
+            stage names to their settings (switch and options); one naming a stage the search leaves
+            out, or a value outside a fitted range, is skipped.
     """
 
     name: str
@@ -106,6 +112,8 @@ class Stage:
     """The stage changes how operations run, not how many (quantization): MACs are counted before it."""
     more_seeds: tuple[Mapping[str, Any], ...] = ()
     refuse: Callable[[Candidate], str | None] | None = None
+    recovers: bool = False
+    combo_seeds: tuple[Mapping[str, Mapping[str, Any]], ...] = ()
 
     def for_model(self, model: ir.Model) -> Stage | None:
         return self if self.adapt is None else self.adapt(self, model)
@@ -159,16 +167,31 @@ def seeds(stages: Sequence[Stage], first: str = "quantize") -> list[dict[str, An
 
 
 def seed_points(stages: Sequence[Stage], first: str = "quantize") -> list[tuple[str, dict[str, Any]]]:
-    """:func:`seeds` with the name of the stage each point tries alone."""
+    """:func:`seeds` with the name of the stage each point tries alone (``a+b+c`` for a combination)."""
     ordered = sorted((s for s in stages if s.seed), key=lambda s: s.name != first)
-    settings = [(s, s.seed) for s in ordered] + [(s, more) for s in ordered for more in s.more_seeds]
+    settings = [{s.name: s.seed} for s in ordered] + [{s.name: more} for s in ordered for more in s.more_seeds]
+    settings += [dict(combo) for s in stages for combo in s.combo_seeds]
+    by_name = {s.name: s for s in stages}
     points = []
-    for stage, setting in settings:
+    for setting in settings:
+        if not all(name in by_name and _fits(by_name[name], values) for name, values in setting.items()):
+            continue
         params: dict[str, Any] = {s.name: s.off for s in stages}
-        for key, value in setting.items():
-            params[stage.name if key == stage.switch.name else f"{stage.name}.{key}"] = value
-        points.append((stage.name, params))
+        for name, values in setting.items():
+            stage = by_name[name]
+            for key, value in values.items():
+                params[stage.name if key == stage.switch.name else f"{stage.name}.{key}"] = value
+        points.append(("+".join(n for n in by_name if n in setting), params))
     return points
+
+
+def _fits(stage: Stage, values: Mapping[str, Any]) -> bool:
+    """Whether a seed's switch value is one the (fitted) stage can take."""
+    value, switch = values.get(stage.switch.name), stage.switch
+    if switch.kind == "choice":
+        return value in switch.choices
+    assert switch.low is not None and switch.high is not None
+    return value is not None and switch.low <= value <= switch.high
 
 
 def describe(candidate: Candidate) -> str:

@@ -27,6 +27,7 @@ from edgeopt.pruning.prune import PruneConfig, prune_file
 from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 from edgeopt.search.space import Candidate, Context, Options, Searchable, Stage
 from edgeopt.sharing.compress import low_rank_file
+from edgeopt.training import DistillConfig
 
 
 def _prune(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
@@ -49,7 +50,8 @@ def _low_rank(src: Path, dst: Path, options: Options, context: Context) -> dict[
 
 
 def cluster_weights_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, clusters: int,
-                         channel_scale: bool = False, embedding_clusters: int = 0) -> list[ClusteredTensor]:
+                         channel_scale: bool = False, embedding_clusters: int = 0, data_aware: bool = False,
+                         calibration: str | None = None, samples: int = 256) -> list[ClusteredTensor]:
     """Clean up, then k-means cluster the weights of ``src`` into ``dst`` (the ``share-weights`` stage).
 
     Args:
@@ -58,15 +60,22 @@ def cluster_weights_file(src: str | os.PathLike[str], dst: str | os.PathLike[str
         channel_scale: One codebook per tensor times a scale per output channel (CNNs).
         embedding_clusters: Values per constant Gather table (a transformer's word embeddings, often
             half its parameters), clustered on their own; 0: ``clusters``.
+        data_aware: Choose each codebook for the layer's outputs on ``calibration`` (at most ``samples``
+            of them), not for the weights alone (:mod:`edgeopt.passes.codebook_data`).
     """
+    if data_aware and calibration is None:
+        raise PassOptionError("share-weights: data_aware needs calibration data.")
+    data = calibration if data_aware else None
     model = load_model(src)
     check_model(model)
     cleanup()(model)
     kinds = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
     passes = [ClusterWeightsPass(clusters=clusters, channel_scale=channel_scale,
-                                 op_types=tuple(k for k in kinds if k != "Gather" or not embedding_clusters))]
+                                 op_types=tuple(k for k in kinds if k != "Gather" or not embedding_clusters),
+                                 calibration=data, samples=samples)]
     if embedding_clusters:
-        passes.append(ClusterWeightsPass(clusters=embedding_clusters, op_types=("Gather",)))
+        passes.append(ClusterWeightsPass(clusters=embedding_clusters, op_types=("Gather",), calibration=data,
+                                         samples=samples))
     for pass_ in passes:
         pass_(model)
     save_model(model, dst)
@@ -74,8 +83,26 @@ def cluster_weights_file(src: str | os.PathLike[str], dst: str | os.PathLike[str
 
 
 def _share_weights(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
-    rows = cluster_weights_file(src, dst, **options)
+    rows = cluster_weights_file(src, dst, **options, calibration=context.calibration, samples=context.samples)
     return {"clustered": len(rows)}
+
+
+def _distill(src: Path, dst: Path, options: Options, context: Context) -> dict[str, Any]:
+    from edgeopt.training import distill_file
+
+    assert context.original is not None, "the evaluator passes the search's input model as the teacher"
+    config = DistillConfig(time_limit=float(options["time_limit"]), lr=float(options.get("lr", 1e-4)))
+    result = distill_file(src, context.original, context.calibration, dst, config)
+    return {"before": result.before.metric, "after": result.after.metric, "steps": result.steps}
+
+
+def _refuse_distill(candidate: Candidate) -> str | None:
+    """Distillation needs a student that differs from its teacher: a compression stage before it."""
+    names = [name for name, _ in candidate]
+    if names.index("distill") == 0:
+        return ("distill with no compression stage before it: the student would be the teacher (the search's "
+                "input model); train after prune, drop-layers, low-rank or share-weights.")
+    return None
 
 
 def float16_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, precision: str = "float16") -> None:
@@ -136,6 +163,8 @@ def _fit_drop_count(stage: Stage, model: ir.Model) -> Stage | None:
     return stage.with_switch(replace(stage.switch, high=droppable - 1))
 
 
+_STATIC_INT8 = {"quantize": {"mode": "static", "per_channel": True, "budget": 0.0}}
+
 STAGES: tuple[Stage, ...] = (
     Stage("prune", Searchable("criterion", "choice", choices=("off", "l1", "reconstruction")), off="off",
           run=_prune, road=PruneConfig, options=(Searchable("ratio", "float", 0.05, 0.5),),
@@ -144,12 +173,23 @@ STAGES: tuple[Stage, ...] = (
           seed={"count": 1}, adapt=_fit_drop_count),
     Stage("low-rank", Searchable("energy", "choice", choices=("off", 0.8, 0.9, 0.95, 0.99)), off="off",
           run=_low_rank, road=low_rank_file, seed={"energy": 0.95}),
-    Stage("share-weights", Searchable("clusters", "choice", choices=("off", 16, 32, 64, 128, 256)), off="off",
+    Stage("share-weights", Searchable("clusters", "choice", choices=("off", 8, 16, 32, 64, 128, 256)), off="off",
           run=_share_weights, road=cluster_weights_file, keeps_macs=True,
           options=(Searchable("channel_scale", "choice", choices=(False, True)),
-                   Searchable("embedding_clusters", "choice", choices=(0, 8, 16, 32))),
-          seed={"clusters": 64, "channel_scale": False, "embedding_clusters": 0},
-          more_seeds=({"clusters": 256, "channel_scale": True, "embedding_clusters": 0},)),
+                   Searchable("embedding_clusters", "choice", choices=(0, 8, 16, 32)),
+                   Searchable("data_aware", "choice", choices=(False, True))),
+          seed={"clusters": 64, "channel_scale": False, "embedding_clusters": 0, "data_aware": True},
+          more_seeds=({"clusters": 16, "channel_scale": False, "embedding_clusters": 0, "data_aware": True},
+                      {"clusters": 256, "channel_scale": True, "embedding_clusters": 0, "data_aware": False})),
+    Stage("distill", Searchable("time_limit", "choice", choices=("off", 300, 600)), off="off", run=_distill,
+          road=DistillConfig, options=(Searchable("lr", "choice", choices=(5e-5, 1e-4, 3e-4)),),
+          refuse=_refuse_distill, recovers=True,
+          combo_seeds=(_STATIC_INT8 | {"drop-layers": {"count": 2}, "distill": {"time_limit": 600, "lr": 5e-5}},
+                       _STATIC_INT8 | {"drop-layers": {"count": 1}, "distill": {"time_limit": 300, "lr": 5e-5}},
+                       {"share-weights": {"clusters": 8, "channel_scale": False, "embedding_clusters": 0,
+                                          "data_aware": True}, "distill": {"time_limit": 600, "lr": 3e-4}},
+                       _STATIC_INT8 | {"prune": {"criterion": "reconstruction", "ratio": 0.1},
+                                       "distill": {"time_limit": 600, "lr": 1e-4}})),
     Stage("quantize", Searchable("mode", "choice", choices=("off", "dynamic", "static", "weight-only")),
           off="off", run=_quantize, road=QuantizeConfig, keeps_macs=True,
           options=(Searchable("per_channel", "choice", choices=(True, False), when=("dynamic", "static")),
@@ -161,7 +201,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("float16", Searchable("precision", "choice", choices=("off", "float16")), off="off", run=_float16,
           road=float16_file, keeps_macs=True, seed={"precision": "float16"}, refuse=_refuse_float16),
 )
-"""Every stage, in the order a candidate runs them: prune -> drop-layers -> low-rank -> share-weights -> quantize
--> float16."""
+"""Every stage, in the order a candidate runs them: prune -> drop-layers -> low-rank -> share-weights -> distill ->
+quantize -> float16."""
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

@@ -19,7 +19,7 @@ from edgeopt.cli.demo_model import ONNX_MODEL
 from edgeopt.core.model_io import load_model
 from edgeopt.search import STAGES, Cache, Evaluator, SearchConfig, search, seeds, select
 from edgeopt.search.run import ask_trial
-from edgeopt.search.space import suggest
+from edgeopt.search.space import seed_points, suggest
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str, str]:
@@ -56,16 +56,26 @@ def test_every_searchable_option_is_a_keyword_of_its_road() -> None:
 def test_stages_fit_the_model_and_seeds_start_with_int8() -> None:
     stages = select(STAGES, (), load_model(ONNX_MODEL))
     names = [s.name for s in stages]
-    assert names == ["prune", "low-rank", "share-weights", "quantize", "float16"]  # no residual layer to drop
-    points = seeds(stages)
-    assert points[0] == {"prune": "off", "low-rank": "off", "share-weights": "off", "quantize": "static",
-                         "quantize.per_channel": True, "quantize.budget": 0.0, "float16": "off"}
-    extra = [s for s in stages if s.name == "quantize"] + [s for s in stages if s.name != "quantize"]
-    alone = [s for s in stages if s.name != "quantize"] + [s for s in extra for _ in s.more_seeds]
-    assert len(points) == len(stages) + sum(len(s.more_seeds) for s in stages)
-    for point, stage in zip(points[1:], alone, strict=True):  # each seed runs one stage alone
+    assert names == ["prune", "low-rank", "share-weights", "distill", "quantize", "float16"]  # no layer to drop
+    points = seed_points(stages)
+    assert points[0][1] == {"prune": "off", "low-rank": "off", "share-weights": "off", "distill": "off",
+                            "quantize": "static", "quantize.per_channel": True, "quantize.budget": 0.0,
+                            "float16": "off"}
+    seeded = [s for s in stages if s.seed]
+    extra = [s for s in seeded if s.name == "quantize"] + [s for s in seeded if s.name != "quantize"]
+    alone = [s for s in seeded if s.name != "quantize"] + [s for s in extra for _ in s.more_seeds]
+    singles, combos = points[:len(alone) + 1], points[len(alone) + 1:]
+    for (label, point), stage in zip(singles[1:], alone, strict=True):  # each single seed runs one stage alone
+        assert label == stage.name
         assert [k for k in names if point[k] != next(s.off for s in stages if s.name == k)] == [stage.name]
-    assert points[len(stages)]["quantize"] == "weight-only"  # then the further seeds
+    assert singles[len(seeded)][1]["quantize"] == "weight-only"  # then the further seeds
+    shared = [point for label, point in singles if label == "share-weights"]
+    assert [p["share-weights"] for p in shared] == [64, 16, 256]
+    assert [p["share-weights.data_aware"] for p in shared] == [True, True, False]  # data-aware: the stronger
+    # then combinations with training; those naming a stage this CNN lacks (drop-layers) are left out
+    assert [label for label, _ in combos] == ["share-weights+distill", "prune+distill+quantize"]
+    assert all(point["distill"] != "off" for _, point in combos)
+    assert seeds(stages) == [point for _, point in points]
 
 
 def test_a_shared_prefix_of_stages_is_computed_once(digits: tuple[str, str], tmp_path: Path) -> None:
