@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
                                               "the seeds improved nothing (0: never stop early).")] = 10,
         seed: Annotated[int, typer.Option(help="Sampler seed.")] = 0,
         stages: Annotated[str | None, typer.Option(help="Comma-separated stages to search (default: all): "
-                                                   "prune, drop-layers, low-rank, share-weights, "
+                                                   "prune, drop-layers, low-rank, share-weights, distill, "
                                                    "quantize, float16.")] = None,
         limit: Annotated[int | None, typer.Option(help="Validation samples to use (default: all).")] = None,
         metric: Annotated[str, typer.Option(help="auto (accuracy with --labels, else top-1 agreement, else "
