@@ -80,8 +80,9 @@ class ClusterWeightsPass(EdgeoptPass):
         init: k-means initialisation: ``optimal`` (exact on a 1,024-bin summary), ``quantile``
             or ``linear``.
         op_types: Ops whose weights may be clustered.
-        calibration: Sample data (re-iterable of feeds, a folder or ``random:N``): cluster for
-            the layers' outputs on it (data-aware), not for the weights alone.
+        calibration: Sample data (re-iterable of feeds or a folder): cluster for the layers'
+            outputs on it (data-aware), not for the weights alone. ``random:N`` says nothing
+            about the layers' inputs: it is ignored (with a warning).
         samples: Use at most this many calibration samples.
     """
 
@@ -125,6 +126,9 @@ class ClusterWeightsPass(EdgeoptPass):
         self.min_elements = min_elements
         self.init = init
         self.op_types = op_types
+        if isinstance(calibration, str) and calibration.startswith("random:"):
+            logger.warning("cluster-weights: %s is not sample data; clustering for the weights alone", calibration)
+            calibration = None
         self.calibration = calibration
         self.samples = samples
         self.last_report: list[ClusteredTensor] = []

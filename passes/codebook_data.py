@@ -5,7 +5,8 @@ outputs ``||X W - X W_q||^2 = tr(D^T H D)`` with ``D = W - W_q`` and ``H = E[x x
 Gram matrix of the layer's input rows on the data (as in GPTQ and SqueezeLLM). Three
 steps, each keeping exactly K codebook values per tensor:
 
-1. **Weighted k-means** (SqueezeLLM): element ``(j, o)`` of a ``MatMul``/``Gemm`` weight
+1. **Weighted k-means** (SqueezeLLM's sensitivity-weighted k-means, weighted here by the
+   diagonal of the layer-wise Hessian ``H`` of GPTQ's objective, not the Fisher of the loss): element ``(j, o)`` of a ``MatMul``/``Gemm`` weight
    (input feature j) counts with ``H_jj = E[x_j^2]``; a ``Conv`` weight with its input
    channel's ``E[x_c^2]``; a row of a ``Gather`` table (an embedding) with how often the
    data picks it, plus a floor so that unseen rows are still clustered sensibly.
@@ -64,8 +65,8 @@ def _layer(value: ir.Value) -> LayerData | None:
         return None
     node, slot = uses[0]
     first = node.inputs[0] if node.op_type != "Gather" else node.inputs[1]
-    if first is None or not first.name:
-        return None
+    if first is None or not first.name or first.const_value is not None:
+        return None  # a constant input (position ids, say) says nothing the data could
     if node.op_type == "MatMul" and slot == 1 and len(shape) == 2:
         return LayerData("matmul", first.name)
     if node.op_type == "Gemm" and slot == 1 and not node.attributes.get_int("transA", 0):
@@ -150,7 +151,8 @@ def data_aware_cluster(array: np.ndarray, k: int, data: LayerData, *, axis: int 
     if data.kind == "gemm_t":
         scales = None if book.scales is None else book.scales.T
         labels = book.labels.reshape(matrix.shape).T.reshape(-1)
-        book = Codebook(book.codebook, labels, array.shape, None if axis is None else axis, scales)
+        # a shared codebook (channel scales too) stays shared; per-channel books follow the array's out axis
+        book = Codebook(book.codebook, labels, array.shape, None if book.axis is None else 0, scales)
     return book
 
 
@@ -209,14 +211,20 @@ def _refit(matrix: np.ndarray, gram: np.ndarray, book: Codebook) -> Codebook:
     k = book.codebook.shape[1]
     labels = book.labels.reshape(matrix.shape)
     scales = np.ones((1, matrix.shape[1])) if book.scales is None else book.scales.reshape(1, -1)
-    basis = [(labels == j) * scales for j in range(k)]
-    used = [j for j in range(k) if basis[j].any()]
-    projected = [gram @ basis[j] for j in used]
-    system = np.array([[np.sum(basis[i] * p) for p in projected] for i in used])
-    target = np.array([np.sum(p * matrix) for p in projected])
+    flat = labels.ravel()
+    weights = np.broadcast_to(scales, matrix.shape)
+    # system[i, j] = <B_i, H B_j> and target[j] = <B_j, H W> with B_j = (labels == j) * scales,
+    # one column at a time: memory stays O(in * out) whatever K is
+    used = [j for j in range(k) if np.any(flat == j)]
+    target = np.bincount(flat, weights=((gram @ matrix) * weights).ravel(), minlength=k)[used]
+    system = np.empty((len(used), len(used)))
+    for column, j in enumerate(used):
+        projected = gram @ ((labels == j) * weights)
+        system[:, column] = np.bincount(flat, weights=(projected * weights).ravel(), minlength=k)[used]
     try:
         solved = np.linalg.solve(system, target)
     except np.linalg.LinAlgError:
+        logger.debug("cluster-weights: codebook refit singular; the k-means codebook is kept")
         return book
     codebook = book.codebook.astype(np.float64).copy()
     codebook[0, used] = solved

@@ -100,19 +100,48 @@ def test_data_aware_compressible_and_codebook_forms_decode_alike() -> None:
                                   form="compressible")(dense).modified
 
 
+@pytest.mark.parametrize("gemm", [False, True], ids=["matmul", "gemm-transB"])
 @pytest.mark.parametrize("layout", ["per_channel", "channel_scale"])
-def test_data_aware_per_channel_codebooks_beat_plain_ones(layout: str) -> None:
-    reference, plain, aware = _mlp(), _mlp(), _mlp()
+def test_data_aware_per_channel_codebooks_beat_plain_ones(layout: str, gemm: bool) -> None:
+    reference, plain, aware = _mlp(gemm=gemm), _mlp(gemm=gemm), _mlp(gemm=gemm)
     options = {layout: True}
     ClusterWeightsPass(clusters=4, min_elements=256, **options)(plain)  # type: ignore[arg-type]
     ClusterWeightsPass(clusters=4, min_elements=256, calibration=_ids(1), **options)(aware)  # type: ignore[arg-type]
     unseen = _ids(3)
     assert _error(aware, reference, unseen) < _error(plain, reference, unseen)
-    w1 = _decoded(aware, ["W1"], unseen[0])["W1"]
+    second = "W2t" if gemm else "W2"
+    decoded = _decoded(aware, ["W1", second], unseen[0])
+    w1 = decoded["W1"]
+    w2 = decoded[second].T if gemm else decoded[second]  # (in, out) either way
     if layout == "per_channel":
         assert max(np.unique(column).size for column in w1.T) == 4  # K per output channel
-    else:
-        assert np.unique(w1 / np.sqrt(np.mean(np.square(w1), axis=0)), axis=None).size <= 4 * 96
+        assert max(np.unique(column).size for column in w2.T) == 4
+    else:  # one shared codebook of 4 values, scaled per output channel
+        for w in (w1, w2):
+            ratios = w / np.abs(w).max(axis=0)
+            assert np.unique(np.round(ratios, 5)).size <= 4 * w.shape[1]
+
+
+def test_constant_indices_and_random_data_leave_clustering_to_the_weights() -> None:
+    """A table read at constant indices (position ids) has no data to learn from, and ``random:N``
+    is not sample data: both cluster as plain k-means would, without failing."""
+    model = _mlp()
+    positions = ir.Value(name="positions", const_value=ir.tensor(np.arange(6, dtype=np.int64)[None], name="positions"))
+    model.graph.register_initializer(positions)
+    embed = next(node for node in model.graph if node.name == "embed")
+    embed.replace_input_with(1, positions)
+    plain, aware, random_data = model.clone(), model.clone(), model.clone()
+    ClusterWeightsPass(clusters=4, min_elements=256)(plain)
+    ClusterWeightsPass(clusters=4, min_elements=256, calibration=_ids(1))(aware)
+    ClusterWeightsPass(clusters=4, min_elements=256, calibration="random:4")(random_data)
+    unseen = _ids(3)
+    names = ["table", "W1", "W2"]
+    plain_weights = _decoded(plain, names, unseen[0])
+    random_weights, aware_table = _decoded(random_data, names, unseen[0]), _decoded(aware, ["table"], unseen[0])
+    for name in names:
+        assert np.array_equal(random_weights[name], plain_weights[name]), name
+    assert np.array_equal(aware_table["table"], plain_weights["table"])
+    assert _error(aware, model, unseen) < _error(plain, model, unseen)  # the matrices still use the data
 
 
 def test_frequent_table_rows_get_the_closer_values() -> None:
