@@ -5,9 +5,9 @@ outputs ``||X W - X W_q||^2 = tr(D^T H D)`` with ``D = W - W_q`` and ``H = E[x x
 Gram matrix of the layer's input rows on the data (as in GPTQ and SqueezeLLM). Three
 steps, each keeping exactly K codebook values per tensor:
 
-1. **Weighted k-means** (SqueezeLLM's sensitivity-weighted k-means, weighted here by the
-   diagonal of the layer-wise Hessian ``H`` of GPTQ's objective, not the Fisher of the loss): element ``(j, o)`` of a ``MatMul``/``Gemm`` weight
-   (input feature j) counts with ``H_jj = E[x_j^2]``; a ``Conv`` weight with its input
+1. **Weighted k-means** (SqueezeLLM's sensitivity-weighted k-means, weighted by the
+   diagonal of the layer-wise ``H``, not by the Fisher of the loss): element ``(j, o)`` of a
+   ``MatMul``/``Gemm`` weight (input feature j) counts with ``H_jj = E[x_j^2]``; a ``Conv`` weight with its input
    channel's ``E[x_c^2]``; a row of a ``Gather`` table (an embedding) with how often the
    data picks it, plus a floor so that unseen rows are still clustered sensibly.
 2. **Error-compensating assignment** (GPTQ on a fixed codebook) for 2-D ``MatMul``/``Gemm``
