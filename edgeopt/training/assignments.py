@@ -11,8 +11,8 @@ K values (a centroid left with no weight takes the one nearest to it), and the r
 written back in the student's own form: the codebook and packed indices of
 ``share-weights``' codebook form, or the dense values of its compressible form.
 
-Per-tensor codebooks are learned this way; per-channel codebooks and channel scales
-keep the centroid-only training.
+Per-tensor codebooks are learned this way; per-channel codebooks and channel scales (a
+channel's few values are its own, in either form) keep the centroid-only training.
 """
 
 from __future__ import annotations
@@ -144,14 +144,17 @@ class AssignModule(OnnxModule):
         graph, self.decoded = learned_tensors(student)
         super().__init__(graph, trainable=trainable, positive=positive, frozen=frozen,
                          tied={*tied, *(d.dense for d in self.decoded)})
-        for name, index_key in self.tied.items():
+        initializers = graph.graph.initializers
+        self.learned = [name for name in self.tied
+                        if _one_codebook(initializers[name].const_value.numpy())]  # type: ignore[union-attr]
+        for name in self.learned:
             values = self.weights[self.keys[name]].detach()
-            shadow = values[getattr(self, index_key)].clone()
+            shadow = values[getattr(self, self.tied[name])].clone()
             self.weights[f"{self.keys[name]}_shadow"] = nn.Parameter(shadow, requires_grad=trainable)
-        logger.info("distill: %d clustered weight(s) learn their assignments", len(self.tied))
+        logger.info("distill: %d clustered weight(s) learn their assignments", len(self.learned))
 
     def value_of(self, name: str) -> torch.Tensor:
-        if name not in self.tied:
+        if name not in self.learned:
             return super().value_of(name)
         centroids, _ = torch.sort(self.weights[self.keys[name]])
         shadow = self.weights[f"{self.keys[name]}_shadow"]
@@ -174,7 +177,7 @@ class AssignModule(OnnxModule):
     def finish(self, model: ir.Model) -> int:
         """Write the learned centroids and assignments into ``model`` (a copy of the student), in place."""
         initializers = model.graph.initializers
-        for name in self.tied:
+        for name in self.learned:
             centroids, labels = self.assignment(name)
             decoded = next((d for d in self.decoded if d.dense == name), None)
             if decoded is None:  # compressible form: the dense weight itself
@@ -191,4 +194,21 @@ class AssignModule(OnnxModule):
             else:
                 new = labels.astype(np.uint8)
             initializers[decoded.stored].const_value = ir.tensor(new, name=decoded.stored)
-        return len(self.tied)
+        return len(self.learned)
+
+
+def _one_codebook(array: np.ndarray) -> bool:
+    """Whether ``array``'s few values are one codebook that every channel draws from.
+
+    Per-channel codebooks (or one codebook scaled per channel) give each slice along the
+    channel axis only its own handful of the tensor's values; a weight moved to another
+    slice's value would leave its channel's codebook.
+    """
+    total = np.unique(array).size
+    for axis in range(array.ndim):
+        if array.shape[axis] < 2:
+            continue
+        slices = np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1)
+        if max(np.unique(row).size for row in slices) * 2 <= total:
+            return False
+    return True

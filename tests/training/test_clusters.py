@@ -100,6 +100,32 @@ def test_learned_assignments_keep_k_values_and_beat_centroids_alone(form: str) -
     onnx.checker.check_model(ir.serde.serialize_model(learned), full_check=True)
 
 
+@pytest.mark.parametrize("layout", ["per_channel", "channel_scale"])
+def test_per_channel_clusters_keep_their_channels_values_with_assignments_on(layout: str) -> None:
+    """Compressible per-channel codebooks (or one scaled per channel) hold the tensor's values
+    channel by channel: training (assignments on, the default) moves values, never weights
+    across channels' codebooks."""
+    teacher, student = _mlp(), _mlp()
+    clusters = ClusterWeightsPass(clusters=4, form="compressible", min_elements=256, **{layout: True})  # type: ignore[arg-type]
+    clusters(student)  # 4 values per channel: at most 192 per tensor, which distill recognises as clustered
+    assert clustered_weights(student) == set(CLUSTERED)
+    train, unseen = _data()
+    before_weights = _dense_weights(student)
+
+    trained, _ = distill(student, teacher, train, DistillConfig(steps=100, lr=1e-3, patience=20))
+
+    assert _agreement(trained, teacher, unseen) > _agreement(student, teacher, unseen)
+    after_weights = _dense_weights(trained)
+    for name in CLUSTERED:
+        old, new = before_weights[name], after_weights[name]
+        assert not np.array_equal(old, new), name
+        # the same partition: elements that shared a value still do, and no others
+        _, old_labels = np.unique(old, return_inverse=True)
+        _, new_labels = np.unique(new, return_inverse=True)
+        pairs = np.unique(np.stack([old_labels.ravel(), new_labels.ravel()]), axis=1)
+        assert pairs.shape[1] == np.unique(old).size == np.unique(new).size, name
+
+
 def test_only_weights_with_few_distinct_values_count_as_clustered() -> None:
     model = _mlp()
     assert clustered_weights(model) == set()
