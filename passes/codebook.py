@@ -39,11 +39,10 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.core.codebook_format import DECODE_KEY, pack_planes
 from edgeopt.core.rewire import Constants
 
 Init = Literal["optimal", "quantile", "linear"]
-DECODE_KEY = "edgeopt.codebook_decode"
-"""Node ``metadata_props`` key marking the decode chain (its constants are never weights to cluster)."""
 _BINS = 1024
 
 
@@ -137,18 +136,6 @@ def _binned_optimum(uniq: np.ndarray, counts: np.ndarray, k: int, bins: int) -> 
 def index_bits(clusters: int) -> int:
     """Bits per index for ``clusters`` codebook entries (at least 1)."""
     return max(1, math.ceil(math.log2(max(clusters, 2))))
-
-
-def pack_planes(labels: np.ndarray, bits: int) -> np.ndarray:
-    """``labels`` (n,) as ``bits`` bit planes packed 8 per byte: uint8 ``(bits, ceil(n/8))``."""
-    planes = (labels[None, :] >> np.arange(bits)[:, None]) & 1
-    return np.packbits(planes.astype(np.uint8), axis=1)
-
-
-def unpack_planes(packed: np.ndarray, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_planes` (the numpy twin of the decode graph, for tests)."""
-    planes = np.unpackbits(packed, axis=1)[:, :count].astype(np.int64)
-    return (planes << np.arange(packed.shape[0])[:, None]).sum(axis=0)
 
 
 @dataclass

@@ -26,7 +26,7 @@ import onnx_ir as ir
 import torch
 from torch import nn
 
-from edgeopt.training.clusters import DECODE_KEY
+from edgeopt.core.codebook_format import DECODE_KEY, pack_planes, unpack_planes
 from edgeopt.training.interpreter import OnnxModule, Positive
 
 logger = logging.getLogger(__name__)
@@ -105,8 +105,7 @@ def _stored(node: ir.Node) -> str | None:
 
 def _labels(stored: np.ndarray, count: int) -> np.ndarray:
     if stored.ndim == 2:  # bit planes
-        planes = np.unpackbits(stored, axis=1)[:, :count].astype(np.int64)
-        return (planes << np.arange(stored.shape[0])[:, None]).sum(axis=0)
+        return unpack_planes(stored, count)
     return stored.astype(np.int64).reshape(-1)
 
 
@@ -189,8 +188,7 @@ class AssignModule(OnnxModule):
             stored = initializers[decoded.stored].const_value.numpy()  # type: ignore[union-attr]
             initializers[decoded.codebook].const_value = ir.tensor(centroids.astype(book.dtype), name=decoded.codebook)
             if stored.ndim == 2:
-                planes = (labels[None, :] >> np.arange(stored.shape[0])[:, None]) & 1
-                new = np.packbits(planes.astype(np.uint8), axis=1)
+                new = pack_planes(labels, stored.shape[0])
             else:
                 new = labels.astype(np.uint8)
             initializers[decoded.stored].const_value = ir.tensor(new, name=decoded.stored)

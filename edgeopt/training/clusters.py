@@ -21,11 +21,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from edgeopt.core.codebook_format import DECODE_KEY
+
 __all__ = ["DECODE_KEY", "clustered_weights", "decode_constants"]
 
-DECODE_KEY = "edgeopt.codebook_decode"
-"""The node metadata key ``cluster-weights`` marks its decode chain with (``edgeopt.passes.codebook.DECODE_KEY``;
-spelled out here because training sits below the passes, whose ``distill`` step it serves)."""
 
 
 def clustered_weights(model: ir.Model, *, min_elements: int = 64) -> set[str]:

@@ -8,10 +8,11 @@ import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
+from edgeopt.core.codebook_format import pack_planes, unpack_planes
 from edgeopt.core.errors import PassOptionError, UnsupportedOpsetError
 from edgeopt.core.runtime import random_feeds, run_model
 from edgeopt.passes import ClusterWeightsPass
-from edgeopt.passes.codebook import kmeans_1d, pack_planes, unpack_planes
+from edgeopt.passes.codebook import kmeans_1d
 from edgeopt.pipeline.runner import Pipeline, cleanup
 
 LOSSY = {"rtol": 1.0, "atol": 1.0}

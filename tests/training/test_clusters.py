@@ -133,10 +133,3 @@ def test_only_weights_with_few_distinct_values_count_as_clustered() -> None:
     assert clustered_weights(model) == set(CLUSTERED)
     model.graph.initializers["A0"].const_value = ir.tensor(np.zeros((48, 48), np.float32), name="A0")
     assert "A0" not in clustered_weights(model)  # one value: a constant, not clusters
-
-
-def test_the_decode_key_is_the_one_cluster_weights_writes() -> None:
-    from edgeopt.passes import codebook
-    from edgeopt.training import clusters
-
-    assert clusters.DECODE_KEY == codebook.DECODE_KEY
