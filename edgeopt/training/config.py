@@ -42,6 +42,10 @@ class DistillConfig:
             (:mod:`edgeopt.training.features`). feature_weight: Their loss's weight.
         ema: Decay of an exponential moving average of the weights (0: off); evaluations score,
             and the result keeps, the average.
+        blockwise: Seconds (out of ``time_limit``) of block-wise reconstruction before end-to-end
+            training (:mod:`edgeopt.training.blockwise`): each block of the student learns the
+            teacher's tensor at its end, in order; 0: off.
+        block_lr: Peak learning rate of each block's reconstruction; None: ``lr``.
         augment: Fresh views of image inputs each step, seen by teacher and student alike
             (:mod:`edgeopt.training.augment`): ``none`` (the default: on pruned EfficientNet-Lite0
             views lost, 0.76 vs 0.795 unseen agreement in 20 minutes), ``auto`` (crop and flip when
@@ -77,13 +81,15 @@ class DistillConfig:
     threads: int | None = None
     augment: str = "none"
     ema: float = 0.0
+    blockwise: float = 0.0
+    block_lr: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "samples", "eval_every", "patience", "threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise PassOptionError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
-        for name in ("epochs", "time_limit", "lr", "temperature", "scale_lr"):
+        for name in ("epochs", "time_limit", "lr", "temperature", "scale_lr", "block_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise PassOptionError(f"--{name.replace('_', '-')} must be positive, got {value!r}.")
@@ -93,6 +99,11 @@ class DistillConfig:
             raise PassOptionError(f"--features must be a count (0 or more), got {self.features!r}.")
         if not self.feature_weight >= 0:
             raise PassOptionError(f"--feature-weight must be 0 or more, got {self.feature_weight!r}.")
+        if not self.blockwise >= 0:
+            raise PassOptionError(f"--blockwise must be 0 or more seconds, got {self.blockwise!r}.")
+        if self.time_limit is not None and self.blockwise >= self.time_limit:
+            raise PassOptionError(f"--blockwise {self.blockwise:g} leaves no time of --time-limit "
+                                  f"{self.time_limit:g} for end-to-end training; give it less.")
         if not 0 <= self.ema < 1:
             raise PassOptionError(f"--ema must be a decay in [0, 1), got {self.ema!r}.")
         if self.augment != "auto":

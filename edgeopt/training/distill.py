@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -33,6 +33,7 @@ from edgeopt.training.features import match_channels, shared_features, with_outp
 from edgeopt.training.losses import Objective, agreement, choose_objective
 
 if TYPE_CHECKING:
+    from edgeopt.training.blockwise import BlockReport
     from edgeopt.training.interpreter import OnnxModule
     from edgeopt.training.qat import QatPlan
 
@@ -71,6 +72,8 @@ class DistillResult:
     """Intermediate tensors matched besides the output."""
     augment: list[str] = field(default_factory=list)
     """The views trained on (``--augment``)."""
+    blocks: list[tuple[str, int, float, float]] = field(default_factory=list)
+    """Block-wise reconstruction (``--blockwise``): per block, its end, steps, relative error before and after."""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -130,11 +133,12 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     torch.manual_seed(config.seed)
     module, plan = _student_module(student, config)
     views = _augmentations(config.augment, first[0])
-    loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval, features=maps, augment=views)
     threads = torch.get_num_threads()
     weights = sum(p.numel() for p in module.parameters())
     torch.set_num_threads(config.threads or (1 if weights < 1_000_000 else _idle_cores(threads)))
     try:
+        blocks, config = _blockwise(module, student, teacher, first[0], train, objective, config)
+        loop = Loop(module, teacher_session, objective, config, train, holdout, on_eval, features=maps, augment=views)
         loop.run()
     finally:
         torch.set_num_threads(threads)
@@ -148,11 +152,26 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
         if isinstance(module, AssignModule):  # learned assignments: codebooks and indices
             changed += module.finish(trained)
     after = _score_ort(create_session(trained, config=_NO_SPIN), holdout(), objective)
-    result = DistillResult(objective, before, after, loop.step, loop.best_step, loop.seconds, loop.seen,
-                           loop.stopped, changed, loop.history, features=features, augment=sorted(views))
+    seconds = loop.seconds + (blocks.seconds if blocks else 0.0)
+    result = DistillResult(objective, before, after, loop.step, loop.best_step, seconds, loop.seen,
+                           loop.stopped, changed, loop.history, features=features, augment=sorted(views),
+                           blocks=blocks.blocks if blocks else [])
     logger.info("distill: %s %.4f -> %.4f on %d held-out samples in %d steps (%.1f s)", objective.metric,
                 before.metric, after.metric, after.samples, loop.step, loop.seconds)
     return trained, result
+
+
+def _blockwise(module: OnnxModule, student: ir.Model, teacher: ir.Model, first: Feeds, train: _Stream,
+               objective: Objective, config: DistillConfig) -> tuple[BlockReport | None, DistillConfig]:
+    """Block-wise reconstruction first (``config.blockwise`` seconds); the config for the time left."""
+    if not config.blockwise:
+        return None, config
+    from edgeopt.training.blockwise import blockwise_stage
+
+    report = blockwise_stage(module, student, teacher, first, train, objective, seconds=config.blockwise,
+                             lr=config.block_lr or config.lr, device=config.device, seed=config.seed)
+    left = None if config.time_limit is None else max(1.0, config.time_limit - report.seconds)
+    return report, replace(config, time_limit=left, blockwise=0.0)
 
 
 def _augmentations(spec: str, feeds: Feeds) -> frozenset[Augmentation]:

@@ -177,14 +177,36 @@ class OnnxModule(nn.Module):
         env = self._run(inputs)
         return tuple(env[n] for n in self.output_names)
 
-    def _run(self, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
-        env: dict[str, Any] = dict(zip(self.input_names, inputs, strict=True))
+    @property
+    def nodes(self) -> list[tuple[str, list[str], list[str]]]:
+        """The nodes that run on every call, in order: (op type, input names, output names)."""
+        return [(op, names, outputs) for op, names, outputs, _ in self._nodes]
+
+    def run_nodes(self, values: Mapping[str, torch.Tensor], start: int, stop: int) -> dict[str, Any]:
+        """Run :attr:`nodes` ``[start:stop]`` on ``values`` (the tensors they read from earlier nodes or
+        the graph inputs); return every value known afterwards by name (a block of the graph on its own)."""
+        env = self._weights_env()
+        env.update(values)
+        return self._run_nodes(env, self._nodes[start:stop])
+
+    def _weights_env(self) -> dict[str, Any]:
+        env: dict[str, Any] = {}
         for name, key in self.keys.items():
             env[name] = self.value_of(name) if name in self.positive or name in self.tied else (
                 self.weights[key] if key in self.weights else getattr(self, key))
         for name, key in self._consts.items():
             env[name] = getattr(self, key)
-        for op, names, outputs, attrs in self._nodes:
+        return env
+
+    def _run(self, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
+        env = self._weights_env()
+        env.update(zip(self.input_names, inputs, strict=True))
+        return self._run_nodes(env, self._nodes)
+
+    @staticmethod
+    def _run_nodes(env: dict[str, Any], nodes: Sequence[tuple[str, list[str], list[str], dict[str, Any]]]
+                   ) -> dict[str, Any]:
+        for op, names, outputs, attrs in nodes:
             args = [env[n] if n else None for n in names]
             try:
                 results = OPS[op](args, attrs)
