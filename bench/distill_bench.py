@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--augment", default="none", help="distill's --augment (auto: crop+flip for images)")
     parser.add_argument("--ema", type=float, default=0.0)
     parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--loss", default="auto", help="distill's --loss (auto: KL for logits)")
+    parser.add_argument("--blockwise", type=float, default=0.0, help="seconds of block-wise reconstruction first")
+    parser.add_argument("--block-lr", type=float, default=None)
     args = parser.parse_args()
     cache = ROOT / "bench" / "results" / "quantize-cache"
     if args.model == "efficientnet":
@@ -138,15 +141,18 @@ def main() -> None:
                                             eval_every=args.eval_every, patience=args.patience, epochs=100,
                                             output=output, scale_lr=args.scale_lr, features=args.features,
                                             learn_assignments=args.learn_assignments, augment=args.augment,
-                                            ema=args.ema, temperature=args.temperature))
+                                            ema=args.ema, temperature=args.temperature, loss=args.loss,
+                                            blockwise=args.blockwise, block_lr=args.block_lr))
         seconds = time.perf_counter() - start
         after = _agreement(Path(tmp) / "distilled.onnx", teacher, unseen, output)
         distinct = _distinct_values(Path(tmp) / "distilled.onnx", unseen)
-    print(json.dumps({"model": args.model, "compress": command[1:2] + command[5:], "repair": not args.no_repair,
+    compressed = [c if c != str(data) else "SAMPLES" for c in command[1:2] + command[5:]]  # no input/output paths
+    print(json.dumps({"model": args.model, "compress": compressed, "repair": not args.no_repair,
                       "scale_lr": args.scale_lr, "patience": args.patience,
                       "learn_assignments": args.learn_assignments, "features": result.features,
                       "samples": args.samples, "unseen": args.unseen, "lr": args.lr, "batch_size": args.batch_size,
                       "augment": args.augment, "ema": args.ema, "temperature": args.temperature,
+                      "blockwise": args.blockwise, "block_lr": args.block_lr, "blocks": result.blocks,
                       "metric": result.objective.metric, "loss": result.objective.loss,
                       "unseen_before": before, "unseen_after": after,
                       "distinct_values_min_max_tensors": distinct,
