@@ -97,7 +97,7 @@ def unpack(evaluator: Evaluator, bundle: Bundle, root: str | os.PathLike[str] | 
     assert model is not None and calibration is not None and data is not None
     moved = copy.copy(evaluator)  # the cache keys (computed from the same bytes) stay as they are
     moved.model = Path(model)
-    moved.context = replace(evaluator.context, calibration=calibration)
+    moved.context = replace(evaluator.context, calibration=calibration, original=moved.model)  # distill's teacher
     moved.data, moved.labels = data, labels
     moved.cache = Cache(folder / "cache")
     moved.screen = Screen(moved.model, data=data, labels=labels, limit=evaluator.limit, metric=evaluator.metric)

@@ -45,6 +45,7 @@ def test_a_packed_search_runs_from_its_bundle_alone(digits: tuple[str, str], tmp
     shutil.rmtree(tmp_path / "private")
     moved = unpack(evaluator, bundle, root=tmp_path)
     assert not str(moved.model).startswith(str(tmp_path / "private"))
+    assert moved.context.original == moved.model and moved.model.is_file()  # the distill stage's teacher
     outcome = moved.evaluate(CANDIDATES[0])
     assert _scores(outcome) == expected and not outcome.cached  # its own cache, the same numbers
     assert moved.evaluate(CANDIDATES[0]).cached
