@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from edgeopt.cli.demo_model import ONNX_MODEL
-from edgeopt.core.model_io import load_model
+from edgeopt.core.model_io import load_model, save_model
 from edgeopt.core.runtime import create_session, run_session
 from edgeopt.search import STAGES, Cache, Evaluator, select
 from edgeopt.search.screen import Screen
@@ -35,6 +36,22 @@ def test_screen_scores_the_original_as_its_own_reference(digits: tuple[str, str]
                              for i in range(len(data["label"]))])
     assert name == "accuracy" and value == base == pytest.approx(float(np.mean(logits.argmax(1) == data["label"])))
     assert Screen(ONNX_MODEL, data=val).score(ONNX_MODEL)[:2] == ("agreement", 1.0)
+
+
+def test_past_its_memory_the_screen_runs_the_reference_again_with_the_same_scores(digits: tuple[str, str],
+                                                                                 tmp_path: Path) -> None:
+    _, val = digits
+    noisy = load_model(ONNX_MODEL)
+    rng = np.random.default_rng(0)
+    for value in noisy.graph.initializers.values():
+        array = value.const_value.numpy()  # type: ignore[union-attr]
+        if array.dtype == np.float32:
+            value.const_value = ir.tensor(array + rng.normal(0, 2 * array.std(), array.shape).astype(np.float32))
+    changed = save_model(noisy, tmp_path / "noisy.onnx")
+    kept_all, kept_one = Screen(ONNX_MODEL, data=val), Screen(ONNX_MODEL, data=val, max_bytes=50)
+    assert kept_all.score(changed) == kept_one.score(changed)
+    assert kept_one.score(changed)[1] < 1.0  # a real difference was scored
+    assert len(kept_one._expected or []) == 1 < len(kept_all._expected or [])  # noqa: SLF001
 
 
 def test_a_candidate_that_misses_the_budget_by_far_stops_after_that_stage(digits: tuple[str, str],
