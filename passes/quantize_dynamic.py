@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import onnx_ir as ir
 
+from edgeopt.core.model_io import serialize_with_data
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.avoid_int8_saturation import AvoidInt8SaturationPass
 from edgeopt.passes.quantize_common import ir_from_ort, ort_type, prepare_for_quantization, quiet_root_logging
@@ -64,7 +65,7 @@ class QuantizeDynamicPass(EdgeoptPass):
         prepare_for_quantization(model)
         weight = ort_type(self.weight_type)
         with quiet_root_logging():
-            proto = update_opset_version(ir.serde.serialize_model(model), weight)
+            proto = update_opset_version(serialize_with_data(model), weight)
         extra: dict[str, Any] = {"MatMulConstBOnly": True, "WeightSymmetric": self.weight_type == "int8"}
         quantizer = ONNXQuantizer(
             proto, self.per_channel, False, QuantizationMode.IntegerOps, False, weight,

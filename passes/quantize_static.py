@@ -22,6 +22,7 @@ from edgeopt.calibration.observers import RangeCandidatesObserver, make_observer
 from edgeopt.calibration.range_choice import choose_ranges
 from edgeopt.calibration.stream import CalibrationResult, calibrate
 from edgeopt.core.errors import CalibrationDataError, PassOptionError
+from edgeopt.core.model_io import serialize_with_data
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.core.runtime import Feeds
 from edgeopt.data.readers import batches, open_reader
@@ -254,7 +255,7 @@ def quantize_with_ranges(
     from onnxruntime.quantization.quant_utils import QuantizationMode, update_opset_version
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    proto = ir.serde.serialize_model(model)
+    proto = serialize_with_data(model)
     act, weight = ort_type(activation_type), ort_type(weight_type)
     with quiet_root_logging():
         proto = update_opset_version(proto, weight, act)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import onnx_ir as ir
 
 from edgeopt.core.errors import PassOptionError
+from edgeopt.core.model_io import serialize_with_data
 from edgeopt.core.pass_base import EdgeoptPass, adopt
 from edgeopt.passes.quantize_common import import_quietly, ir_from_ort, prepare_for_quantization, quiet_root_logging
 from edgeopt.passes.quantize_dynamic import QuantizeDynamicPass
@@ -79,7 +80,7 @@ class QuantizeWeightsPass(EdgeoptPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         nbits = import_quietly("onnxruntime.quantization.matmul_nbits_quantizer")
         prepare_for_quantization(model)
-        proto = ir.serde.serialize_model(model)
+        proto = serialize_with_data(model)
         quantizer = nbits.MatMulNBitsQuantizer(
             proto, bits=self.bits, block_size=self.block_size, is_symmetric=self.symmetric,
             accuracy_level=self.accuracy_level, nodes_to_exclude=list(self.exclude),
@@ -106,7 +107,7 @@ class QuantizeWeightsPass(EdgeoptPass):
         config = nbits.DefaultWeightOnlyQuantConfig(block_size=16, is_symmetric=False, bits=4,
                                                     op_types_to_quantize=("Gather",), quant_axes=axes)
         quantizer = nbits.MatMulNBitsQuantizer(
-            ir.serde.serialize_model(model), bits=4, block_size=16, algo_config=config,
+            serialize_with_data(model), bits=4, block_size=16, algo_config=config,
             nodes_to_exclude=list(self.exclude), op_types_to_quantize=("Gather",), quant_axes=axes)
         with quiet_root_logging():
             quantizer.process()

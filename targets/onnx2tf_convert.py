@@ -33,6 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.core.errors import BackendNotInstalledError, CalibrationDataError, ConversionError
+from edgeopt.core.model_io import serialize_with_data
 from edgeopt.core.runtime import Feeds, model_inputs
 from edgeopt.data.readers import CalibrationReader, batches
 from edgeopt.targets.tflite_io import FLOAT_FILES, INSTALL_HINT
@@ -133,7 +134,7 @@ def calibration_batches(model: ir.Model, calibration: CalibrationReader, *, limi
 
 def cache_key(model: ir.Model) -> str:
     """The cache folder name of ``model``: a hash of its serialized bytes and the converter version."""
-    data = ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+    data = serialize_with_data(model).SerializeToString(deterministic=True)
     return hashlib.sha256(f"{_FORMAT}/{ONNX2TF_VERSION}/".encode() + data).hexdigest()[:24]
 
 
@@ -165,7 +166,7 @@ def _base(model: ir.Model, key: str, *, int8: tuple[str, str] | None = None) -> 
         raise ConversionError(_FAILED[key])
     work = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}-"))
     try:
-        data = ir.serde.serialize_model(model).SerializeToString(deterministic=True)
+        data = serialize_with_data(model).SerializeToString(deterministic=True)
         (work / "model.onnx").write_bytes(data)  # onnx2tf's private copy; the caller's model is untouched
         (work / "source.onnx").write_bytes(data)
         shapes = static_shapes(model)

@@ -210,6 +210,14 @@ def _load_external_tensors(model: ir.Model, *, initializers: bool) -> None:
             node.attributes[attr.name] = ir.Attr(attr.name, attr.type, new, doc_string=attr.doc_string)
 
 
+def serialize_with_data(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as one ``ModelProto`` holding every tensor's bytes, for tools that take a proto and
+    may write it elsewhere (ORT's quantizers, onnx2tf): a proto that still points at external data
+    breaks there. Tensors still in external files are read into ``model`` first (in place)."""
+    _load_external_tensors(model, initializers=True)
+    return ir.serde.serialize_model(model)
+
+
 def tensor_bytes(model: ir.Model) -> int:
     """Bytes of every initializer and tensor attribute in ``model``, functions included."""
     nodes = _nodes(model)

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from edgeopt.core.errors import EdgeoptError
+from edgeopt.core.model_io import SOURCE_FILES_KEY, load_model
 from edgeopt.search.cache import Cache
 from edgeopt.search.evaluate import Evaluator
 from edgeopt.search.screen import Screen
@@ -36,13 +38,28 @@ class Bundle:
     digest: str = field(default="")
 
 
+MAX_BUNDLE_BYTES = 2 << 30
+"""A bundle is held in memory by the search and each worker: larger inputs want a shared path."""
+
+
 def pack(evaluator: Evaluator) -> Bundle:
-    """The model, calibration, validation data and labels ``evaluator`` reads, as bytes."""
+    """The model (with its external data), calibration, validation data and labels ``evaluator`` reads, as bytes.
+
+    Raises:
+        EdgeoptError: the files come to more than :data:`MAX_BUNDLE_BYTES`.
+    """
     files: dict[str, bytes] = {}
     specs: dict[str, str | None] = {}
-    for name, spec in (("model", os.fspath(evaluator.model)), ("calibration", evaluator.context.calibration),
+    model = Path(evaluator.model)
+    for extra in load_model(model).meta[SOURCE_FILES_KEY][1:]:  # external data, beside the model file
+        _add(files, "model", os.fspath(extra), relative_to=model.parent)
+    for name, spec in (("model", os.fspath(model)), ("calibration", evaluator.context.calibration),
                        ("data", evaluator.data), ("labels", evaluator.labels)):
         specs[name] = _add(files, name, spec)
+    size = sum(len(content) for content in files.values())
+    if size > MAX_BUNDLE_BYTES:
+        raise EdgeoptError(f"search --ray-address: the model and data come to {size / 2**30:.1f} GiB, too much to "
+                           "ship through Ray's object store; put them on a path every node of the cluster sees.")
     digest = hashlib.sha256()
     for rel in sorted(files):
         digest.update(rel.encode())
@@ -50,13 +67,15 @@ def pack(evaluator: Evaluator) -> Bundle:
     return Bundle(files, specs, digest.hexdigest())
 
 
-def _add(files: dict[str, bytes], name: str, spec: str | None) -> str | None:
+def _add(files: dict[str, bytes], name: str, spec: str | None, *,
+         relative_to: Path | None = None) -> str | None:
     path = None if spec is None or spec.startswith("random:") else Path(spec)
     if path is None or not path.exists():  # random:N, a labels key: travels as written
         return spec
     if path.is_file():
-        files[f"{name}/{path.name}"] = path.read_bytes()
-        return f"{name}/{path.name}"
+        rel = path.relative_to(relative_to).as_posix() if relative_to is not None else path.name
+        files[f"{name}/{rel}"] = path.read_bytes()
+        return f"{name}/{rel}"
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         files[f"{name}/{file.relative_to(path)}"] = file.read_bytes()
     return name

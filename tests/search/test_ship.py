@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edgeopt.cli.demo_model import ONNX_MODEL
-from edgeopt.core.model_io import load_model
+from edgeopt.core.model_io import load_model, save_model
 from edgeopt.search import STAGES, Cache, Evaluator, Outcome, select
 from edgeopt.search.parallel import runner
 from edgeopt.search.ship import pack, unpack
@@ -17,11 +17,14 @@ CANDIDATES = ((("quantize", {"mode": "static", "per_channel": True, "budget": 0.
               (("prune", {"criterion": "l1", "ratio": 0.3}),))
 
 
-def _private_copy(digits: tuple[str, str], root: Path) -> Evaluator:
+def _private_copy(digits: tuple[str, str], root: Path, *, external_data: bool = False) -> Evaluator:
     """An evaluator over copies of the model and data under ``root`` (deleted by the tests once packed)."""
     calib, val = digits
     root.mkdir()
-    shutil.copy(ONNX_MODEL, root / "model.onnx")
+    if external_data:
+        save_model(load_model(ONNX_MODEL), root / "model.onnx", external_data=True)
+    else:
+        shutil.copy(ONNX_MODEL, root / "model.onnx")
     shutil.copytree(calib, root / "calib")
     shutil.copy(val, root / "val.npz")
     stages = select(STAGES, ("prune", "quantize"), load_model(root / "model.onnx"))
@@ -49,6 +52,15 @@ def test_a_packed_search_runs_from_its_bundle_alone(digits: tuple[str, str], tmp
     outcome = moved.evaluate(CANDIDATES[0])
     assert _scores(outcome) == expected and not outcome.cached  # its own cache, the same numbers
     assert moved.evaluate(CANDIDATES[0]).cached
+
+
+def test_external_data_travels_with_the_model(digits: tuple[str, str], tmp_path: Path) -> None:
+    evaluator = _private_copy(digits, tmp_path / "private", external_data=True)
+    expected = _scores(evaluator.evaluate(CANDIDATES[0]))
+    bundle = pack(evaluator)
+    assert sorted(r for r in bundle.files if r.startswith("model/")) == ["model/model.onnx", "model/model.onnx.data"]
+    shutil.rmtree(tmp_path / "private")
+    assert _scores(unpack(evaluator, bundle, root=tmp_path).evaluate(CANDIDATES[0])) == expected
 
 
 def test_ray_workers_get_the_model_and_data_through_the_object_store(digits: tuple[str, str],
