@@ -8,6 +8,7 @@ static batch dim is split by whole batches instead.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -119,22 +120,35 @@ class TeacherOutputs:
     The outputs of the first batches are kept in memory, up to ``max_bytes`` in all: later
     epochs run the teacher only on the batches past that (EfficientNet-Lite0's logits for
     1,000 samples take 4 MB). Only for unaugmented training: a fresh view needs the teacher.
+    A kept output is used only for the same inputs (a digest of the batch): a reader that
+    shuffles or samples gets the teacher run again, never another batch's outputs.
     """
 
     def __init__(self, stream: Callable[[], Iterator[Feeds]], teacher: Any, outputs: Sequence[str], *,
                  inputs: Sequence[str], max_bytes: int = 256 << 20) -> None:
         self.stream, self.teacher, self.outputs, self.inputs = stream, teacher, list(outputs), inputs
-        self.cached: list[list[np.ndarray]] = []
+        self.cached: list[tuple[bytes, list[np.ndarray]]] = []
         self.max_bytes, self.size = max_bytes, 0
 
     def __call__(self) -> Iterator[Feeds]:
         for k, feeds in enumerate(self.stream()):
-            if k < len(self.cached):
-                outputs = self.cached[k]
+            inputs = {name: feeds[name] for name in self.inputs}
+            digest = _digest(inputs)
+            if k < len(self.cached) and self.cached[k][0] == digest:
+                outputs = self.cached[k][1]
             else:
-                outputs = self.teacher.run(self.outputs, {name: feeds[name] for name in self.inputs})
+                outputs = self.teacher.run(self.outputs, inputs)
                 size = sum(a.nbytes for a in outputs)
                 if k == len(self.cached) and self.size + size <= self.max_bytes:
-                    self.cached.append(outputs)
+                    self.cached.append((digest, outputs))
                     self.size += size
             yield {**feeds, **{TEACHER_KEY + name: out for name, out in zip(self.outputs, outputs, strict=True)}}
+
+
+def _digest(feeds: Feeds) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(feeds):
+        array = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}{array.dtype}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.digest()

@@ -149,3 +149,22 @@ def test_unaugmented_teacher_outputs_are_computed_once_within_the_memory_bound()
     for got in (first, second):
         np.testing.assert_allclose(np.concatenate([b[TEACHER_KEY + "logits"] for b in got]), want, rtol=1e-6)
         assert all(set(b) == {"x", "label", TEACHER_KEY + "logits"} for b in got)
+
+
+def test_kept_teacher_outputs_follow_their_batch_when_the_reader_shuffles() -> None:
+    from edgeopt.training.data import TEACHER_KEY, TeacherOutputs
+
+    teacher = ir.serde.deserialize_model(residual_mlp(blocks=2, width=16, seed=1))
+    x = np.random.default_rng(0).standard_normal((48, 16)).astype(np.float32)
+    batches = [{"x": x[i:i + 16]} for i in range(0, 48, 16)]
+    orders = iter([[0, 1, 2], [2, 0, 1]])  # a reader that shuffles its batches between epochs
+    session = _Counted(teacher)
+    stream = TeacherOutputs(lambda: iter([batches[i] for i in next(orders)]), session, ["logits"], inputs=["x"])
+
+    list(stream())
+    second = list(stream())
+
+    for batch in second:  # each batch gets the teacher's outputs for its own rows
+        np.testing.assert_allclose(batch[TEACHER_KEY + "logits"], run_model(teacher, {"x": batch["x"]})["logits"],
+                                   rtol=1e-6)
+    assert session.runs == 3 + 3
