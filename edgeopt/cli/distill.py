@@ -66,6 +66,11 @@ def register(app: typer.Typer) -> None:
                                              "(auto: crop and flip for image inputs).")] = "none",
         ema: Annotated[float, typer.Option(help="Decay of a moving average of the weights that is evaluated "
                                            "and kept (0: off).")] = 0.0,
+        blockwise: Annotated[float, typer.Option(help="Seconds (out of --time-limit) of block-wise "
+                                                 "reconstruction first: each block learns the teacher's tensor "
+                                                 "at its end (0: off).")] = 0.0,
+        block_lr: Annotated[float | None, typer.Option(help="Peak learning rate of --blockwise (default: "
+                                                       "--lr).")] = None,
         in_place: Annotated[bool, typer.Option("--in-place", help="Allow writing over STUDENT.")] = False,
         as_json: JsonFlag = False,
     ) -> None:
@@ -77,7 +82,8 @@ def register(app: typer.Typer) -> None:
             loss=loss, temperature=temperature, holdout=holdout, samples=samples, eval_every=eval_every,
             patience=patience, output=match, device=device, qat=qat, learn_scales=learn_scales, scale_lr=scale_lr,
             keep_clusters=keep_clusters, labels=labels, alpha=alpha, features=features,
-            feature_weight=feature_weight, augment=augment, ema=ema, learn_assignments=learn_assignments)
+            feature_weight=feature_weight, augment=augment, ema=ema, learn_assignments=learn_assignments,
+            blockwise=blockwise, block_lr=block_lr)
         with _progress(disable=as_json) as on_eval:
             result = distill_file(student, teacher, data, output, config, in_place=in_place, on_eval=on_eval)
         if as_json:
