@@ -8,6 +8,8 @@
     python bench/search_bench.py --model digits --kill-at 10 --trials 24
     # share-weights at 16/64 clusters with and without data-aware codebooks (the search's calibration data)
     python bench/search_bench.py --model minilm --metric cosine --share-weights-check
+    # p50 latency of searched artifacts against the static int8 seed, run in turns under the same load
+    python bench/search_bench.py --model minilm --calib-n 1000 --latency-check --artifact OUT/best/ort-cpu/model.onnx
     # the same fixed trial list with --workers 1 and --workers 2, side by side
     python bench/search_bench.py --model digits --workers-check --trials 16
 
@@ -218,6 +220,39 @@ def share_weights_check(args: argparse.Namespace, scratch: Path, data: tuple[Pat
     return {"model": args.model, "metric": screen.score(model)[0], "calibration_samples": 64, "rows": rows}
 
 
+def latency_check(args: argparse.Namespace, scratch: Path, data: tuple[Path, str, str, str | None]
+                  ) -> dict[str, Any]:
+    """p50 latency of compiled artifacts side by side: the static int8 seed, built here, and each ``--artifact``
+    (a trial's ``best/ort-cpu/model.onnx``), run in turns on the validation data, so that all see the same
+    load; a search measures its trials minutes apart, under whatever load there was then."""
+    from edgeopt.deploy.bundle_runner import load
+    from edgeopt.deploy.compile import compile_model
+    from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
+
+    model, calib, val, _ = data
+    int8 = scratch / "int8.onnx"
+    quantize_file(model, int8, QuantizeConfig(mode="static", per_channel=True, budget=0.0, samples=128,
+                                              eval_samples=64), calibration=calib)
+    compiled = compile_model(int8, scratch / "int8", targets=["ort-cpu"], calibration=calib)
+    paths = {"int8 seed": scratch / "int8" / compiled.manifest.artifacts[0].file,
+             **{Path(a).parent.parent.name: Path(a) for a in args.artifact}}
+    runners = {name: load(path) for name, path in paths.items()}
+    batches = np.load(val)
+    feeds = [{k: batches[k][i:i + 1] for k in batches.files} for i in range(len(batches[batches.files[0]]))]
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for sample in feeds:
+            for name, run in runners.items():
+                start = time.perf_counter()
+                run(sample)
+                times[name].append(time.perf_counter() - start)
+    p50 = {name: round(float(np.median(t[len(feeds):])) * 1e3, 3) for name, t in times.items()}  # first round: warm-up
+    ratios = {n: round(p50["int8 seed"] / v, 3) for n, v in p50.items()}
+    return {"model": args.model, "p50_ms": p50, "int8_over": ratios,
+            "rounds": args.rounds, "samples": len(feeds), "load_average": os.getloadavg(),
+            "artifacts": {n: str(p) for n, p in paths.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=tuple(MODELS), default="digits")
@@ -234,6 +269,10 @@ def main() -> None:
     parser.add_argument("--workers-check", action="store_true", help="time --workers 1 against 2")
     parser.add_argument("--share-weights-check", action="store_true",
                         help="share-weights at 16/64 clusters, with and without data-aware codebooks")
+    parser.add_argument("--latency-check", action="store_true",
+                        help="p50 latency of --artifact files against the static int8 seed, in turns")
+    parser.add_argument("--artifact", action="append", default=[], help="with --latency-check (repeatable)")
+    parser.add_argument("--rounds", type=int, default=4, help="with --latency-check: passes over the data")
     parser.add_argument("--resume", action="store_true", help="continue the search in --out (more trials)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--calib-n", type=int, default=0,
@@ -241,14 +280,15 @@ def main() -> None:
     parser.add_argument("--label", default="", help="results file search_<model>_<label>.json")
     args = parser.parse_args()
     check = ("resume" if args.kill_at else "workers" if args.workers_check
-             else "share" if args.share_weights_check else "")
+             else "share" if args.share_weights_check else "latency" if args.latency_check else "")
     name = f"search_{args.model}" + (f"_{check}" if check else "") + (f"_{args.label}" if args.label else "")
     args.out = args.out or Path(tempfile.mkdtemp(prefix=f"{name}-"))
     build, calib_n, val_n = MODELS[args.model]
     with tempfile.TemporaryDirectory() as scratch:
         data = build(Path(scratch), args.calib_n or calib_n, val_n)
         run = (kill_and_resume if args.kill_at else workers_check if args.workers_check
-               else share_weights_check if args.share_weights_check else compare)
+               else share_weights_check if args.share_weights_check else latency_check if args.latency_check
+               else compare)
         row = {**run(args, Path(scratch), data), "command": " ".join(sys.argv), "cpus": os.cpu_count(),
                "note": "a shared 2-core machine (other agents running): times are noisy"}
     RESULTS.mkdir(exist_ok=True)
