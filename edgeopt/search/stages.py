@@ -183,7 +183,7 @@ STAGES: tuple[Stage, ...] = (
                       {"clusters": 256, "channel_scale": True, "embedding_clusters": 0, "data_aware": False})),
     Stage("distill", Searchable("time_limit", "choice", choices=("off", 300, 600)), off="off", run=_distill,
           road=DistillConfig, options=(Searchable("lr", "choice", choices=(5e-5, 1e-4, 3e-4)),),
-          refuse=_refuse_distill, recovers=True,
+          refuse=_refuse_distill, recovers=True, keeps_macs=True,
           combo_seeds=(_STATIC_INT8 | {"drop-layers": {"count": 2}, "distill": {"time_limit": 600, "lr": 5e-5}},
                        _STATIC_INT8 | {"drop-layers": {"count": 1}, "distill": {"time_limit": 300, "lr": 5e-5}},
                        {"share-weights": {"clusters": 8, "channel_scale": False, "embedding_clusters": 0,
