@@ -12,9 +12,11 @@ parameters by the search (:func:`edgeopt.search.run.search`).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -96,11 +98,12 @@ def local_evaluator(evaluator: Evaluator, digest: str, fetch: Callable[[], Bundl
 
 
 def unpack(evaluator: Evaluator, bundle: Bundle, root: str | os.PathLike[str] | None = None) -> Evaluator:
-    """``evaluator`` reading ``bundle``'s files from a local folder (written once per process), with a cache
-    of its own there."""
+    """``evaluator`` reading ``bundle``'s files from a local folder (written once per process, removed when
+    the process exits), with a cache of its own there."""
     folder = _UNPACKED.get(bundle.digest)
     if folder is None or not folder.is_dir():
         folder = Path(tempfile.mkdtemp(prefix="edgeopt-search-", dir=root))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         for rel, content in bundle.files.items():
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(content)
