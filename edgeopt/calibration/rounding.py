@@ -26,7 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgeopt.calibration.stream import stream_outputs
-from edgeopt.core.patches import im2col
+from edgeopt.core.patches import im2col, patches_at
 from edgeopt.core.rewire import const_array, is_default_domain
 from edgeopt.core.runtime import Feeds
 
@@ -86,14 +86,12 @@ class WeightLayer:
             if flat.shape[0] > ROWS_PER_BATCH:
                 flat = flat[rng.choice(flat.shape[0], ROWS_PER_BATCH, replace=False)]
             return flat[None]
-        cols = im2col(x, self.weight.shape[2:], self.strides, self.pads, self.dilations)  # N, C, kh, kw, Ho, Wo
+        cols = im2col(x, self.weight.shape[2:], self.strides, self.pads, self.dilations)  # a view: N, C, kh, kw, Ho, Wo
         n, c, kh, kw, ho, wo = cols.shape
         positions = n * ho * wo
         chosen = rng.choice(positions, ROWS_PER_BATCH, replace=False) if positions > ROWS_PER_BATCH else None
-        per_group = c // self.groups
-        patches = cols.transpose(0, 4, 5, 1, 2, 3).reshape(positions, self.groups, per_group * kh * kw)
-        if chosen is not None:
-            patches = patches[chosen]
+        patches = patches_at(x, self.weight.shape[2:], self.strides, self.pads, self.dilations, chosen)
+        patches = patches.reshape(len(patches), self.groups, (c // self.groups) * kh * kw)
         return np.ascontiguousarray(patches.transpose(1, 0, 2), dtype=np.float32)
 
 

@@ -73,3 +73,28 @@ def test_conv_layout_through_onnx_runtime(group: int) -> None:
         errors[name] = np.mean([((run_model(quantized, f)["y"] - run_model(model, f)["y"]) ** 2).mean()
                                 for f in spatially_smooth[4:]])
     assert errors["learned"] < 0.8 * errors["nearest"], errors
+
+
+@pytest.mark.parametrize(("stride", "pad", "dilation"), [(1, 1, 1), (2, 1, 1), (1, 2, 2)])
+def test_patches_at_chosen_positions_are_those_of_the_full_im2col(stride: int, pad: int, dilation: int) -> None:
+    """Learned rounding samples output positions of large feature maps; only those patches are copied."""
+    from edgeopt.core.patches import im2col, patches_at
+
+    x = np.random.default_rng(0).standard_normal((3, 4, 11, 9)).astype(np.float32)
+    args = ((3, 3), (stride, stride), (pad,) * 4, (dilation, dilation))
+    full = im2col(x, *args)
+    n, c, kh, kw, ho, wo = full.shape
+    every = full.transpose(0, 4, 5, 1, 2, 3).reshape(n * ho * wo, c, kh, kw)
+    chosen = np.random.default_rng(1).choice(n * ho * wo, 17, replace=False)
+    np.testing.assert_array_equal(patches_at(x, *args, chosen), every[chosen])
+    np.testing.assert_array_equal(patches_at(x, *args), every)
+    # and a patch is what the convolution reads: one output of a Conv in ONNX Runtime equals its dot product
+    w = np.random.default_rng(2).standard_normal((1, c, kh, kw)).astype(np.float32)
+    model = ir.from_onnx_text(f"""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[3, 4, 11, 9] x, float[1, 4, 3, 3] w) => (float y) {{
+            y = Conv<strides = [{stride}, {stride}], pads = [{pad}, {pad}, {pad}, {pad}],
+                     dilations = [{dilation}, {dilation}]>(x, w)
+        }}""")
+    y = run_model(model, {"x": x, "w": w})["y"].reshape(-1)  # N, 1, Ho, Wo flattened: position order
+    np.testing.assert_allclose(y[chosen], (patches_at(x, *args, chosen) * w[0]).sum((1, 2, 3)), rtol=1e-4, atol=1e-5)
