@@ -222,20 +222,25 @@ def share_weights_check(args: argparse.Namespace, scratch: Path, data: tuple[Pat
 
 def latency_check(args: argparse.Namespace, scratch: Path, data: tuple[Path, str, str, str | None]
                   ) -> dict[str, Any]:
-    """p50 latency of compiled artifacts side by side: the static int8 seed, built here, and each ``--artifact``
-    (a trial's ``best/ort-cpu/model.onnx``), run in turns on the validation data, so that all see the same
-    load; a search measures its trials minutes apart, under whatever load there was then."""
+    """p50 latency of compiled artifacts side by side: the static and weight-only int8 seeds, built here, and each
+    ``--artifact`` (a trial's ``best/ort-cpu/model.onnx``), run in turns on the validation data, so that all see
+    the same load; a search measures its trials minutes apart, under whatever load there was then."""
     from edgeopt.deploy.bundle_runner import load
     from edgeopt.deploy.compile import compile_model
     from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
     model, calib, val, _ = data
-    int8 = scratch / "int8.onnx"
-    quantize_file(model, int8, QuantizeConfig(mode="static", per_channel=True, budget=0.0, samples=128,
-                                              eval_samples=64), calibration=calib)
-    compiled = compile_model(int8, scratch / "int8", targets=["ort-cpu"], calibration=calib)
-    paths = {"int8 seed": scratch / "int8" / compiled.manifest.artifacts[0].file,
-             **{Path(a).parent.parent.name: Path(a) for a in args.artifact}}
+    seeds = {"int8 seed": QuantizeConfig(mode="static", per_channel=True, budget=0.0, samples=128, eval_samples=64),
+             "weight-only int8 seed": QuantizeConfig(mode="weight-only", bits=8, embedding_bits=8, samples=128,
+                                                     eval_samples=64)}
+    paths = {}
+    for name, config in seeds.items():
+        folder = scratch / name.replace(" ", "_")
+        static = config.mode == "static"
+        quantize_file(model, folder.with_suffix(".onnx"), config, calibration=calib if static else None)
+        compiled = compile_model(folder.with_suffix(".onnx"), folder, targets=["ort-cpu"], calibration=calib)
+        paths[name] = folder / str(compiled.manifest.artifacts[0].file)
+    paths.update({Path(a).parent.parent.name: Path(a) for a in args.artifact})
     runners = {name: load(path) for name, path in paths.items()}
     batches = np.load(val)
     feeds = [{k: batches[k][i:i + 1] for k in batches.files} for i in range(len(batches[batches.files[0]]))]
