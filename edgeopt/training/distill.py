@@ -133,6 +133,9 @@ def distill(student: ir.Model, teacher: ir.Model, reader: CalibrationReader, con
     torch.manual_seed(config.seed)
     module, plan = _student_module(student, config)
     views = _augmentations(config.augment, first[0])
+    if config.labels and "mixup" in views:
+        raise PassOptionError(f"--augment mixup blends samples, so '{config.labels}' no longer names the class of "
+                              "a blended one: drop mixup from --augment or drop --labels.")
     threads = torch.get_num_threads()
     weights = sum(p.numel() for p in module.parameters())
     torch.set_num_threads(config.threads or (1 if weights < 1_000_000 else _idle_cores(threads)))

@@ -91,6 +91,15 @@ def test_a_cnn_distilled_on_views_recovers_on_unseen_images() -> None:
     assert clip_bounds == [0, 6]  # ReLU6 stays ReLU6
 
 
+def test_mixup_with_labels_is_refused() -> None:
+    """A blended image has no one class: the task loss would train on the wrong targets."""
+    teacher = _cnn(0)
+    batch = {"x": _images(32, 2), "label": np.zeros(32, np.int64)}
+    with pytest.raises(PassOptionError, match="mixup blends samples"):
+        distill(teacher, teacher, [batch], DistillConfig(steps=1, labels="label", augment="flip,mixup"))
+    distill(teacher, teacher, [batch], DistillConfig(steps=1, labels="label", augment="flip"))  # without mixup: fine
+
+
 @pytest.mark.parametrize("spec", ["rotate", "flip,", ""])
 def test_unknown_augmentations_are_rejected(spec: str) -> None:
     if spec == "flip,":
