@@ -163,6 +163,16 @@ def _fit_drop_count(stage: Stage, model: ir.Model) -> Stage | None:
     return stage.with_switch(replace(stage.switch, high=droppable - 1))
 
 
+def _fit_quantize_modes(stage: Stage, model: ir.Model) -> Stage:
+    """Weight-only quantization stores MatMul weights and lookup tables in fewer bits; a model with
+    neither (a CNN: Conv and Gemm) has nothing for it, so the mode is left out of its space."""
+    if any(node.op_type in ("MatMul", "Gather") for node in ir.traversal.RecursiveGraphIterator(model.graph)):
+        return stage
+    switch = replace(stage.switch, choices=tuple(c for c in stage.switch.choices if c != "weight-only"))
+    seeds = tuple(seed for seed in stage.more_seeds if seed.get("mode") != "weight-only")
+    return replace(stage.with_switch(switch), more_seeds=seeds)
+
+
 _STATIC_INT8 = {"quantize": {"mode": "static", "per_channel": True, "budget": 0.0}}
 
 STAGES: tuple[Stage, ...] = (
@@ -197,7 +207,7 @@ STAGES: tuple[Stage, ...] = (
                    Searchable("bits", "choice", choices=(4, 8), when=("weight-only",)),
                    Searchable("embedding_bits", "choice", choices=(0, 4, 8), when=("weight-only",))),
           seed={"mode": "static", "per_channel": True, "budget": 0.0},
-          more_seeds=({"mode": "weight-only", "bits": 8, "embedding_bits": 8},)),
+          more_seeds=({"mode": "weight-only", "bits": 8, "embedding_bits": 8},), adapt=_fit_quantize_modes),
     Stage("float16", Searchable("precision", "choice", choices=("off", "float16")), off="off", run=_float16,
           road=float16_file, keeps_macs=True, seed={"precision": "float16"}, refuse=_refuse_float16),
 )

@@ -10,6 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import onnx_ir as ir
 import pytest
 from rich.console import Console
 
@@ -68,7 +69,9 @@ def test_stages_fit_the_model_and_seeds_start_with_int8() -> None:
     for (label, point), stage in zip(singles[1:], alone, strict=True):  # each single seed runs one stage alone
         assert label == stage.name
         assert [k for k in names if point[k] != next(s.off for s in stages if s.name == k)] == [stage.name]
-    assert singles[len(seeded)][1]["quantize"] == "weight-only"  # then the further seeds
+    quantize = next(s for s in stages if s.name == "quantize")
+    assert "weight-only" not in quantize.switch.choices and not quantize.more_seeds  # no MatMul, no table
+    assert all(point.get("quantize") != "weight-only" for _, point in points)
     shared = [point for label, point in singles if label == "share-weights"]
     assert [p["share-weights"] for p in shared] == [64, 16, 256]
     assert [p["share-weights.data_aware"] for p in shared] == [True, True, False]  # data-aware: the stronger
@@ -234,9 +237,18 @@ def test_a_trial_left_running_by_a_killed_search_runs_again_on_resume(digits: tu
     suggest(left, select(STAGES, config.stages, load_model(ONNX_MODEL)))
     resumed = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, cache=Cache(tmp_path / "cache"),
                      config=dataclasses.replace(config, trials=4, resume=True))
-    assert len(resumed.trials) == 4  # weight-only changes nothing in this CNN: that seed fails, the others ran
-    assert all(r.state == "complete" or "no weight of this model" in (r.error or "") for r in resumed.trials)
+    assert len(resumed.trials) == 4
+    assert all(r.state == "complete" for r in resumed.trials)
     assert left.number not in [r.number for r in resumed.trials]  # left out of the table, its parameters rerun
     whole = search(ONNX_MODEL, tmp_path / "whole", calibration=calib, data=val, cache=Cache(tmp_path / "cache"),
                    config=dataclasses.replace(config, trials=4))
     assert [r.params for r in resumed.trials] == [r.params for r in whole.trials]
+
+
+def test_weight_only_mode_is_searched_only_where_a_matmul_or_table_can_take_it() -> None:
+    cnn = next(s for s in select(STAGES, ("quantize",), load_model(ONNX_MODEL)))
+    assert cnn.switch.choices == ("off", "dynamic", "static")
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+    g (float[4, 64] x) => (float[4, 64] y) <float[64, 64] w> { y = MatMul(x, w) }"""
+    matmul = next(s for s in select(STAGES, ("quantize",), ir.from_onnx_text(text)))
+    assert "weight-only" in matmul.switch.choices and matmul.more_seeds
