@@ -188,8 +188,9 @@ def scatter(points: Sequence[Point], *, x_label: str, y_label: str, title: str =
         parts.append(f"<path d='{path}' fill='none' stroke='#3468c0' stroke-dasharray='4 3' opacity='.6'/>")
     labelled = [i for i, p in enumerate(points) if p.label]
     area = Box(left + 2, 0, width - left - 2, height - bottom - 2)
+    unlabelled = [Box(x - 6, y - 6, 12, 12) for i, (x, y) in enumerate(anchors) if not points[i].label]
     boxes = place_labels([anchors[i] for i in labelled], [points[i].label for i in labelled], area,
-                         radius=6.0, obstacles=obstacles)
+                         radius=6.0, obstacles=[*obstacles, *unlabelled])  # a point without a label is in the way too
     for i, p in enumerate(points):
         x, y = anchors[i]
         tip = html.escape(p.tip or p.label)

@@ -58,6 +58,24 @@ def test_labels_of_a_crowded_chart_overlap_nothing() -> None:
         assert not any(box.overlaps(dot, 0) for dot in dots), labels[i]
 
 
+def test_a_label_keeps_off_the_points_that_have_none() -> None:
+    """The search's chart labels the front and the winner only: a dominated trial's dot, unlabelled, sat
+    right of a label's anchor, where the label went first."""
+    import re
+
+    from edgeopt.deploy.report_html import Point, scatter
+
+    points = [Point(0.0, 0.0, label="#2 winner", strong=True), Point(0.15, 0.0), Point(1.0, 1.0, label="#0")]
+    svg = scatter(points, x_label="latency", y_label="accuracy")
+    circles = [(float(x), float(y)) for x, y in re.findall(r"<circle cx='([\d.]+)' cy='([\d.]+)'", svg)]
+    label = re.search(r"<text class='label' x='([\d.]+)' y='([\d.]+)'[^>]*>#2 winner<", svg)
+    assert label is not None and len(circles) == 3
+    x, y = float(label.group(1)), float(label.group(2))
+    box = Box(x - 1, y - 11, 7 * len("#2 winner") + 2, 14)  # the label's box, generous
+    unlabelled = circles[1]
+    assert not box.overlaps(Box(unlabelled[0] - 4, unlabelled[1] - 4, 8, 8), 0), (label.groups(), unlabelled)
+
+
 def test_the_validation_page_renders_in_chromium(report: ValidationReport, tmp_path: Path) -> None:
     if browser.chromium() is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
