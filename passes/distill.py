@@ -58,6 +58,7 @@ class DistillPass(EdgeoptPass):
         device: str = "cpu", qat: bool | None = None, learn_scales: bool = True, scale_lr: float | None = None,
         keep_clusters: bool = True, labels: str | None = None, alpha: float = 0.5, features: int = 0,
         feature_weight: float = 1.0, learn_assignments: bool = True, augment: str = "none", ema: float = 0.0,
+        blockwise: float = 0.0, block_lr: float | None = None,
     ) -> None:
         super().__init__()
         self.data, self.teacher = data, teacher
@@ -67,14 +68,14 @@ class DistillPass(EdgeoptPass):
         self.device, self.qat, self.learn_scales, self.scale_lr = device, qat, learn_scales, scale_lr
         self.keep_clusters, self.labels, self.alpha = keep_clusters, labels, alpha
         self.features, self.feature_weight, self.learn_assignments = features, feature_weight, learn_assignments
-        self.augment, self.ema = augment, ema
+        self.augment, self.ema, self.blockwise, self.block_lr = augment, ema, blockwise, block_lr
         self.config = DistillConfig(
             steps=steps, epochs=epochs, time_limit=time_limit, lr=lr, batch_size=batch_size, loss=loss,
             temperature=temperature, holdout=holdout, samples=samples, eval_every=eval_every, patience=patience,
             output=output, device=device, qat=qat, learn_scales=learn_scales, scale_lr=scale_lr,
             keep_clusters=keep_clusters, labels=labels, alpha=alpha, features=features,
             feature_weight=feature_weight, learn_assignments=learn_assignments, augment=augment,
-            ema=ema)  # checks every option now, before any step runs
+            ema=ema, blockwise=blockwise, block_lr=block_lr)  # checks every option now, before any step runs
         self.last_result: DistillResult | None = None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -83,3 +83,19 @@ def test_bad_steps_are_one_line(folder: Path) -> None:
         DistillPass()(load_model(folder / "digits.onnx"))
     with pytest.raises(PassOptionError, match="there is no default teacher"):
         DistillPass(data="random:16")(ir.load(folder / "digits.onnx"))
+
+
+def test_a_recipe_step_can_reconstruct_blocks_first(folder: Path) -> None:
+    recipe = load_recipe(_recipe(folder, "blocks", "  - distill: {data: digits, time_limit: 6, blockwise: 3, "
+                                 "block_lr: 1.0e-3}\n"))
+    assert recipe.passes[-1] == ("distill", {"data": str(folder / "digits"), "time_limit": 6, "blockwise": 3,
+                                             "block_lr": 1.0e-3})
+    distilled = run_recipe(recipe)
+    assert _agreement(distilled.output) > _agreement(run_recipe(load_recipe(_recipe(folder, "pruned", ""))).output)
+    step = DistillPass(data=str(folder / "digits"), time_limit=6, blockwise=3, block_lr=1e-3)
+    model = load_model(folder / "digits.onnx")
+    PruneChannelsPass(ratio=0.5)(model)
+    step(model)
+    assert step.last_result is not None and step.last_result.blocks  # the blocks were reconstructed
+    with pytest.raises(RecipeError, match=r"--blockwise 6 leaves no time of --time-limit"):
+        load_recipe(_recipe(folder, "bad", "  - distill: {data: digits, time_limit: 6, blockwise: 6}\n"))
