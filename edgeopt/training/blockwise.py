@@ -37,7 +37,7 @@ from edgeopt.core.runtime import Feeds, create_session
 from edgeopt.training.features import match_channels, shared_features, with_outputs
 from edgeopt.training.interpreter import OnnxModule
 from edgeopt.training.loop import cosine_lr, set_layout
-from edgeopt.training.losses import Objective
+from edgeopt.training.losses import Objective, relative_mse
 
 __all__ = ["Block", "BlockReport", "blockwise_stage", "find_blocks", "reconstruct_blocks"]
 
@@ -148,10 +148,18 @@ def reconstruct_blocks(module: OnnxModule, teacher: Any, blocks: list[Block], tr
         params = _params(module, block)
         before = _error(module, block, inputs, targets[b], loss)
         began = time.perf_counter()
+        start_weights = [p.detach().clone() for p in params]
         done = _train_block(module, block, params, inputs, targets[b], loss, budget, steps, lr, device,
                             rng) if params else 0
         left -= time.perf_counter() - began
         after = _error(module, block, inputs, targets[b], loss)
+        if not after <= before:  # diverged (or NaN): the block keeps the weights it started with
+            logger.warning("distill: block '%s' got worse (%.4g -> %.4g; lower --block-lr): its weights are "
+                           "left as they were", block.output, before, after)
+            with torch.no_grad():
+                for param, weight in zip(params, start_weights, strict=True):
+                    param.copy_(weight)
+            after = before
         report.append((block.output, done, before, after))
         logger.info("distill: block %d/%d -> '%s': %d steps, relative error %.4f -> %.4f", b + 1, len(blocks),
                     block.output, done, before, after)
@@ -218,13 +226,7 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _loss(objective: Objective | None) -> Loss:
-    if objective is not None:
-        return objective
-
-    def relative_mse(got: torch.Tensor, want: torch.Tensor) -> torch.Tensor:
-        return (got - want).pow(2).mean() / want.pow(2).mean().clamp_min(1e-12)
-
-    return relative_mse
+    return objective if objective is not None else relative_mse
 
 
 def _train_block(module: OnnxModule, block: Block, params: list[torch.nn.Parameter],

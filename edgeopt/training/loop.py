@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from edgeopt.core.runtime import Feeds
 from edgeopt.training.augment import Augmentation, augmented
 from edgeopt.training.data import TEACHER_KEY, TeacherOutputs, shuffled
-from edgeopt.training.losses import Objective, agreement
+from edgeopt.training.losses import Objective, agreement, relative_mse
 
 if TYPE_CHECKING:
     from edgeopt.training.config import DistillConfig, OnEval
@@ -137,7 +137,7 @@ class Loop:
             if feature in self._kept:
                 axis, kept = self._kept[feature]
                 want = want.index_select(axis, kept)
-            matched = F.mse_loss(got[feature], want) / want.pow(2).mean().clamp_min(1e-12)
+            matched = relative_mse(got[feature], want)
             loss = loss + config.feature_weight * matched / len(self.features)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -19,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LossName", "OutputKind", "Objective", "choose_objective", "agreement"]
+__all__ = ["LossName", "OutputKind", "Objective", "choose_objective", "agreement", "relative_mse"]
 
 LossName = Literal["auto", "kl", "cosine", "mse"]
 OutputKind = Literal["logits", "embedding"]
@@ -50,7 +50,14 @@ class Objective:
             return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
         if self.loss == "cosine":
             return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
-        return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(1e-12)
+        return relative_mse(student, teacher)
+
+
+def relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error relative to the teacher's mean square (scale-free: tensors of any size compare)."""
+    import torch.nn.functional as F
+
+    return F.mse_loss(student, teacher) / teacher.pow(2).mean().clamp_min(1e-12)
 
 
 def choose_objective(name: str, teacher_batch: np.ndarray, loss: LossName = "auto", *,

@@ -92,3 +92,22 @@ def test_blockwise_must_leave_time_for_end_to_end_training() -> None:
         DistillConfig(time_limit=60, blockwise=60)
     with pytest.raises(PassOptionError, match="--blockwise must be 0 or more seconds"):
         DistillConfig(blockwise=-1)
+
+
+def test_a_block_whose_loss_blows_up_keeps_its_weights() -> None:
+    """A learning rate far too large: each block's error grows, so each goes back to its start and the model
+    written is the student as it was (not weights of 1e12)."""
+    teacher, train, unseen = _residual_cnn_and_data()
+    student = _damaged(teacher, 0.5)
+    module = OnnxModule(student)
+    objective = choose_objective("logits", run_model(teacher, train[0])["logits"])
+
+    report = blockwise_stage(module, student, teacher, train[0], lambda: iter(train), objective, seconds=60,
+                             lr=1e12, steps=50)
+
+    assert all(after == before for _, _, before, after in report.blocks)  # every block kept its start
+    trained = student.clone()
+    write_back(module, trained)
+    got = run_model(trained, unseen)["logits"]
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, run_model(student, unseen)["logits"], rtol=1e-4, atol=1e-4)  # the start
