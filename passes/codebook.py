@@ -64,7 +64,9 @@ def kmeans_1d(
         return uniq, inverse.astype(np.int64)
     if weights is not None:
         element = np.broadcast_to(np.asarray(weights, np.float64), np.shape(values)).ravel()
-        counts = np.bincount(inverse.ravel(), weights=element, minlength=uniq.size)
+        weighted = np.bincount(inverse.ravel(), weights=element, minlength=uniq.size)
+        if weighted.sum() > 0:
+            counts = weighted
     total = np.concatenate([[0.0], np.cumsum(uniq * counts)])
     number = np.concatenate([[0], np.cumsum(counts)])  # element count (or weight) before each value
     centroids = _initial(uniq, number, k, init, bins)
@@ -108,7 +110,9 @@ def _binned_optimum(uniq: np.ndarray, counts: np.ndarray, k: int, bins: int) -> 
     starts = np.unique(np.concatenate([[0], cuts]))
     starts = starts[starts < uniq.size]
     weight = np.add.reduceat(counts.astype(np.float64), starts)
-    mean = np.add.reduceat(uniq * counts, starts) / weight
+    driven = weight > 0  # bins of weight-0 values only would divide 0 by 0
+    mean = np.add.reduceat(uniq * counts, starts)[driven] / weight[driven]
+    weight = weight[driven]
     if mean.size <= k:
         return np.concatenate([mean, np.full(k - mean.size, mean[-1])])
     w = np.concatenate([[0.0], np.cumsum(weight)])

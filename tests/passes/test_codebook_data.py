@@ -168,6 +168,24 @@ def test_weighted_kmeans_matches_scikit_learn_with_sample_weights() -> None:
     assert not np.allclose(centroids, unweighted)  # the weights do move the centroids
 
 
+def test_weighted_kmeans_with_undriven_values_stays_finite() -> None:
+    """Data-aware weights are 0 for input channels the data never drives (a dead ReLU6 channel of
+    EfficientNet-Lite0): its weights take the nearest centroid, and no centroid becomes NaN."""
+    rng = np.random.default_rng(6)
+    values = rng.standard_normal((64, 32))
+    weights = np.ones((1, 32))
+    weights[:, :20] = 0.0  # 20 of 32 input channels never driven
+    centroids, labels = kmeans_1d(values, 16, weights=weights)
+    assert np.isfinite(centroids).all() and 1 < centroids.size <= 16
+    driven = values[:, 20:].ravel()
+    assert driven.min() - 1e-9 <= centroids.min() and centroids.max() <= driven.max() + 1e-9  # fitted to driven ones
+    error = np.abs(values.ravel() - centroids[labels])
+    nearest = np.abs(values.ravel()[:, None] - centroids[None, :]).min(axis=1)
+    np.testing.assert_allclose(error, nearest)  # every value, driven or not, on its nearest centroid
+    all_zero, _ = kmeans_1d(values, 16, weights=np.zeros((1, 32)))
+    np.testing.assert_allclose(all_zero, kmeans_1d(values, 16)[0])  # nothing driven: counted once each
+
+
 def test_the_model_file_keeps_its_signature(tmp_path) -> None:
     model = _mlp()
     ClusterWeightsPass(clusters=8, min_elements=256, calibration=_ids(1))(model)
