@@ -226,7 +226,7 @@ def _run_batch(art: _Live, batch: int, feeds: Feeds, expected: Feeds, labels: np
     step = static_batch(art.entry) or rows
     try:
         if art.runner is None:
-            art.runner = _native_runner(art.target, art.path)
+            art.runner = native_runner(art.target, art.path)
             first = art.target.encode_inputs(art.path, {n: a[:step] for n, a in feeds.items()})
             for _ in range(warmup):
                 art.runner(first)
@@ -266,7 +266,7 @@ def _check_kernels(art: _Live, expected: Feeds, native_in: Feeds, decoded: Feeds
         art.result.notes.append(f"kernel check failed: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
-def _native_runner(target: Target, artifact: Path) -> bundle_runner.Runner:
+def native_runner(target: Target, artifact: Path) -> bundle_runner.Runner:
     """The target's own loaded runner if it offers one (optional ``load_native(artifact)``), else the
     bundle runner's (the code that runs on devices). Both load the artifact once, so latency is the
     runtime's, not session creation.

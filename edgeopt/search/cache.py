@@ -88,11 +88,15 @@ class Cache:
 
     def candidate(self, entry: str, build: Callable[[Path], dict[str, Any]]) -> tuple[dict[str, Any], bool]:
         """The stored scores of ``entry``, computed by ``build(folder)`` on a miss; (scores, was cached)."""
-        folder = self.root / "candidates" / entry
+        folder = self.candidate_folder(entry)
         found = self._lookup(folder, "scores.json")
         if found is not None:
             return found, True
         return self._build(folder, build, "scores.json"), False
+
+    def candidate_folder(self, entry: str) -> Path:
+        """Where ``entry``'s scores and files are (or will be) stored."""
+        return self.root / "candidates" / entry
 
     def _lookup(self, folder: Path, name: str) -> dict[str, Any] | None:
         try:

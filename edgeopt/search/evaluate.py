@@ -63,6 +63,8 @@ class Outcome:
     computed: int = 0
     """Stage runs and evaluations done for it (cache misses)."""
     hits: int = 0
+    compiled: Path | None = None
+    """The candidate's compile folder (in the cache); None when it was cut or failed."""
     cut: str | None = None
     """The stage after which the candidate was stopped (its model already missed the budget by far, scored by
     :class:`~edgeopt.search.screen.Screen`: size is that model's file, no latency); None: fully measured."""
@@ -92,16 +94,16 @@ class Evaluator:
         an :class:`EdgeoptError`."""
         start = time.perf_counter()
         misses, hits = self.cache.misses, self.cache.hits
-        cut = None
+        cut, compiled = None, None
         try:
             self._check(candidate)
             model, counted, entry, cut_scored, cut = self._stages(candidate)
             if cut_scored is not None:
                 scored = cut_scored
             else:
-                stored, _ = self.cache.candidate(key(entry, self._scoring),
-                                                 lambda folder: self._score(model, counted, folder))
-                scored = Scored(**stored)
+                scoring = key(entry, self._scoring)
+                stored, _ = self.cache.candidate(scoring, lambda folder: self._score(model, counted, folder))
+                scored, compiled = Scored(**stored), self.cache.candidate_folder(scoring) / "compiled"
         except Exception as e:  # noqa: BLE001 - a candidate that fails is a failed trial, not a failed search
             error = " ".join(str(e).split()) or type(e).__name__
             if not isinstance(e, EdgeoptError):  # a bug outside any stage or compile (a cached failure is one)
@@ -111,7 +113,7 @@ class Evaluator:
             return Outcome(None, error, time.perf_counter() - start, self.cache.misses == misses,
                            computed=self.cache.misses - misses, hits=self.cache.hits - hits)
         return Outcome(scored, None, time.perf_counter() - start, self.cache.misses == misses, model,
-                       self.cache.misses - misses, self.cache.hits - hits, cut)
+                       self.cache.misses - misses, self.cache.hits - hits, compiled, cut)
 
     def _check(self, candidate: Candidate) -> None:
         """Raise the reason a stage gives for refusing ``candidate`` (before anything runs)."""

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 Objective = Literal["size", "latency", "macs"]
 OBJECTIVES: tuple[str, ...] = ("size", "latency", "macs")
 COLUMNS = ("number", "state", "seed", "stages", "params", "metric_name", "metric", "drop", "size_bytes",
-           "latency_ms", "macs", "feasible", "seconds", "cached", "error", "cut")
+           "latency_ms", "latency_trial_ms", "macs", "feasible", "seconds", "cached", "error", "cut")
 
 
 @dataclass
@@ -38,6 +38,9 @@ class TrialRecord:
     drop: float | None = None
     size_bytes: int | None = None
     latency_ms: float | None = None
+    latency_trial_ms: float | None = None
+    """The trial's own p50 when ``latency_ms`` was measured again side by side with the other fastest
+    trials at the end of the search (:mod:`edgeopt.search.latency`); None: ``latency_ms`` is the trial's."""
     macs: int | None = None
     feasible: bool = False
     seconds: float = 0.0
@@ -45,6 +48,8 @@ class TrialRecord:
     error: str | None = None
     model: str | None = None
     """The candidate's ONNX model in the cache."""
+    compiled: str | None = None
+    """The candidate's compile folder in the cache (on the machine that ran it)."""
     cut: str | None = None
     """Stopped after this stage: its model already missed the budget by far (metric and size are that
     model's, in ONNX Runtime; no compile, no latency)."""

@@ -252,3 +252,22 @@ def test_weight_only_mode_is_searched_only_where_a_matmul_or_table_can_take_it()
     g (float[4, 64] x) => (float[4, 64] y) <float[64, 64] w> { y = MatMul(x, w) }"""
     matmul = next(s for s in select(STAGES, ("quantize",), ir.from_onnx_text(text)))
     assert "weight-only" in matmul.switch.choices and matmul.more_seeds
+
+
+def test_a_latency_search_times_its_fastest_trials_again_side_by_side(digits: tuple[str, str], tmp_path: Path) -> None:
+    calib, val = digits
+    config = SearchConfig(target="ort-cpu", max_drop=0.02, trials=4, stages=("share-weights", "quantize"),
+                          labels="label", objective="latency", patience=0)
+    result = search(ONNX_MODEL, tmp_path / "out", calibration=calib, data=val, config=config,
+                    cache=Cache(tmp_path / "cache"))
+    feasible = [r for r in result.trials if r.feasible]
+    confirmed = [r for r in feasible if r.latency_trial_ms is not None]
+    assert len(feasible) >= 2 and len(confirmed) == min(len(feasible), 6)
+    assert all(r.latency_ms is not None and r.latency_ms > 0 for r in confirmed)
+    assert any(" -> " not in r.stages for r in confirmed)  # the fastest single pass is among them
+    assert all(r.latency_trial_ms is None for r in result.trials if r not in confirmed)
+    assert result.best is not None and result.best in confirmed
+    assert result.best.latency_ms == min(r.latency_ms or 0.0 for r in confirmed)  # picked on the confirmed p50s
+    table = json.loads((tmp_path / "out" / "trials.json").read_text())["trials"]
+    assert [t["latency_trial_ms"] for t in table] == [r.latency_trial_ms for r in result.trials]
+    assert all(Path(t["compiled"]).is_dir() for t in table if t["feasible"])  # reused, not compiled again
