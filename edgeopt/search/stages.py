@@ -174,6 +174,7 @@ def _fit_quantize_modes(stage: Stage, model: ir.Model) -> Stage:
 
 
 _STATIC_INT8 = {"quantize": {"mode": "static", "per_channel": True, "budget": 0.0}}
+_WEIGHT_ONLY_INT8 = {"quantize": {"mode": "weight-only", "bits": 8, "embedding_bits": 8}}
 
 STAGES: tuple[Stage, ...] = (
     Stage("prune", Searchable("criterion", "choice", choices=("off", "l1", "reconstruction")), off="off",
@@ -195,6 +196,9 @@ STAGES: tuple[Stage, ...] = (
           road=DistillConfig, options=(Searchable("lr", "choice", choices=(5e-5, 1e-4, 3e-4)),),
           refuse=_refuse_distill, recovers=True, keeps_macs=True,
           combo_seeds=(_STATIC_INT8 | {"drop-layers": {"count": 2}, "distill": {"time_limit": 600, "lr": 5e-5}},
+                       # MiniLM-L6 (seq 32, AVX-512 CPU): cosine 0.9931, p50 2.80 ms against weight-only int8
+                       # alone 4.15 ms, side by side (static int8 alone 4.96 ms, float 3.65 ms)
+                       _WEIGHT_ONLY_INT8 | {"drop-layers": {"count": 2}, "distill": {"time_limit": 600, "lr": 1e-4}},
                        _STATIC_INT8 | {"drop-layers": {"count": 1}, "distill": {"time_limit": 300, "lr": 5e-5}},
                        {"share-weights": {"clusters": 8, "channel_scale": False, "embedding_clusters": 0,
                                           "data_aware": True}, "distill": {"time_limit": 600, "lr": 3e-4}},
