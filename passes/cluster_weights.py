@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.core.errors import PassOptionError
+from edgeopt.core.errors import NonFiniteWeightsError, PassOptionError
 from edgeopt.core.pass_base import EdgeoptPass
 from edgeopt.core.rewire import Constants, const_array, is_default_domain, value_names
 from edgeopt.core.runtime import Feeds
@@ -192,6 +192,10 @@ class ClusterWeightsPass(EdgeoptPass):
             book = cluster(array, self.clusters, axis=axis, init=self.init, channel_scale=self.channel_scale)
         dense = book.dense()
         name = value.name or "weight"
+        if not np.isfinite(dense).all() and np.isfinite(array).all():  # a finite weight must stay finite
+            raise NonFiniteWeightsError(f"cluster-weights: the codebook of {name} came out non-finite (an edgeopt "
+                                        "bug: please report it with the model); meanwhile cluster it without "
+                                        "calibration data (plain k-means).")
         if self.form == "compressible" and value.is_initializer():
             value.const_value = ir.tensor(dense, name=value.name)  # same name, same uses
             self._record(name, array, dense, book, dense.nbytes)

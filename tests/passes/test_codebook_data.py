@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -192,3 +194,21 @@ def test_the_model_file_keeps_its_signature(tmp_path) -> None:
     proto = ir.serde.serialize_model(model)
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["ids"] and [o.name for o in proto.graph.output] == ["y"]
+
+
+def test_a_codebook_that_comes_out_non_finite_is_refused_not_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guard behind the undriven-channel fix: a NaN centroid must stop the pass with the tensor's name."""
+    from edgeopt.core.errors import NonFiniteWeightsError
+    from edgeopt.passes import cluster_weights
+
+    model = _mlp()
+    real = cluster_weights.cluster
+
+    def with_nan(*args: Any, **kwargs: Any) -> Any:
+        book = real(*args, **kwargs)
+        book.codebook[..., 0] = np.nan
+        return book
+
+    monkeypatch.setattr(cluster_weights, "cluster", with_nan)
+    with pytest.raises(NonFiniteWeightsError, match="codebook of .* came out non-finite"):
+        ClusterWeightsPass(clusters=8, min_elements=256)(model)
