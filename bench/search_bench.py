@@ -94,7 +94,7 @@ MODELS = {"digits": (_digits, 256, 360), "efficientnet": (_efficientnet, 64, 100
 
 def _row(r: TrialRecord | None) -> dict[str, Any] | None:
     return None if r is None else {k: getattr(r, k) for k in (
-        "number", "stages", "metric", "drop", "size_bytes", "latency_ms", "macs", "seconds")}
+        "number", "stages", "metric", "drop", "size_bytes", "latency_ms", "latency_trial_ms", "macs", "seconds")}
 
 
 def single_pass(trials: list[TrialRecord], objective: str, original_bytes: int) -> TrialRecord | None:
