@@ -225,37 +225,27 @@ def latency_check(args: argparse.Namespace, scratch: Path, data: tuple[Path, str
     """p50 latency of compiled artifacts side by side: the static and weight-only int8 seeds, built here, and each
     ``--artifact`` (a trial's ``best/ort-cpu/model.onnx``), run in turns on the validation data, so that all see
     the same load; a search measures its trials minutes apart, under whatever load there was then."""
-    from edgeopt.deploy.bundle_runner import load
     from edgeopt.deploy.compile import compile_model
+    from edgeopt.deploy.timing import time_side_by_side
     from edgeopt.quantization.quantize import QuantizeConfig, quantize_file
 
     model, calib, val, _ = data
     seeds = {"int8 seed": QuantizeConfig(mode="static", per_channel=True, budget=0.0, samples=128, eval_samples=64),
              "weight-only int8 seed": QuantizeConfig(mode="weight-only", bits=8, embedding_bits=8, samples=128,
                                                      eval_samples=64)}
-    paths = {}
+    folders = {}
     for name, config in seeds.items():
         folder = scratch / name.replace(" ", "_")
         static = config.mode == "static"
         quantize_file(model, folder.with_suffix(".onnx"), config, calibration=calib if static else None)
-        compiled = compile_model(folder.with_suffix(".onnx"), folder, targets=["ort-cpu"], calibration=calib)
-        paths[name] = folder / str(compiled.manifest.artifacts[0].file)
-    paths.update({Path(a).parent.parent.name: Path(a) for a in args.artifact})
-    runners = {name: load(path) for name, path in paths.items()}
-    batches = np.load(val)
-    feeds = [{k: batches[k][i:i + 1] for k in batches.files} for i in range(len(batches[batches.files[0]]))]
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for sample in feeds:
-            for name, run in runners.items():
-                start = time.perf_counter()
-                run(sample)
-                times[name].append(time.perf_counter() - start)
-    p50 = {name: round(float(np.median(t[len(feeds):])) * 1e3, 3) for name, t in times.items()}  # first round: warm-up
+        compile_model(folder.with_suffix(".onnx"), folder, targets=["ort-cpu"], calibration=calib)
+        folders[name] = folder
+    folders.update({Path(a).parent.parent.name: Path(a).parent.parent for a in args.artifact})  # OUT/best
+    p50 = {name: round(ms, 3) for name, ms in time_side_by_side(folders, data=val, reference=model,
+                                                                  rounds=args.rounds + 1, limit=None).items()}
     ratios = {n: round(p50["int8 seed"] / v, 3) for n, v in p50.items()}
-    return {"model": args.model, "p50_ms": p50, "int8_over": ratios,
-            "rounds": args.rounds, "samples": len(feeds), "load_average": os.getloadavg(),
-            "artifacts": {n: str(p) for n, p in paths.items()}}
+    return {"model": args.model, "p50_ms": p50, "int8_over": ratios, "rounds": args.rounds,
+            "load_average": os.getloadavg(), "folders": {n: str(p) for n, p in folders.items()}}
 
 
 def main() -> None:

@@ -194,8 +194,8 @@ class ClusterWeightsPass(EdgeoptPass):
         name = value.name or "weight"
         if not np.isfinite(dense).all() and np.isfinite(array).all():  # a finite weight must stay finite
             raise NonFiniteWeightsError(f"cluster-weights: the codebook of {name} came out non-finite (an edgeopt "
-                                        "bug: please report it with the model); meanwhile cluster it without "
-                                        "calibration data (plain k-means).")
+                                        "bug: please report it with the model); meanwhile try another cluster "
+                                        "count, or clustering with calibration data switched (--calib on or off).")
         if self.form == "compressible" and value.is_initializer():
             value.const_value = ir.tensor(dense, name=value.name)  # same name, same uses
             self._record(name, array, dense, book, dense.nbytes)

@@ -54,9 +54,11 @@ def kmeans_1d(
 
     Returns ``(centroids, labels)``: sorted float64 centroids (empty clusters dropped)
     and an int64 label per element of ``values.ravel()``. With ``k`` or fewer distinct
-    values the centroids are those values: lossless. ``weights`` (positive, one per
+    values the centroids are those values: lossless. ``weights`` (non-negative, one per
     element, broadcastable to ``values``) makes it weighted k-means: minimizes
-    ``sum w (x - c)^2``, each centroid the weighted mean of its cluster.
+    ``sum w (x - c)^2``, each centroid the weighted mean of its cluster; a value of weight
+    0 (an input channel the data never drives) takes the nearest centroid, and all-zero
+    weights count every element once.
     """
     flat = np.asarray(values, dtype=np.float64).ravel()
     uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
@@ -188,7 +190,7 @@ def cluster(
     Per channel, each codebook row is padded with its last centroid to the largest
     cluster count, so that all rows have the same length. With ``channel_scale`` (and an
     ``axis``), each channel is divided by its RMS and one codebook serves them all.
-    ``weights`` (positive, broadcastable to ``array``): the importance of each element
+    ``weights`` (non-negative, broadcastable to ``array``): the importance of each element
     (weighted k-means, see :func:`kmeans_1d`).
     """
     if weights is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeopt.core.errors import ModelLoadError
+from edgeopt.core.errors import CalibrationDataError, ModelLoadError
 from edgeopt.core.model_io import load_model
 from edgeopt.core.runtime import Feeds
 from edgeopt.core.scoring import percentiles_ms
@@ -29,7 +29,7 @@ from edgeopt.deploy.validation import native_runner, static_batch
 
 
 def time_side_by_side(folders: Mapping[str, str | os.PathLike[str]], *, data: str | os.PathLike[str],
-                      reference: str | os.PathLike[str], rounds: int = 4, limit: int | None = 32,
+                      reference: str | os.PathLike[str], rounds: int = 5, limit: int | None = 32,
                       ) -> dict[str, float]:
     """p50 latency (ms per call) of the first artifact of each compile folder, timed in turns.
 
@@ -38,11 +38,13 @@ def time_side_by_side(folders: Mapping[str, str | os.PathLike[str]], *, data: st
         data: Input data spec (as ``validate`` takes it); each call runs one sample (or the artifact's
             fixed batch).
         reference: A model with the inputs the data feeds (the data is checked against it).
-        rounds: Passes over the samples; the first is warm-up and not counted.
+        rounds: Passes over the samples; the first is warm-up and not counted (an odd number leaves as
+            many counted rounds in each order).
         limit: Samples per pass.
 
     Raises:
         ModelLoadError: a folder holds no artifact that compiled.
+        CalibrationDataError: no samples in ``data``.
     """
     if rounds < 2:
         raise ValueError(f"rounds must be 2 or more (the first is warm-up), got {rounds}")
@@ -70,7 +72,10 @@ def _calls(folder: Path, samples: list[Feeds]) -> tuple[Runner, list[Feeds]]:
         raise ModelLoadError(f"{folder}: no artifact compiled; run edgeopt compile again and read its errors.")
     target, path = get_target(entry.target), artifact_path(folder, entry)
     step = static_batch(entry) or 1
-    stacked = [{n: np.concatenate([s[n] for s in samples[i:i + step]]) for n in samples[0]}
-               for i in range(0, len(samples) - step + 1, step)]
+    if not samples:
+        raise CalibrationDataError("no samples to time the artifacts on; give at least one.")
+    pool = samples * -(-step // len(samples))  # a fixed batch larger than the samples repeats them
+    stacked = [{n: np.concatenate([s[n] for s in pool[i:i + step]]) for n in samples[0]}
+               for i in range(0, max(len(samples), step) - step + 1, step)]
     return native_runner(target, path), [target.encode_inputs(path, feeds) for feeds in stacked]
 

@@ -143,15 +143,15 @@ def search(model: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, ca
                 if on_trial:
                     on_trial(records[-1], best(records, first), len(records), config.trials)
     records.sort(key=lambda r: r.number)
+    baseline = next((r for r in records if r.seed == "quantize"), None)
     confirmed = []
     if "latency" in objectives:  # trial p50s came minutes apart, under other loads
         confirmed = confirm_latency(records, data=data, reference=source, target=config.target,
-                                    calibration=calibration,
+                                    calibration=calibration, baseline=baseline,
                                     model_of=lambda record: _model_of(record, stages, evaluator, tally))
     # a latency winner is one of the trials timed side by side, never a trial p50 from a quieter minute
     winner = best(confirmed if first == "latency" and confirmed else records, first)
     front = pareto_front(records, objectives)
-    baseline = next((r for r in records if r.seed == "quantize"), None)
     result = SearchResult(out, first, config.max_drop, records, winner, front, baseline, 0, 0, 0.0, stopped,
                           target=config.target, objectives=objectives)
     validation = None

@@ -5,27 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgeopt.core.errors import ModelLoadError
 from edgeopt.deploy.compile import compile_model
 from edgeopt.deploy.timing import time_side_by_side
-
-
-def _model(path: Path, layers: int) -> Path:
-    """x [batch, 64, 256] through ``layers`` 256x256 MatMuls (0: one Relu)."""
-    rng = np.random.default_rng(layers)
-    weights = [numpy_helper.from_array((rng.standard_normal((256, 256)) / 16).astype(np.float32), f"w{i}")
-               for i in range(layers)]
-    names = ["x", *[f"h{i}" for i in range(layers)]]
-    nodes = [helper.make_node("MatMul", [names[i], f"w{i}"], [names[i + 1]], name=f"mm{i}") for i in range(layers)]
-    nodes.append(helper.make_node("Relu", [names[-1]], ["y"], name="relu"))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64, 256])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64, 256])], weights)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
+from edgeopt.testing.timing_models import matmul_chain
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +19,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], 
     np.savez(root / "data.npz", x=np.random.default_rng(0).standard_normal((8, 64, 256)).astype(np.float32))
     compiled = {}
     for name, layers in (("light", 0), ("heavy", 16)):  # 0 vs 67 M MACs a sample
-        model = _model(root / f"{name}.onnx", layers)
+        model = matmul_chain(root / f"{name}.onnx", layers)
         compile_model(model, root / name, targets=["ort-cpu"])
         compiled[name] = root / name
     return compiled, root / "data.npz", root / "light.onnx"
@@ -55,3 +40,12 @@ def test_a_folder_without_a_compiled_artifact_and_too_few_rounds_are_refused(
         time_side_by_side(compiled, data=data, reference=reference, rounds=1)
     with pytest.raises(ModelLoadError, match="manifest"):
         time_side_by_side({"none": tmp_path}, data=data, reference=reference)
+
+
+def test_a_fixed_batch_larger_than_the_samples_is_still_timed(tmp_path: Path) -> None:
+    np.savez(tmp_path / "data.npz", x=np.ones((3, 64, 256), np.float32))
+    compile_model(matmul_chain(tmp_path / "fixed.onnx", 2, batch=8), tmp_path / "fixed", targets=["ort-cpu"])
+    reference = matmul_chain(tmp_path / "dynamic.onnx", 2)  # the original: any batch; its artifact: 8
+    p50 = time_side_by_side({"fixed": tmp_path / "fixed"}, data=tmp_path / "data.npz", reference=reference,
+                            rounds=2, limit=3)
+    assert p50["fixed"] > 0  # 3 samples repeated into one batch of 8, not "no calls, 0 ms"

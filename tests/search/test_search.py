@@ -270,4 +270,4 @@ def test_a_latency_search_times_its_fastest_trials_again_side_by_side(digits: tu
     assert result.best.latency_ms == min(r.latency_ms or 0.0 for r in confirmed)  # picked on the confirmed p50s
     table = json.loads((tmp_path / "out" / "trials.json").read_text())["trials"]
     assert [t["latency_trial_ms"] for t in table] == [r.latency_trial_ms for r in result.trials]
-    assert all(Path(t["compiled"]).is_dir() for t in table if t["feasible"])  # reused, not compiled again
+    assert all(Path(t["compiled"]).is_dir() for t in table if t["feasible"])  # what the latency check reuses
