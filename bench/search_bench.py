@@ -285,7 +285,9 @@ def main() -> None:
                else share_weights_check if args.share_weights_check else latency_check if args.latency_check
                else compare)
         row = {**run(args, Path(scratch), data), "command": " ".join(sys.argv), "cpus": os.cpu_count(),
-               "note": "a shared 2-core machine (other agents running): times are noisy"}
+               "note": "a 2-core machine; latency_ms of the fastest feasible trials, the fastest single pass and the "
+                       "int8 seed were timed again side by side at the end of the search (latency_trial_ms: the "
+                       "trial's own p50, measured when it ran)"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=1, default=str) + "\n")
     print(json.dumps(row, default=str))
