@@ -1,5 +1,6 @@
 """Stream data through a model and observe its tensors: ranges and histograms for quantization and repairs."""
 
+from edgeopt.calibration.fetch import FETCH_BYTES, FetchGroups
 from edgeopt.calibration.observers import (
     HistogramObserver,
     MinMaxObserver,
@@ -9,10 +10,12 @@ from edgeopt.calibration.observers import (
     make_observer_factory,
     qparams_from_range,
 )
-from edgeopt.calibration.stream import CalibrationResult, calibrate, stream_outputs
+from edgeopt.calibration.stream import CalibrationResult, calibrate, stream_output_groups, stream_outputs
 
 __all__ = [
+    "FETCH_BYTES",
     "CalibrationResult",
+    "FetchGroups",
     "HistogramObserver",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
@@ -21,5 +24,6 @@ __all__ = [
     "calibrate",
     "make_observer_factory",
     "qparams_from_range",
+    "stream_output_groups",
     "stream_outputs",
 ]

@@ -64,7 +64,7 @@ def choose_ranges(
     scored = _add_scores(work, candidates, consumer_types, dtype, symmetric)
     if not scored:
         return RangeChoice(ranges, {}, time.perf_counter() - started)
-    session = create_session(work)
+    session = create_session(work, low_memory=True)
     names = [o.name for o in session.get_outputs()]
     inputs = [str(v.name) for v in model_inputs(model)]
     totals = dict.fromkeys(names, 0.0)
@@ -88,8 +88,14 @@ def _add_scores(
     work: ir.Model, candidates: Mapping[str, Mapping[str, tuple[float, float]]],
     consumer_types: Collection[str] | None, dtype: QuantDtype, symmetric: bool,
 ) -> dict[str, dict[str, list[tuple[str, str]]]]:
-    """Append the scoring nodes; tensor -> candidate -> [(error output, signal output)]."""
+    """Add the scoring nodes; tensor -> candidate -> [(error output, signal output)].
+
+    A tensor's scoring nodes go right after its last reader, so that a session run in
+    ``PRIORITY_BASED`` order scores each tensor as soon as it can and frees its copies
+    before the next layer, instead of keeping every activation for scoring at the end.
+    """
     graph = work.graph
+    position = {id(node): i for i, node in enumerate(graph)}
     values = {v.name: v for node in graph for v in node.outputs}
     values.update({v.name: v for v in graph.inputs})
     outputs = {v.name for v in graph.outputs}  # scored on their own error: nothing reads them
@@ -110,29 +116,37 @@ def _add_scores(
         if not readers and tensor not in outputs:
             continue
         per_candidate: dict[str, list[tuple[str, str]]] = {}
+        added: list[ir.Node] = []
         for kind, (low, high) in options.items():
             params = qparams_from_range(low, high, dtype=dtype, symmetric=symmetric)
             i = next(counter)
             scale = constants.add(f"_choice_scale_{i}", params.scale)
             zero = constants.add(f"_choice_zero_{i}", params.zero_point)
-            q = _append(graph, "QuantizeLinear", [value, scale, zero], f"_choice_q_{i}")
-            dq = _append(graph, "DequantizeLinear", [q.outputs[0], scale, zero], f"_choice_dq_{i}")
+            q = _append(added, "QuantizeLinear", [value, scale, zero], f"_choice_q_{i}")
+            dq = _append(added, "DequantizeLinear", [q.outputs[0], scale, zero], f"_choice_dq_{i}")
             pairs = []
             for node, index in readers:
                 inputs = list(node.inputs)
                 inputs[index] = dq.outputs[0]
-                copy = _append(graph, node.op_type, inputs, f"_choice_copy_{i}_{next(counter)}", like=node)
-                diff = _append(graph, "Sub", [copy.outputs[0], node.outputs[0]], f"_choice_diff_{next(counter)}")
-                error = _reduce(graph, diff.outputs[0], f"_choice_error_{next(counter)}")
+                copy = _append(added, node.op_type, inputs, f"_choice_copy_{i}_{next(counter)}", like=node)
+                diff = _append(added, "Sub", [copy.outputs[0], node.outputs[0]], f"_choice_diff_{next(counter)}")
+                error = _reduce(added, graph, diff.outputs[0], f"_choice_error_{next(counter)}")
                 if id(node) not in signals:
-                    signals[id(node)] = _reduce(graph, node.outputs[0], f"_choice_signal_{next(counter)}")
+                    signals[id(node)] = _reduce(added, graph, node.outputs[0], f"_choice_signal_{next(counter)}")
                 pairs.append((error, signals[id(node)]))
             if tensor in outputs:
-                diff = _append(graph, "Sub", [dq.outputs[0], value], f"_choice_diff_{next(counter)}")
+                diff = _append(added, "Sub", [dq.outputs[0], value], f"_choice_diff_{next(counter)}")
                 if id(value) not in signals:
-                    signals[id(value)] = _reduce(graph, value, f"_choice_signal_{next(counter)}")
-                pairs.append((_reduce(graph, diff.outputs[0], f"_choice_error_{next(counter)}"), signals[id(value)]))
+                    signals[id(value)] = _reduce(added, graph, value, f"_choice_signal_{next(counter)}")
+                error = _reduce(added, graph, diff.outputs[0], f"_choice_error_{next(counter)}")
+                pairs.append((error, signals[id(value)]))
             per_candidate[kind] = pairs
+        anchors = [node for node in (value.producer(), *(node for node, _ in readers))
+                   if node is not None and id(node) in position]
+        if anchors:
+            graph.insert_after(max(anchors, key=lambda node: position[id(node)]), added)
+        else:
+            graph.extend(added)
         scored[tensor] = per_candidate
     return scored
 
@@ -143,19 +157,20 @@ def _copyable(node: ir.Node) -> bool:
             and not any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()))
 
 
-def _append(graph: ir.Graph, op: str, inputs: list[ir.Value | None], name: str, like: ir.Node | None = None) -> ir.Node:
+def _append(added: list[ir.Node], op: str, inputs: list[ir.Value | None], name: str,
+            like: ir.Node | None = None) -> ir.Node:
     attributes = list(like.attributes.values()) if like is not None else []
     node = ir.Node("", op, inputs, attributes=attributes, num_outputs=len(like.outputs) if like else 1, name=name)
     for j, output in enumerate(node.outputs):
         output.name = f"{name}_out{j}"
-    graph.append(node)
+    added.append(node)
     return node
 
 
-def _reduce(graph: ir.Graph, value: ir.Value, name: str) -> str:
+def _reduce(added: list[ir.Node], graph: ir.Graph, value: ir.Value, name: str) -> str:
     node = ir.Node("", "ReduceSumSquare", [value], attributes=[ir.AttrInt64("keepdims", 0)], name=name)
     out = node.outputs[0]
     out.name, out.dtype, out.shape = name, ir.DataType.FLOAT, ir.Shape([])
-    graph.append(node)
+    added.append(node)
     graph.outputs.append(out)
     return name

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from edgeopt.calibration.stream import stream_outputs
+from edgeopt.calibration.fetch import FETCH_BYTES
+from edgeopt.calibration.stream import stream_output_groups
 from edgeopt.core.patches import im2col, patches_at
 from edgeopt.core.rewire import const_array, is_default_domain
 from edgeopt.core.runtime import Feeds
@@ -131,33 +132,29 @@ def _layer(node: ir.Node, weight: np.ndarray) -> WeightLayer | None:
 
 def input_hessians(
     model: ir.Model, layers: list[WeightLayer], calibration: Iterable[Feeds], *,
-    samples: int | None = None, batch_size: int | None = None, seed: int = 0,
+    samples: int | None = None, batch_size: int | None = None, seed: int = 0, max_bytes: int | None = FETCH_BYTES,
 ) -> dict[str, np.ndarray]:
-    """``E[x xᵀ]`` of each layer's input, ``(groups, K, K)``, streamed from one ORT session."""
+    """``E[x xᵀ]`` of each layer's input, ``(groups, K, K)``, streamed from ONNX Runtime.
+
+    Each batch's layer inputs are fetched a group of consecutive layers at a time, within
+    ``max_bytes`` (:func:`~edgeopt.calibration.stream.stream_output_groups`), and each layer adds
+    its rows of that batch to its ``H`` at once; the layers draw their rows in the same order
+    whatever the groups, so ``H`` does not depend on ``max_bytes``.
+    """
     work = model.clone()
     produced = {v.name: v for node in work.graph for v in node.outputs if v.name}
-    names = [n for n in dict.fromkeys(layer.input for layer in layers) if n in produced]  # graph inputs come as feeds
+    names = [layer.input for layer in layers]  # graph inputs come as feeds
     present = {v.name for v in work.graph.outputs}
-    work.graph.outputs.extend(produced[n] for n in names if n not in present)
+    work.graph.outputs.extend(produced[n] for n in dict.fromkeys(names) if n in produced and n not in present)
     sums = {layer.node: np.zeros((layer.groups, layer.features, layer.features)) for layer in layers}
     counts = dict.fromkeys(sums, 0)
-    pending: dict[str, list[np.ndarray]] = {name: [] for name in sums}  # rows of small batches, multiplied together
     rng = np.random.default_rng(seed)
-
-    def flush(name: str) -> None:
-        if pending[name]:
-            rows = np.concatenate(pending[name], axis=1)
-            sums[name] += np.matmul(rows.transpose(0, 2, 1), rows)  # BLAS in float32, summed in float64
-            counts[name] += rows.shape[1]
-            pending[name].clear()
-
-    for batch in stream_outputs(work, names, calibration, model=model, samples=samples, batch_size=batch_size):
-        for layer in layers:
-            pending[layer.node].append(layer.rows(np.asarray(batch[layer.input]), rng))
-            if sum(r.shape[1] for r in pending[layer.node]) >= ROWS_PER_BATCH:
-                flush(layer.node)
-    for name in sums:
-        flush(name)
+    for span, batch in stream_output_groups(work, names, calibration, model=model, samples=samples,
+                                            batch_size=batch_size, max_bytes=max_bytes):
+        for layer in layers[span.start:span.stop]:
+            rows = layer.rows(np.asarray(batch[layer.input]), rng)
+            sums[layer.node] += np.matmul(rows.transpose(0, 2, 1), rows)  # BLAS in float32, summed in float64
+            counts[layer.node] += rows.shape[1]
     return {name: total / max(counts[name], 1) for name, total in sums.items()}
 
 

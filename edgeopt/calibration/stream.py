@@ -1,8 +1,9 @@
 """Streaming calibration: run sample batches through ONNX Runtime and observe tensors.
 
-The tensors to calibrate become extra outputs of a copy of the model; one session
-runs every batch, and each output goes to its tensor's observer and is dropped at
-once. Peak memory is one batch's activations plus the observers' state (a histogram
+The tensors to calibrate become extra outputs of a copy of the model; each batch
+runs through it, and each output goes to its tensor's observer and is dropped at
+once. Peak memory is a share of one batch's activations (:mod:`edgeopt.calibration.fetch`
+fetches them in groups within a byte budget) plus the observers' state (a histogram
 of a few thousand bins at most), however many batches there are.
 """
 
@@ -20,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from edgeopt.calibration.fetch import FETCH_BYTES, FetchGroups
 from edgeopt.calibration.observers import MinMaxObserver, Observer, check_factory
 from edgeopt.core.errors import CalibrationDataError, EdgeoptError, PassOptionError
 from edgeopt.core.runtime import Feeds, create_session, model_inputs
@@ -57,6 +59,7 @@ def calibrate(
     tensors: Sequence[str] | None = None,
     observer: Callable[[], Observer] = MinMaxObserver,
     on_batch: Callable[[int], None] | None = None,
+    max_bytes: int | None = FETCH_BYTES,
 ) -> CalibrationResult:
     """Observe float tensors of ``model`` on ``batches`` and compute their ranges.
 
@@ -72,6 +75,9 @@ def calibrate(
         observer: Observer factory (a class or ``functools.partial``), called
             once per tensor. An observer instance is rejected.
         on_batch: Called after each batch with the number of samples so far.
+        max_bytes: Tensors whose observers need them whole come from ORT in groups of
+            about this many bytes per batch (:mod:`edgeopt.calibration.fetch`); None: all
+            in one call. The ranges do not depend on it.
 
     Raises:
         CalibrationDataError: no batches, a batch ONNX Runtime can't run, or an
@@ -87,7 +93,8 @@ def calibrate(
     fed, constants, computed = _plan(selected, set(inputs), named=named)
     extents_only = _observes_extents(factory)
     reduced = [v for v in computed if extents_only and _is_float32(v)]
-    runner = _Runner(model, work, [v for v in computed if v not in reduced], reduced, named=named)
+    runner = _Runner(model, work, [v for v in computed if v not in reduced], reduced, named=named,
+                     max_bytes=max_bytes)
     observers = {name: _make(factory) for name in selected
                  if name in fed or name in constants or name in runner.observed}
     for name, array in constants.items():
@@ -124,37 +131,46 @@ class _Runner:
     nodes in the graph: ORT returns two scalars instead of the activation, which is
     what makes MinMax calibration as fast as ONNX Runtime's own. A batch whose extent
     is not finite (NaN or infinities, which observers ignore) is fetched whole from
-    a second session, made the first time that happens.
+    a second session, made the first time that happens. The other tensors are fetched
+    whole, a group within ``max_bytes`` at a time (:class:`~edgeopt.calibration.fetch.FetchGroups`),
+    from a session without the reductions.
     """
 
     def __init__(self, model: ir.Model, work: ir.Model, full: list[ir.Value], reduced: list[ir.Value], *,
-                 named: bool) -> None:
+                 named: bool, max_bytes: int | None) -> None:
         self._model, self._named = model, named
-        extents = _add_extents(work, reduced)
-        self.session, self.fetch = _session(work, full, named=named)
-        self.extents = {name: extents[name] for name in extents}
+        scalars = work.clone()  # before `work` gets the full tensors as outputs, which ORT would allocate
+        produced = {v.name: v for node in scalars.graph for v in node.outputs}
+        self.extents = _add_extents(scalars, [produced[str(v.name)] for v in reduced])
+        self.session = _load(scalars) if self.extents else None
+        self.fetch: list[str] = []
+        self._groups: FetchGroups | None = None
+        if full:
+            session, self.fetch = _session(work, full, named=named)
+            self._groups = FetchGroups(work, self.fetch, session=session, max_bytes=max_bytes)
         self.observed = [*self.fetch, *self.extents]
         self._fallback: ort.InferenceSession | None = None
 
     def run(self, feeds: Feeds, observers: dict[str, Observer], index: int) -> None:
-        names = [*self.fetch, *(o for pair in self.extents.values() for o in pair)]
-        if not names:
+        if self._groups is not None:
+            for group, _ in enumerate(self._groups.spans(feeds)):
+                try:
+                    fetched = self._groups.run(group, feeds)
+                except Exception as e:
+                    raise CalibrationDataError(f"calibration batch {index}: ONNX Runtime failed to run it: {e}") from e
+                for name in list(fetched):
+                    observers[name].update(fetched.pop(name))
+        if self.session is None:
             return
+        names = [o for pair in self.extents.values() for o in pair]
         try:
             arrays = self.session.run(names, feeds)
-        except Exception as e:
-            if not self.extents:
-                raise CalibrationDataError(f"calibration batch {index}: ONNX Runtime failed to run it: {e}") from e
-            self._run_whole(list(self.extents), feeds, observers, index)  # e.g. a reduction of an empty tensor
-            arrays = self.session.run(self.fetch, feeds) if self.fetch else []
-            names = self.fetch
+        except Exception:  # e.g. a reduction of an empty tensor
+            self._run_whole(list(self.extents), feeds, observers, index)
+            return
         fetched = dict(zip(names, arrays, strict=True))
-        for name in self.fetch:
-            observers[name].update(fetched.pop(name))
         whole = []
         for name, (low_name, high_name) in self.extents.items():
-            if low_name not in fetched:
-                continue
             low, high = float(fetched[low_name]), float(fetched[high_name])
             if math.isfinite(low) and math.isfinite(high):
                 observers[name].update_extent(low, high)  # type: ignore[attr-defined]
@@ -169,7 +185,7 @@ class _Runner:
             values = {v.name: v for node in copy.graph for v in node.outputs if v.name in self.extents}
             present = set(copy.graph.outputs)
             copy.graph.outputs.extend(v for name, v in values.items() if v not in present)
-            self._fallback = create_session(copy)
+            self._fallback = create_session(copy, low_memory=True)
         try:
             arrays = self._fallback.run(names, feeds)
         except Exception as e:
@@ -179,11 +195,13 @@ class _Runner:
 
 
 def _add_extents(work: ir.Model, values: list[ir.Value]) -> dict[str, tuple[str, str]]:
-    """Add ReduceMin/ReduceMax of each value as graph outputs; name -> (min output, max output)."""
+    """Add ReduceMin/ReduceMax of each value, right after its producer, as graph outputs;
+    name -> (min output, max output)."""
     taken = {v.name for node in work.graph for v in node.outputs} | {v.name for v in work.graph.inputs}
     extents = {}
     for value in values:
         names = []
+        nodes = []
         for op in ("ReduceMin", "ReduceMax"):
             name = f"{value.name}__edgeopt_{op[6:].lower()}"
             while name in taken:
@@ -191,9 +209,14 @@ def _add_extents(work: ir.Model, values: list[ir.Value]) -> dict[str, tuple[str,
             taken.add(name)
             node = ir.Node("", op, [value], attributes=[ir.AttrInt64("keepdims", 0)],
                            outputs=[ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([]))])
-            work.graph.append(node)
+            nodes.append(node)
             work.graph.outputs.append(node.outputs[0])
             names.append(name)
+        producer = value.producer()
+        if producer is not None and producer.graph is work.graph:
+            work.graph.insert_after(producer, nodes)
+        else:
+            work.graph.extend(nodes)
         extents[str(value.name)] = (names[0], names[1])
     return extents
 
@@ -213,12 +236,7 @@ def _session(work: ir.Model, computed: list[ir.Value], *, named: bool) -> tuple[
     """One session of ``work`` with ``computed`` added as outputs, and the float ones to fetch."""
     present = set(work.graph.outputs)
     work.graph.outputs.extend(v for v in computed if v not in present)  # ORT types any untyped ones
-    try:
-        session = create_session(work)
-    except EdgeoptError:
-        raise
-    except Exception as e:
-        raise CalibrationDataError(f"ONNX Runtime cannot load the model to calibrate: {e}") from e
+    session = _load(work)
     types = {o.name: o.type for o in session.get_outputs()}
     fetch = []
     for value in computed:
@@ -228,6 +246,15 @@ def _session(work: ir.Model, computed: list[ir.Value], *, named: bool) -> tuple[
         else:
             _skip(name, types.get(name), named=named)
     return session, fetch
+
+
+def _load(work: ir.Model) -> ort.InferenceSession:
+    try:
+        return create_session(work, low_memory=True)
+    except EdgeoptError:
+        raise
+    except Exception as e:
+        raise CalibrationDataError(f"ONNX Runtime cannot load the model to calibrate: {e}") from e
 
 
 def _select(graph: ir.Graph, tensors: Sequence[str] | None) -> dict[str, ir.Value]:
@@ -308,21 +335,45 @@ def stream_outputs(
 
     One ONNX Runtime session serves every batch; each yields that batch's feeds and
     named outputs only, so memory does not grow with the number of samples. The feeds
-    are checked against ``model`` (names, dtypes, ranks, static dims).
+    are checked against ``model`` (names, dtypes, ranks, static dims). Each dict is
+    emptied when the next is made: keep its arrays, not the dict.
 
     Raises:
         CalibrationDataError: unusable data, or a batch ONNX Runtime cannot run.
     """
+    for _, batch in stream_output_groups(work, names, calibration, model=model, samples=samples,
+                                         batch_size=batch_size, max_bytes=None):
+        yield batch
+
+
+def stream_output_groups(
+    work: ir.Model, names: Sequence[str], calibration: str | Iterable[Feeds], *, model: ir.Model,
+    samples: int | None = None, batch_size: int | None = None, max_bytes: int | None = FETCH_BYTES,
+) -> Iterator[tuple[range, dict[str, np.ndarray]]]:
+    """:func:`stream_outputs` holding at most about ``max_bytes`` of outputs at a time.
+
+    Each batch comes as consecutive groups of ``names`` (:class:`~edgeopt.calibration.fetch.FetchGroups`):
+    ``(span of names, the feeds and the outputs named in it)``, spans in order. ``names``
+    may repeat a name or name a graph input (taken from the feeds). Each dict is emptied
+    when the next is made, so that one group's arrays are gone before the next run.
+    """
     reader = open_reader(calibration, model) if isinstance(calibration, str) else calibration
     try:
-        session = create_session(work)
+        session = create_session(work, low_memory=True)
     except Exception as e:
         raise CalibrationDataError(f"ONNX Runtime cannot load the model to calibrate: {e}") from e
     inputs = [i.name for i in session.get_inputs()]
+    groups = FetchGroups(work, names, session=session, max_bytes=max_bytes)
+    del session  # the groups keep it if they run it
     for number, feeds in enumerate(batches(reader, model, batch_size=batch_size, limit=samples)):
-        try:
-            # no names: only the feeds are wanted (ORT would return every output for an empty list)
-            arrays = session.run(list(names), {name: feeds[name] for name in inputs}) if names else []
-        except Exception as e:
-            raise CalibrationDataError(f"calibration batch {number}: ONNX Runtime failed to run it: {e}") from e
-        yield {**feeds, **dict(zip(names, arrays, strict=True))}
+        given = {name: feeds[name] for name in inputs}
+        for index, span in enumerate(groups.spans(given)):
+            try:
+                # no names: only the feeds are wanted (ORT would return every output for an empty list)
+                batch = {**feeds, **groups.run(index, given)}
+            except CalibrationDataError:
+                raise
+            except Exception as e:
+                raise CalibrationDataError(f"calibration batch {number}: ONNX Runtime failed to run it: {e}") from e
+            yield span, batch
+            batch.clear()

@@ -40,6 +40,7 @@ def create_session(
     optimize: bool = False,
     providers: list[str] | None = None,
     config: Mapping[str, str] | None = None,
+    low_memory: bool = False,
 ) -> ort.InferenceSession:
     """Create an ONNX Runtime session.
 
@@ -49,9 +50,18 @@ def create_session(
             cannot hide a bad rewrite when comparing models.
         providers: Execution providers; CPU by default.
         config: Session config entries, e.g. ``{PRECISE_INT8_KEY: "1"}``.
+        low_memory: For analysis graphs run on large batches: no CPU memory arena
+            (an arena keeps its largest run's memory for the session's life), and
+            nodes run in graph order as soon as their inputs are ready
+            (``PRIORITY_BASED``), so that analysis nodes placed right after the
+            tensors they read run before the next layer instead of at the end,
+            which would keep every activation they read alive until then.
     """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if low_memory:
+        options.enable_cpu_mem_arena = False
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     options.graph_optimization_level = (
