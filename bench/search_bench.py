@@ -267,7 +267,8 @@ def main() -> None:
     parser.add_argument("--latency-check", action="store_true",
                         help="p50 latency of --artifact files against the static int8 seed, in turns")
     parser.add_argument("--artifact", action="append", default=[], help="with --latency-check (repeatable)")
-    parser.add_argument("--rounds", type=int, default=4, help="with --latency-check: passes over the data")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="with --latency-check: timed passes over the data (one untimed warm-up pass first)")
     parser.add_argument("--resume", action="store_true", help="continue the search in --out (more trials)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--calib-n", type=int, default=0,
